@@ -1,0 +1,51 @@
+# density-grpo: pairs -> prompts -> chunked Zarr embeddings -> FAISS density weights.
+# Run: snakemake --cores all [target] [--configfile partial.yaml]
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+sys.path.insert(0, workflow.basedir)
+from density_grpo.config import validate_config
+from density_grpo.errors import UserError
+
+
+configfile: "config.yaml"
+
+
+try:
+    validate_config(config)  # one line naming the offending key
+except UserError as e:
+    raise WorkflowError(str(e)) from None
+validate(config, "schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/model.smk"
+include: "rules/embed.smk"
+include: "rules/density.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        WEIGHTS,
+        WEIGHTS_META,
+
+
+rule prompts:
+    input:
+        PROMPTS,
+
+
+rule embeddings:
+    input:
+        all_chunks,
+
+
+rule weights:
+    input:
+        WEIGHTS,
+        WEIGHTS_META,

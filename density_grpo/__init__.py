@@ -1,0 +1,3 @@
+"""density-grpo: density-aware prompt sampling for GRPO, as a reproducible pipeline."""
+
+__version__ = "0.1.0"

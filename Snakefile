@@ -11,7 +11,7 @@ from density_grpo.config import validate_config
 from density_grpo.errors import UserError
 
 
-configfile: "config.yaml"
+configfile: f"{workflow.basedir}/config.yaml"
 
 
 try:

@@ -108,6 +108,24 @@ def _drop_self(sim: np.ndarray, lab: np.ndarray, self_ids: np.ndarray) -> tuple[
     return sim[keep].reshape(m, k1 - 1), lab[keep].reshape(m, k1 - 1)
 
 
+def _rescore(idx: faiss.Index, x: np.ndarray, lab: np.ndarray, unit: bool, block: int = 1024) -> np.ndarray:
+    """Similarity of each query row to its found neighbours' stored vectors, as float64.
+
+    faiss picks BLAS or SIMD kernels by batch size, so its scores depend on how rows are chunked; numpy's
+    row-wise sum does not, which makes knn_mean_dist independent of the chunk size.
+    unit: re-normalise the stored vectors (PQ-decoded vectors are only roughly unit length).
+    """
+    out = np.empty(lab.shape, dtype=np.float64)
+    for i in range(0, len(x), block):
+        lb = lab[i : i + block]
+        nb = idx.reconstruct_batch(lb.ravel())
+        if unit:
+            faiss.normalize_L2(nb)
+        nb = nb.reshape(*lb.shape, -1)
+        out[i : i + block] = (nb * x[i : i + block, None, :]).sum(axis=2)
+    return out
+
+
 # -----------------------------------------------------------------------------
 # recall of an approximate index
 
@@ -156,8 +174,9 @@ def knn_search(
     """Mean cosine distance of every prompt to its k nearest other prompts, streamed over chunk stores.
 
     Pass 1 adds each chunk's normalised vectors to the index, pass 2 searches each chunk against it (k+1
-    results, self removed by id). Ids are global row numbers in chunk order. For ivf/ivfpq, recall@k is
-    estimated against streamed exact search on a seeded sample of rows. ivfpq distances are PQ approximations.
+    results, self removed by id) and rescores the k neighbours with numpy, independently of the chunking.
+    Ids are global row numbers in chunk order. For ivf/ivfpq, recall@k is estimated against streamed exact
+    search on a seeded sample of rows. ivfpq distances are to PQ-decoded vectors, so approximate.
     Returns a frame (prompt_id, knn_mean_dist) in chunk/row order, and metadata.
     """
     chunk_paths = [str(p) for p in chunk_paths]
@@ -173,9 +192,9 @@ def knn_search(
 
     # build (and for IVF, train) the index
     t0 = time.perf_counter()
-    if kind == "flat":
+    approx = kind != "flat"
+    if not approx:
         idx = faiss.IndexFlatIP(dim)
-        ivf = None
     else:
         nl = int(nlist) if nlist is not None else max(1, round(4 * math.sqrt(n)))
         nl = max(1, min(nl, n // 39))  # faiss k-means wants >= 39 training points per list
@@ -187,14 +206,15 @@ def knn_search(
             if dim % pq_m:
                 raise UserError(f"knn.pq_m={pq_m} must divide the embedding dim {dim}")
             if n < (1 << PQ_NBITS):
-                raise UserError(f"knn.index=ivfpq needs at least {1 << PQ_NBITS} prompts to train its codebooks, got {n}")
+                raise UserError(
+                    f"knn.index=ivfpq needs at least {1 << PQ_NBITS} prompts to train its codebooks, got {n}"
+                )
             idx = faiss.IndexIVFPQ(quantizer, dim, nl, pq_m, PQ_NBITS, faiss.METRIC_INNER_PRODUCT)
             idx.pq.cp.seed = seed
             n_train = min(n, max(64 * nl, 39 * (1 << PQ_NBITS)))
         idx.cp.seed = seed
         idx.train(_train_sample(chunk_paths, n, n_train, seed, progress))
         idx.nprobe = min(int(nprobe), nl)
-        ivf = idx
         meta.update(nlist=nl, nprobe=int(idx.nprobe), n_train=n_train)
         if kind == "ivfpq":
             meta["pq_m"] = int(pq_m)
@@ -205,12 +225,14 @@ def knn_search(
     for _, _, x in _stream(chunk_paths, "knn add", progress):
         if len(x):
             idx.add(x)
+    if approx:
+        idx.make_direct_map()  # lets _rescore reconstruct stored vectors by id
     times["time_add_s"] = time.perf_counter() - t0
 
     # pass 2: search; keep the recall queries' vectors and results on the way
     t0 = time.perf_counter()
     q_rows = np.array([], dtype=np.int64)
-    if ivf is not None:
+    if approx:
         q_rows = np.sort(np.random.default_rng(seed + 1).choice(n, size=min(recall_sample, n), replace=False))
     q_vecs = np.zeros((len(q_rows), dim), dtype=np.float32)
     q_found = np.zeros((len(q_rows), k), dtype=np.int64)
@@ -228,17 +250,17 @@ def knn_search(
             sim[missing], lab[missing] = idx.search(np.ascontiguousarray(x[missing]), k + 1)
             idx.nprobe = meta["nprobe"]
             n_refined += int(missing.sum())
-        sim, lab = _drop_self(sim, lab, self_ids)
-        dist = np.clip(1.0 - sim.astype(np.float64), 0.0, None)
+        _, lab = _drop_self(sim, lab, self_ids)
+        dist = np.clip(1.0 - _rescore(idx, x, lab, unit=kind == "ivfpq"), 0.0, None)
         mean_dist[start : start + len(x)] = dist.mean(axis=1)
-        n_dup += int((dist[:, 0] <= DUP_DIST).sum())
+        n_dup += int((dist.min(axis=1) <= DUP_DIST).sum())
         prompt_ids.extend(ids)
         sel = np.nonzero((q_rows >= start) & (q_rows < start + len(x)))[0]
         q_vecs[sel] = x[q_rows[sel] - start]
         q_found[sel] = lab[q_rows[sel] - start]
     times["time_search_s"] = time.perf_counter() - t0
 
-    if ivf is None:
+    if not approx:
         meta.update(recall_at_k=1.0, recall_estimated=False)
     else:
         t0 = time.perf_counter()
@@ -293,7 +315,7 @@ def weight_stats(weight: np.ndarray) -> dict[str, float]:
         "mean": float(w.mean()),
         "max_min_ratio": float(w.max() / w.min()) if w.min() > 0 else float("inf"),
         "ess": ess,
-        "ess_ratio": ess / n,
+        "ess_fraction": ess / n,
         "entropy_ratio": float(-np.sum(nz * np.log(nz)) / math.log(n)) if n > 1 else 1.0,
     }
 

@@ -5,7 +5,7 @@ import os
 
 import pandas as pd
 
-from density_grpo.data import texts_hash
+from density_grpo.data import SAMPLE_PATH, texts_hash
 from density_grpo.device import wants_gpu
 from density_grpo.models import model_kind, model_slug
 
@@ -54,3 +54,12 @@ def chunk_hash(wildcards):
 
 def all_chunks(wildcards):
     return [CHUNK.format(i=i) for i in range(len(chunk_hashes()))]
+
+
+def pairs_input(wildcards):
+    source = config["data"]["source"]
+    if source == "sample":
+        return [SAMPLE_PATH]
+    if source == "local":
+        return [config["data"]["path"]]
+    return []  # hh-rlhf: downloaded (or read from data.mirror) by the job

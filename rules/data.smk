@@ -1,14 +1,4 @@
 # Stage 1-2: preference pairs -> unique prompts (a checkpoint: the number of chunks depends on it).
-from density_grpo.data import SAMPLE_PATH
-
-
-def pairs_input(wildcards):
-    source = config["data"]["source"]
-    if source == "sample":
-        return [SAMPLE_PATH]
-    if source == "local":
-        return [config["data"]["path"]]
-    return []  # hh-rlhf: downloaded (or read from data.mirror) by the job
 
 
 rule pairs:
@@ -16,18 +6,18 @@ rule pairs:
         pairs_input,
     output:
         PAIRS,
-    params:
-        data=config["data"],
     log:
         f"{LOGS}/pairs.log",
     benchmark:
         f"{BENCH}/pairs.tsv"
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
         runtime=30,
-    conda:
-        "../envs/data.yaml"
+    params:
+        data=config["data"],
     script:
         "../scripts/pairs.py"
 
@@ -41,11 +31,11 @@ checkpoint unique_prompts:
         f"{LOGS}/prompts.log",
     benchmark:
         f"{BENCH}/prompts.tsv"
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
         runtime=15,
-    conda:
-        "../envs/data.yaml"
     script:
         "../scripts/prompts.py"

@@ -7,19 +7,19 @@ rule knn_weights:
     output:
         weights=WEIGHTS,
         meta=WEIGHTS_META,
-    params:
-        knn=config["knn"],
-        density=config["density"],
-        seed=config["seed"],
     log:
         f"{LOGS}/weights.log",
     benchmark:
         f"{BENCH}/weights.tsv"
+    conda:
+        "../envs/faiss.yaml"
     threads: 2
     resources:
         mem_mb=mem_mb(4000),
         runtime=60,
-    conda:
-        "../envs/faiss.yaml"
+    params:
+        knn=config["knn"],
+        density=config["density"],
+        seed=config["seed"],
     script:
         "../scripts/weights.py"

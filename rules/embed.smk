@@ -8,6 +8,19 @@ rule embed_chunk:
         model=ancient(MODEL_DIR),
     output:
         directory(CHUNK),
+    log:
+        f"{LOGS}/embed/chunk_{{i}}.log",
+    benchmark:
+        f"{BENCH}/embed_chunk_{{i}}.tsv"
+    wildcard_constraints:
+        i=r"\d+",
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=60,
+        gpu=GPU,
     params:
         content=chunk_hash,
         model=MODEL_NAME,
@@ -16,18 +29,5 @@ rule embed_chunk:
         layer=config["embed"]["layer"],
         max_length=config["embed"]["max_length"],
         chunk_size=config["embed"]["chunk_size"],
-    wildcard_constraints:
-        i=r"\d+",
-    log:
-        f"{LOGS}/embed/chunk_{{i}}.log",
-    benchmark:
-        f"{BENCH}/embed_chunk_{{i}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=mem_mb(4000),
-        runtime=60,
-        gpu=GPU,
-    conda:
-        "../envs/torch.yaml"
     script:
         "../scripts/embed_chunk.py"

@@ -5,17 +5,17 @@ if MODEL_KIND != "local":
     rule model:
         output:
             directory(MODEL_DIR),
-        params:
-            name=MODEL_NAME,
         log:
             f"logs/models/{model_slug(MODEL_NAME)}.log",
         benchmark:
             f"resources/models/bench/{model_slug(MODEL_NAME)}.tsv"
+        conda:
+            "../envs/torch.yaml"
         threads: 1
         resources:
             mem_mb=mem_mb(4000),
             runtime=30,
-        conda:
-            "../envs/torch.yaml"
+        params:
+            name=MODEL_NAME,
         script:
             "../scripts/model.py"

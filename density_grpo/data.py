@@ -1,0 +1,295 @@
+"""Preference pairs in the Anthropic HH-RLHF format, and the unique prompts derived from them.
+
+An HH pair is two full dialogues, "\\n\\nHuman: ...\\n\\nAssistant: ...", that share every turn but the last
+Assistant reply. We split them TRL-style into an explicit prompt (the dialogue up to and including the last
+"\\n\\nAssistant:") and two responses (the rest, verbatim, so prompt + response == the original dialogue).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pandas as pd
+
+from density_grpo.errors import UserError
+
+ASSISTANT_TAG = "\n\nAssistant:"
+HUMAN_TAG = "\n\nHuman:"
+
+HH_REPO = "Anthropic/hh-rlhf"
+HH_SUBSETS = ["harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"]
+SAMPLE_PATH = Path(__file__).parent / "data" / "sample_pairs.jsonl"
+PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "source", "subset", "topic"]
+SOURCES = ("sample", "hh-rlhf", "local")
+
+
+# -----------------------------------------------------------------------------
+# dialogues and hashes
+
+
+def split_dialogue(text: str) -> tuple[str, str]:
+    """HH dialogue -> (prompt up to and including the last Assistant tag, response).
+
+    The response is kept verbatim (its leading space included): prompt + response == text, and for BPE
+    tokenizers the space belongs to the response's first word.
+    """
+    i = text.rfind(ASSISTANT_TAG)
+    if i < 0:
+        raise ValueError(f"no {ASSISTANT_TAG!r} tag")
+    cut = i + len(ASSISTANT_TAG)
+    return text[:cut], text[cut:]
+
+
+def pair_from_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
+    """HH (chosen, rejected) dialogues -> (prompt, chosen_response, rejected_response)."""
+    try:
+        prompt, chosen_response = split_dialogue(chosen)
+    except ValueError:
+        raise ValueError(f"'chosen' has no {ASSISTANT_TAG!r} tag") from None
+    if rejected.startswith(prompt):
+        return prompt, chosen_response, rejected[len(prompt) :]
+    # some HH rows differ before the last turn: take rejected's own last reply
+    try:
+        _, rejected_response = split_dialogue(rejected)
+    except ValueError:
+        raise ValueError(f"'rejected' has no {ASSISTANT_TAG!r} tag") from None
+    return prompt, chosen_response, rejected_response
+
+
+def prompt_id(text: str) -> str:
+    """Stable content id: the first 16 hex digits of sha256(text) (fits a uint64)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def texts_hash(texts: Iterable[str]) -> str:
+    """sha256 hex of a sequence of texts; order matters (hash of the concatenated per-text digests)."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(hashlib.sha256(t.encode("utf-8")).digest())
+    return h.hexdigest()
+
+
+# -----------------------------------------------------------------------------
+# reading files
+
+
+def _stem(path: Path) -> str:
+    """File name without .jsonl/.jsonl.gz/.parquet."""
+    name = path.name
+    for ext in (".jsonl.gz", ".jsonl", ".parquet"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield (where, parsed object) for each non-blank line; where = 'file:line'."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                where = f"{path}:{n}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise UserError(f"{where}: not valid UTF-8") from None
+                if not line.strip():
+                    continue
+                try:
+                    yield where, json.loads(line.rstrip("\r\n"))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # corrupt or truncated .gz
+        raise UserError(f"{path}: not a valid gzip file ({e})") from None
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """Yield (where, row dict) for each row; where = 'file row N' (1-based)."""
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: cannot read parquet ({first})") from None
+    for n, row in enumerate(df.to_dict("records"), start=1):
+        yield f"{path} row {n}", row
+
+
+def _parse_row(row: Any, where: str) -> dict[str, str]:
+    """One input record (HH strings or explicit prompt/chosen/rejected) -> prompt/chosen/rejected/topic/subset."""
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    explicit = "prompt" in row
+    keys = ("prompt", "chosen", "rejected") if explicit else ("chosen", "rejected")
+    for k in keys:
+        if k not in row:
+            raise UserError(
+                f"{where}: missing key {k!r} (expected HH 'chosen'/'rejected' dialogues, or 'prompt', 'chosen', "
+                "'rejected')"
+            )
+        if not isinstance(row[k], str):
+            raise UserError(f"{where}: {k!r} must be a string, got {type(row[k]).__name__}")
+    if explicit:
+        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        # an empty prompt has nothing to embed or to train on: almost surely a broken export
+        if not prompt.strip():
+            raise UserError(f"{where}: empty 'prompt'")
+    else:
+        try:
+            prompt, chosen, rejected = pair_from_hh(row["chosen"], row["rejected"])
+        except ValueError as e:
+            raise UserError(f"{where}: {e}") from None
+    out = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    for k in ("topic", "subset"):  # optional metadata, kept as strings ("" when null)
+        if k in row:
+            v = row[k]
+            out[k] = "" if v is None or (isinstance(v, float) and v != v) else str(v)
+    return out
+
+
+def read_local(path: str | os.PathLike) -> pd.DataFrame:
+    """Read pairs from a .jsonl, .jsonl.gz or .parquet file -> prompt, chosen, rejected [, topic, subset].
+
+    Rows are HH dialogues {"chosen", "rejected"} or explicit {"prompt", "chosen", "rejected"} (responses only).
+    Blank jsonl lines are skipped. Any bad row raises a one-line UserError naming file:line (parquet: row N, 1-based).
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        reader = _jsonl_rows
+    elif name.endswith(".parquet"):
+        reader = _parquet_rows
+    else:
+        raise UserError(f"{path}: unsupported file type (expected .jsonl, .jsonl.gz or .parquet)")
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    rows = [_parse_row(row, where) for where, row in reader(path)]
+    if not rows:
+        raise UserError(f"{path}: no pairs (empty file)")
+    df = pd.DataFrame(rows)
+    for k in ("topic", "subset"):  # a key present in some rows only
+        if k in df.columns:
+            df[k] = df[k].fillna("")
+    return df
+
+
+# -----------------------------------------------------------------------------
+# sources
+
+
+def load_hh_rlhf(subsets: list[str], split: str, mirror: str | os.PathLike | None) -> pd.DataFrame:
+    """Anthropic HH-RLHF `<subset>/<split>.jsonl.gz` files, from `mirror` (a local copy of the tree) or the hub."""
+    frames = []
+    for subset in dict.fromkeys(subsets):  # a subset listed twice is read once
+        filename = f"{subset}/{split}.jsonl.gz"
+        if mirror is not None:
+            path = Path(mirror) / filename
+            if not path.is_file():
+                raise UserError(f"{path}: not found (data.mirror must hold the hub tree <subset>/<split>.jsonl.gz)")
+        else:
+            path = _hub_download(filename)
+        df = read_local(path)
+        df["subset"] = subset
+        frames.append(df)
+    if not frames:
+        raise UserError("data.subsets: empty list")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _hub_download(filename: str) -> Path:
+    import huggingface_hub
+    from huggingface_hub import errors as hf_errors
+
+    catch: tuple[type[BaseException], ...] = (OSError, hf_errors.HfHubHTTPError)  # requests' errors are OSErrors
+    for mod in ("httpx", "httpx2"):  # the HTTP client of huggingface_hub >= 1.0
+        try:
+            catch += (importlib.import_module(mod).HTTPError,)
+        except ImportError:
+            pass
+    try:
+        return Path(huggingface_hub.hf_hub_download(repo_id=HH_REPO, repo_type="dataset", filename=filename))
+    except catch as e:
+        raise UserError(
+            f"cannot download {filename} from the Hugging Face hub dataset {HH_REPO} (hub unreachable or offline: "
+            f"{type(e).__name__}); set data.mirror to a local copy of the dataset or use data.source: local"
+        ) from None
+
+
+def load_sample() -> pd.DataFrame:
+    """The shipped sample pairs (see density_grpo/sample_data.py): prompt, chosen, rejected, topic."""
+    return read_local(SAMPLE_PATH)
+
+
+def _check_max_pairs(value: Any, key: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{key}: must be a positive integer or null, got {value!r}")
+    return value
+
+
+def load_pairs(data_cfg: dict, max_pairs: int | None = None) -> pd.DataFrame:
+    """Load pairs for the `data` config section -> columns PAIR_COLUMNS, in that order.
+
+    pair_id = "{source}:{name}:{row}", name = file stem (sample, local) or "<subset>/<split>" (hh-rlhf), row = the
+    0-based row in that file: unique, and stable when a file is appended to. `max_pairs` (argument) and
+    `data.max_pairs` both cap the count: the first min(...) pairs are kept. Pairs with identical responses are kept.
+    """
+    source = data_cfg.get("source", "sample")
+    if source == "sample":
+        df = load_sample()
+        df["subset"] = _stem(SAMPLE_PATH)
+        df["pair_id"] = [f"sample:{_stem(SAMPLE_PATH)}:{i}" for i in range(len(df))]
+    elif source == "hh-rlhf":
+        split = data_cfg.get("split", "train")
+        if split not in ("train", "test"):
+            raise UserError(f"data.split: must be train or test, got {split!r}")
+        df = load_hh_rlhf(list(data_cfg.get("subsets") or HH_SUBSETS), split, data_cfg.get("mirror"))
+        row = df.groupby("subset", sort=False).cumcount()
+        df["pair_id"] = [f"hh-rlhf:{s}/{split}:{i}" for s, i in zip(df["subset"], row)]
+    elif source == "local":
+        if not data_cfg.get("path"):
+            raise UserError("data.path: required when data.source is 'local' (a .jsonl, .jsonl.gz or .parquet file)")
+        path = Path(data_cfg["path"])
+        df = read_local(path)
+        if "subset" not in df.columns:
+            df["subset"] = _stem(path)
+        df["pair_id"] = [f"local:{_stem(path)}:{i}" for i in range(len(df))]
+    else:
+        raise UserError(f"data.source: unknown source {source!r} (expected one of {', '.join(SOURCES)})")
+
+    caps = [_check_max_pairs(data_cfg.get("max_pairs"), "data.max_pairs"), _check_max_pairs(max_pairs, "max_pairs")]
+    caps = [c for c in caps if c is not None]
+    if caps:
+        df = df.iloc[: min(caps)]
+    df = df.assign(source=source)
+    if "topic" not in df.columns:
+        df["topic"] = ""
+    return df[PAIR_COLUMNS].astype(str).reset_index(drop=True)
+
+
+def unique_prompts(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Unique prompts in first-seen order -> prompt_id, text, n_pairs, topic (of the first occurrence).
+
+    First-seen order means appending pairs only appends prompts (existing rows and chunks stay put).
+    """
+    first = pairs.drop_duplicates("prompt", keep="first")
+    counts = pairs["prompt"].value_counts()
+    topic = first["topic"] if "topic" in first.columns else pd.Series("", index=first.index)
+    out = pd.DataFrame(
+        {
+            "prompt_id": [prompt_id(t) for t in first["prompt"]],
+            "text": first["prompt"].to_numpy(),
+            "n_pairs": first["prompt"].map(counts).astype("int64").to_numpy(),
+            "topic": topic.fillna("").astype(str).to_numpy(),
+        }
+    )
+    if out["prompt_id"].duplicated().any():  # 64-bit collision: astronomically unlikely, but joins rely on it
+        raise ValueError("prompt_id collision between distinct prompts")
+    return out

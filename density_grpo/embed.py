@@ -1,0 +1,296 @@
+"""Prompt embeddings from a causal LM: masked mean pooling of a hidden layer or of the logits.
+
+The model and tokenizer come in already loaded (see density_grpo.models); this module only runs them:
+tokenize once, group prompts into token-budget batches (longest first), pad right, pool, and write
+one chunk store per call of `embed_chunk`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from density_grpo import store
+from density_grpo.errors import UserError
+
+# config attributes that make logits a non-linear (softcap) or rescaled function of the final hidden state
+_LOGIT_SCALE_KEYS = ("logit_scale", "logits_scaling", "lm_head_multiplier")
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D), (B, T) -> (B, D) float32 mean over the positions where attention_mask is 1."""
+    mask = attention_mask.to(device=hidden.device, dtype=torch.bool).unsqueeze(-1)
+    # masked_fill (not multiply) so that a NaN/inf at a padded position can never leak into the mean
+    summed = hidden.to(torch.float32).masked_fill(~mask, 0.0).sum(dim=1)
+    counts = mask.sum(dim=1).clamp(min=1).to(torch.float32)
+    return summed / counts
+
+
+def gram_factor(weight: torch.Tensor, block_rows: int = 8192) -> torch.Tensor:
+    """(d, d) float32 R with R^T R = W^T W for an LM head weight W (V, d).
+
+    Why: for a linear, bias-free head, the mean-pooled logits of a prompt are
+    mean_t(W h_t) = W mean_t(h_t) = W p. Then ||W a - W b|| = ||R a - R b|| and
+    <W a, W b> = <R a, R b> for all a, b, so distances and cosines of the vocab-dim mean-pooled
+    logits are exactly those of the d-dim vector R p: we store R p instead (~V/d times smaller).
+
+    W^T W is accumulated in float64 over blocks of rows of W (bounded memory), then factored:
+    Cholesky (R = L^T, unique), or, when W^T W is singular, eigh with eigenvalues clipped at 0
+    (R = diag(sqrt(lam)) Q^T). The result is on W's device.
+    """
+    w = weight.detach()
+    # float64 where the hardware has it (not MPS); CPU otherwise
+    dev = w.device if w.device.type in ("cpu", "cuda") else torch.device("cpu")
+    d = w.shape[1]
+    gram = torch.zeros(d, d, dtype=torch.float64, device=dev)
+    for i in range(0, w.shape[0], block_rows):
+        blk = w[i : i + block_rows].to(device=dev, dtype=torch.float64)
+        gram += blk.T @ blk
+    chol, info = torch.linalg.cholesky_ex(gram)
+    if int(info) == 0:
+        r = chol.T
+    else:
+        lam, q = torch.linalg.eigh(gram)
+        r = lam.clamp(min=0).sqrt().unsqueeze(1) * q.T
+    return r.to(device=w.device, dtype=torch.float32).contiguous()
+
+
+def head_is_linear(model: nn.Module) -> tuple[bool, str]:
+    """(True, "") when logits = W h exactly: a plain bias-free nn.Linear head, no softcapping or logit scaling."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if get_head is not None else None
+    if head is None:
+        return False, "model has no output embedding (lm head)"
+    if type(head) is not nn.Linear:  # subclasses (e.g. quantized linears) may not compute W h with .weight
+        return False, f"lm head is {type(head).__name__}, not a plain nn.Linear"
+    if head.bias is not None:
+        return False, "lm head has a bias"
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(config, "final_logit_softcapping", None) is not None:
+        return False, f"final_logit_softcapping={config.final_logit_softcapping}"
+    for key in _LOGIT_SCALE_KEYS:
+        value = getattr(config, key, None)
+        if value is not None and value != 1:
+            return False, f"{key}={value}"
+    return True, ""
+
+
+def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Group indices, longest first (stable), so that max_len_in_batch * len(batch) <= batch_tokens.
+
+    Sorted descending, the first item of a batch is its longest, so the padded size of a batch is
+    lengths[first] * len(batch). An item longer than the budget forms its own batch.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+class _StopForward(Exception):
+    """Raised by a forward hook to stop the backbone once the wanted block has run."""
+
+    def __init__(self, output: Any):
+        self.output = output
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    """The transformer without its LM head (LlamaForCausalLM -> LlamaModel)."""
+    if hasattr(model, "get_decoder"):
+        return model.get_decoder()
+    return getattr(model, "base_model", model)
+
+
+def _decoder_layers(backbone: nn.Module, n_layers: int | None) -> nn.ModuleList:
+    """The ModuleList of decoder blocks (`layers` in Llama-likes, `h` in GPT-2-likes)."""
+    for name in ("layers", "h", "blocks"):
+        mod = getattr(backbone, name, None)
+        if isinstance(mod, nn.ModuleList):
+            return mod
+    for _, mod in backbone.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers:
+            return mod
+    raise UserError(f"cannot find the decoder layers of {type(backbone).__name__}; use embed.layer: -1")
+
+
+class Embedder:
+    """Embeds prompts with an already-loaded causal LM (already on `device`, in `dtype`).
+
+    source="hidden": masked mean of the hidden state of block `layer` (HF hidden_states[layer + 1]);
+      the last layer (-1) is the backbone's final output, after the final norm.
+    source="logits": masked mean of the logits. With a linear head it is stored exactly as
+      gram_factor(W) @ mean(h) (d_model dims, same distances and cosines); otherwise the true
+      vocab-dim pooled logits are stored.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        source: str = "hidden",
+        layer: int = -1,
+        max_length: int = 512,
+        batch_tokens: int = 8192,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        if source not in ("hidden", "logits"):
+            raise UserError(f"embed.source must be 'hidden' or 'logits', got {source!r}")
+        if max_length < 1 or batch_tokens < 1:
+            raise UserError(f"embed.max_length and embed.batch_tokens must be >= 1, got {max_length}, {batch_tokens}")
+        param = next(model.parameters())
+        self.device = torch.device(device) if device is not None else param.device
+        self.dtype = dtype if dtype is not None else param.dtype
+        if param.is_floating_point() and param.dtype != self.dtype:
+            raise ValueError(f"model is in {param.dtype}, not the requested {self.dtype}: convert it before embedding")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.source, self.max_length, self.batch_tokens = source, max_length, batch_tokens
+        self.backbone = _backbone(model)
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        n_layers = getattr(config, "num_hidden_layers", None)
+        self.layers = _decoder_layers(self.backbone, n_layers)
+        n = len(self.layers)
+        self.layer = layer + n if layer < 0 else layer
+        if not 0 <= self.layer < n:
+            raise UserError(f"embed.layer={layer} is out of range for a model with {n} layers (use -{n}..{n - 1})")
+        self.is_last = self.layer == n - 1
+        if source == "logits" and not self.is_last:
+            raise UserError(f"embed.layer={layer}: source 'logits' needs the last layer (embed.layer: -1)")
+
+        hidden_size = model.get_input_embeddings().weight.shape[1]
+        self.transform, self.R = "none", None
+        self.dim = hidden_size
+        if source == "logits":
+            linear, reason = head_is_linear(model)
+            if linear:
+                self.transform = "gram-factor"
+                self.R = gram_factor(model.get_output_embeddings().weight).to(self.device)
+            else:
+                self.transform = f"true-logits (head not linear: {reason})"
+                self.dim = int(getattr(config, "vocab_size", 0)) or None  # confirmed from the logits on first batch
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad if pad is not None else 0  # value is irrelevant: pads are masked and right of every real token
+        self.n_tokens, self.time_s = 0, 0.0
+
+    def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One padded batch -> (B, dim) float32 embeddings."""
+        if self.source == "logits" and self.R is None:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return mean_pool(logits, attention_mask)
+        if self.is_last:
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+        else:
+            # stop right after block `layer`: blocks above it and the final norm never run
+            def stop(module: nn.Module, args: Any, output: Any) -> None:
+                raise _StopForward(output)
+
+            handle = self.layers[self.layer].register_forward_hook(stop)
+            try:
+                self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+                raise RuntimeError("decoder layer hook did not fire")
+            except _StopForward as e:
+                hidden = e.output[0] if isinstance(e.output, (tuple, list)) else e.output
+            finally:
+                handle.remove()
+        pooled = mean_pool(hidden, attention_mask)
+        return pooled @ self.R.T if self.R is not None else pooled
+
+    def _run(self, ids: list[list[int]]) -> torch.Tensor:
+        """Right-pad a batch of token id lists and embed it -> (B, dim) float32 on CPU."""
+        longest = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        for row, x in enumerate(ids):
+            input_ids[row, : len(x)] = torch.tensor(x, dtype=torch.long)
+            attention_mask[row, : len(x)] = 1
+        out = self._pooled(input_ids.to(self.device), attention_mask.to(self.device))
+        return out.float().cpu()
+
+    def _run_with_retry(self, ids: list[list[int]]) -> torch.Tensor:
+        """_run, and on out-of-memory: free the cache, split the batch in half, retry once."""
+        try:
+            return self._run(ids)
+        except torch.OutOfMemoryError:
+            pass  # retry outside the except block so the failed batch's tensors can be freed
+        _empty_cache(self.device)
+        halves = [ids[: len(ids) // 2], ids[len(ids) // 2 :]] if len(ids) > 1 else [ids]
+        try:
+            return torch.cat([self._run(h) for h in halves])
+        except torch.OutOfMemoryError as e:
+            raise UserError(
+                f"out of memory embedding a batch of {len(ids)} prompts (longest {max(map(len, ids))} tokens), "
+                f"even split in half: lower embed.batch_tokens (now {self.batch_tokens}) or use a smaller "
+                f"model.dtype (bfloat16/float16) (or lower embed.max_length)"
+            ) from e
+
+    def embed(self, texts: list[str], progress: bool = True) -> np.ndarray:
+        """Embed `texts` -> float32 (n, dim), rows in input order."""
+        t0 = time.perf_counter()
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        # a text with no tokens (e.g. "") would pool to nothing: give it one special token instead
+        filler = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id
+        ids = [x if len(x) > 0 else [filler] for x in ids]
+        out: np.ndarray | None = None
+        with torch.inference_mode(), tqdm(
+            total=len(ids), unit="prompt", desc="embed", disable=not progress, file=sys.stderr
+        ) as bar:
+            for batch in token_budget_batches([len(x) for x in ids], self.batch_tokens):
+                emb = self._run_with_retry([ids[i] for i in batch]).numpy()
+                if out is None:
+                    out = np.empty((len(ids), emb.shape[1]), dtype=np.float32)
+                out[batch] = emb
+                bar.update(len(batch))
+        if out is None:
+            out = np.empty((0, self.dim or 0), dtype=np.float32)
+        self.dim = int(out.shape[1])
+        self.n_tokens = int(sum(len(x) for x in ids))
+        self.time_s = time.perf_counter() - t0
+        return out
+
+    def attrs(self) -> dict[str, Any]:
+        """JSON-able description of the embedding (stored with every chunk)."""
+        return {
+            "source": self.source,
+            "layer": self.layer,
+            "pooling": "mean-masked",
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "dim": self.dim,
+            "transform": self.transform,
+            "max_length": self.max_length,
+            "batch_tokens": self.batch_tokens,
+            "n_tokens": self.n_tokens,
+            "time_s": round(self.time_s, 4),
+            "tokens_per_s": round(self.n_tokens / self.time_s, 1) if self.time_s > 0 else None,
+        }
+
+
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def embed_chunk(
+    texts: list[str], prompt_ids: list[str], embedder: Embedder, out_path: str, extra_attrs: dict[str, Any]
+) -> dict[str, Any]:
+    """Embed one chunk of prompts and write its store atomically; returns the stored attrs."""
+    if len(texts) == 0:
+        raise ValueError("empty chunk: nothing to embed")
+    if len(texts) != len(prompt_ids):
+        raise ValueError(f"{len(texts)} texts but {len(prompt_ids)} prompt ids")
+    emb = embedder.embed(texts)
+    attrs = embedder.attrs() | extra_attrs
+    store.write_chunk(out_path, prompt_ids, emb, attrs)
+    return attrs

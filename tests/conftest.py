@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny random model, tiny HH-format data, and a Snakemake runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+TOPICS = {
+    "cooking": ["bake sourdough bread", "make a risotto", "cook rice without a cooker", "roast a chicken", "fry eggs"],
+    "python": ["sort a list in Python", "read a CSV file in Python", "write a Python decorator", "use Python dataclasses"],
+}
+RARE = ["train a falcon for hunting", "tune a harpsichord", "say hello in Basque", "repair a medieval manuscript"]
+
+
+def hh(prompt_text: str, answer: str) -> str:
+    return f"\n\nHuman: {prompt_text}\n\nAssistant: {answer}"
+
+
+def tiny_pairs(n_dense: int = 26, start: int = 0) -> list[dict]:
+    """HH pairs: dense topics with varied wording plus a few rare prompts (unique prompts, deterministic)."""
+    rows = []
+    openers = ["How do I", "What is the best way to", "Can you explain how to", "Please tell me how to", "Quick question: how to"]
+    dense = [(t, s) for t, subjects in TOPICS.items() for s in subjects]
+    for j in range(start, start + n_dense):
+        topic, subject = dense[j % len(dense)]
+        text = f"{openers[(j // len(dense)) % len(openers)]} {subject}? (case {j})"
+        rows.append({"chosen": hh(text, f"Here is a careful answer about how to {subject}."), "rejected": hh(text, "No idea."), "topic": topic})
+    if start == 0:
+        for r in RARE:
+            rows.append({"chosen": hh(f"How do I {r}?", "Step by step, like this."), "rejected": hh(f"How do I {r}?", "Figure it out."), "topic": r})
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: Path, mode: str = "w") -> Path:
+    with open(path, mode) as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+def tiny_config(workdir: Path, model: Path, pairs: Path, **extra) -> Path:
+    """A partial config for a tiny end-to-end run; extra top-level sections are merged in."""
+    cfg = {
+        "run": "tiny",
+        "device": "cpu",
+        "data": {"source": "local", "path": str(pairs)},
+        "model": {"name_or_path": str(model), "dtype": "float32"},
+        "embed": {"chunk_size": 8, "batch_tokens": 512, "max_length": 64},
+        "knn": {"k": 3, "recall_sample": 50},
+    }
+    for key, value in extra.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path = workdir / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repo's workflow in `workdir` (results/ and logs/ go there)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-8000:]}")
+    return res

@@ -1,0 +1,202 @@
+"""Tests for density_grpo.density: kNN search over chunk stores and density weights."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from density_grpo.density import _drop_self, compute_weights, density_weights, knn_search, weight_stats
+from density_grpo.errors import UserError
+from density_grpo.store import write_chunk
+
+ATTRS = {"model": "test-model", "source": "hidden", "layer": -1}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_faiss_thread():
+    """Tiny problems: OpenMP thread start-up and spin-waits cost more than they save, worse on a busy machine."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def write_chunks(root, x: np.ndarray, sizes: list[int], id_offset: int = 0) -> list[str]:
+    """Split rows of x into chunk stores of the given sizes; prompt ids are the global row numbers in hex."""
+    assert sum(sizes) == len(x)
+    paths, start = [], 0
+    for i, s in enumerate(sizes):
+        path = str(root / f"chunk_{i}.zarr")
+        ids = [f"{id_offset + j:016x}" for j in range(start, start + s)]
+        write_chunk(path, ids, x[start : start + s], ATTRS)
+        paths.append(path)
+        start += s
+    return paths
+
+
+def brute_force_mean_dist(x: np.ndarray, k: int) -> np.ndarray:
+    """numpy reference: mean cosine distance to the k nearest other rows."""
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    u = x / np.where(norm > 0, norm, 1.0)
+    sim = u @ u.T
+    np.fill_diagonal(sim, -np.inf)
+    top = -np.sort(-sim, axis=1)[:, :k]
+    return np.clip(1.0 - top, 0.0, None).mean(axis=1)
+
+
+def clustered(rng: np.random.Generator, n_clusters: int, per: int, n_rare: int, dim: int, spread: float = 0.01):
+    centers = rng.standard_normal((n_clusters, dim))
+    dense = np.concatenate([c + spread * rng.standard_normal((per, dim)) for c in centers])
+    rare = rng.standard_normal((n_rare, dim))
+    return np.concatenate([dense, rare]).astype(np.float32)
+
+
+def test_rare_points_get_more_weight(tmp_path):
+    x = clustered(np.random.default_rng(0), 3, 60, 20, 32)
+    paths = write_chunks(tmp_path, x, [50, 50, 50, 50])
+    df, meta = compute_weights(paths, {"k": 5, "index": "flat"}, {"alpha": 1.0}, progress=False)
+    w = df["weight"].to_numpy()
+    rare = np.arange(len(x)) >= 180
+    assert w[rare].mean() / w[~rare].mean() > 2
+    assert rare[np.argsort(-w)[:20]].mean() >= 0.9
+    assert list(df.columns) == ["prompt_id", "knn_mean_dist", "density", "weight"]
+    assert df["prompt_id"].tolist() == [f"{i:016x}" for i in range(len(x))]
+    assert meta["model"] == "test-model" and meta["dim"] == 32 and meta["index"] == "flat"
+    assert meta["recall_at_k"] == 1.0 and meta["recall_estimated"] is False
+    assert meta["weight_stats"]["ess_fraction"] <= 1.0
+
+
+def test_drop_self_by_id_not_position():
+    # row 0: a duplicate (id 5) comes before self (id 2); row 1: self absent -> drop the last result
+    lab = np.array([[5, 2, 7], [1, 3, 4]])
+    sim = np.array([[1.0, 1.0, 0.5], [0.9, 0.8, 0.7]], dtype=np.float32)
+    s, l = _drop_self(sim, lab, np.array([2, 9]))
+    assert l.tolist() == [[5, 7], [1, 3]]
+    np.testing.assert_allclose(s, [[1.0, 0.5], [0.9, 0.8]])
+
+
+def test_duplicates_match_brute_force(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((60, 8)).astype(np.float32)
+    x[25] = x[3]  # exact duplicates spread over different chunks
+    x[47] = x[3]
+    x[55] = 2.5 * x[10]  # same direction: cosine distance 0
+    x[30] = 0.0  # a zero vector stays zero: distance 1 to everything, no NaN
+    paths = write_chunks(tmp_path, x, [20, 20, 20])
+    for k in (1, 4):
+        df, meta = knn_search(paths, k=k, index="flat", progress=False)
+        got = df["knn_mean_dist"].to_numpy()
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, brute_force_mean_dist(x.astype(np.float64), k), atol=1e-5)
+        assert meta["n_exact_duplicates"] == 5  # rows 3, 25, 47, 10, 55
+    assert got[30] == pytest.approx(1.0)
+    df1, _ = knn_search(paths, k=1, index="flat", progress=False)
+    assert df1["knn_mean_dist"].to_numpy()[[3, 25, 47, 10, 55]] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("dim", [16, 576])
+def test_result_independent_of_chunking(tmp_path, dim):
+    x = clustered(np.random.default_rng(2), 4, 50, 40, dim, spread=0.1)
+    one = write_chunks(tmp_path / "one", x, [240])
+    five = write_chunks(tmp_path / "five", x, [7, 100, 33, 61, 39])  # 7 rows: faiss's non-BLAS kernel
+    d1 = knn_search(one, k=6, index="flat", progress=False)[0]["knn_mean_dist"].to_numpy()
+    d5 = knn_search(five, k=6, index="flat", progress=False)[0]["knn_mean_dist"].to_numpy()
+    np.testing.assert_array_equal(d1, d5)
+
+
+@pytest.fixture(scope="module")
+def approx_chunks(tmp_path_factory):
+    x = clustered(np.random.default_rng(3), 10, 150, 500, 32, spread=0.3)
+    return x, write_chunks(tmp_path_factory.mktemp("approx"), x, [700, 700, 600])
+
+
+def test_ivf_exhaustive_probe_is_exact(approx_chunks):
+    x, paths = approx_chunks
+    df, meta = knn_search(paths, k=10, index="ivf", nlist=16, nprobe=16, recall_sample=300, progress=False)
+    assert meta["index"] == "ivf" and meta["nlist"] == 16 and meta["recall_estimated"] is True
+    assert meta["recall_at_k"] >= 0.99
+    np.testing.assert_allclose(
+        df["knn_mean_dist"].to_numpy(), brute_force_mean_dist(x.astype(np.float64), 10), atol=1e-5
+    )
+
+
+@pytest.fixture(scope="module")
+def small_chunks(tmp_path_factory):
+    x = clustered(np.random.default_rng(5), 3, 100, 20, 16, spread=0.3)  # 320 rows: enough to train 8-bit PQ
+    return x, write_chunks(tmp_path_factory.mktemp("small"), x, [160, 160])
+
+
+@pytest.mark.parametrize(
+    "index, extra", [("ivf", {"nlist": 32, "nprobe": 2}), ("ivfpq", {"nlist": 4, "nprobe": 2, "pq_m": 4})]
+)
+def test_approximate_indexes_report_recall(approx_chunks, small_chunks, index, extra):
+    x, paths = approx_chunks if index == "ivf" else small_chunks  # PQ training is the slow part: keep it small
+    df, meta = knn_search(paths, k=10, index=index, recall_sample=200, progress=False, **extra)
+    assert meta["index"] == index and meta["recall_estimated"] is True
+    assert 0.0 <= meta["recall_at_k"] <= 1.0
+    assert len(df) == len(x) and np.isfinite(df["knn_mean_dist"]).all()
+    assert meta["index_bytes"] > 0 and meta["time_recall_s"] >= 0
+    if index == "ivfpq":
+        assert meta["pq_m"] == 4
+
+
+def test_auto_index_choice(small_chunks):
+    _, paths = small_chunks
+    run = lambda **kw: knn_search(paths, k=5, index="auto", recall_sample=50, pq_m=4, progress=False, **kw)[1]
+    assert run(exact_max=320)["index"] == "flat"
+    assert run(exact_max=319)["index"] == "ivf"
+    assert run(exact_max=100, max_index_gb=1e-6)["index"] == "ivfpq"  # 320*16*4 bytes > 1 kB
+
+
+def test_density_weights():
+    d = np.array([0.0, 0.1, 0.2, 0.4, 0.8, 1.6])
+    density, w = density_weights(d, alpha=1.0)
+    assert w.dtype == np.float64 and density.dtype == np.float64
+    assert w.sum() == pytest.approx(1.0)
+    assert np.all(np.diff(w) > 0) and np.all(np.diff(density) < 0)  # farther -> more weight, less density
+    assert np.isfinite(density).all() and np.isfinite(w).all() and w[0] > 0  # eps handles distance 0
+    _, w0 = density_weights(d, alpha=0.0)
+    np.testing.assert_allclose(w0, np.full(len(d), 1 / len(d)))
+    _, w2 = density_weights(d, alpha=2.0)
+    assert w2[-1] / w2[1] > w[-1] / w[1]  # larger alpha sharpens
+    _, wc = density_weights(d, alpha=1.0, max_ratio=2.0)
+    assert wc.sum() == pytest.approx(1.0)
+    assert wc.max() <= 2.0 * np.median(wc) + 1e-12
+    stats = weight_stats(w0)
+    assert stats["ess"] == pytest.approx(len(d)) and stats["entropy_ratio"] == pytest.approx(1.0)
+    with pytest.raises(UserError, match="density.alpha"):
+        density_weights(d, alpha=-1.0)
+
+
+def test_errors(tmp_path):
+    rng = np.random.default_rng(4)
+    paths = write_chunks(tmp_path / "small", rng.standard_normal((7, 8)).astype(np.float32), [3, 4])
+    with pytest.raises(UserError, match=r"knn\.k=10 needs at least 11 prompts, got 7"):
+        knn_search(paths, k=10, progress=False)
+
+    odd = str(tmp_path / "small" / "chunk_odd.zarr")
+    write_chunk(odd, [f"{100 + i:016x}" for i in range(3)], rng.standard_normal((3, 6)), ATTRS)
+    with pytest.raises(UserError, match="chunk_odd.zarr"):
+        compute_weights(paths + [odd], {"k": 2}, {}, progress=False)
+
+    x = rng.standard_normal((400, 30)).astype(np.float32)
+    big = write_chunks(tmp_path / "big", x, [200, 200])
+    with pytest.raises(UserError, match=r"knn\.pq_m"):
+        knn_search(big, k=5, index="ivfpq", pq_m=7, progress=False)
+
+    dup = write_chunks(tmp_path / "dup", x[:10], [10])
+    with pytest.raises(UserError, match="prompt_id"):
+        compute_weights(big + dup, {"k": 2}, {}, progress=False)
+
+
+def test_deterministic(approx_chunks):
+    _, paths = approx_chunks
+    cfg = {"k": 10, "index": "ivf", "nlist": 16, "nprobe": 2, "recall_sample": 100}
+    runs = [compute_weights(paths, cfg, {"alpha": 1.0, "max_ratio": 5.0}, seed=7, progress=False) for _ in range(2)]
+    assert runs[0][0]["weight"].to_numpy().tobytes() == runs[1][0]["weight"].to_numpy().tobytes()
+    assert runs[0][1]["recall_at_k"] == runs[1][1]["recall_at_k"]
+    flat = [
+        compute_weights(paths, {"k": 10, "index": "flat"}, {}, progress=False)[0]["weight"].to_numpy() for _ in range(2)
+    ]
+    assert flat[0].tobytes() == flat[1].tobytes()

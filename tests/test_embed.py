@@ -1,0 +1,216 @@
+"""Unit tests for density_grpo.embed on a tiny random Llama (no network, CPU, seconds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from density_grpo import store
+from density_grpo.embed import Embedder, embed_chunk, gram_factor, head_is_linear, mean_pool, token_budget_batches
+from density_grpo.errors import UserError
+from tiny_model import build_tiny_model
+
+TEXTS = [
+    "\n\nHuman: How do I make a good risotto with mushrooms?\n\nAssistant:",
+    "Hi",
+    "\n\nHuman: What is the capital of France?\n\nAssistant: Paris.\n\nHuman: And of Italy?\n\nAssistant:",
+    "Tell me a joke.",
+    "Can you help me write an email to my landlord about the heating, which has been broken for a week?",
+    "Ünïcode ✓ 你好",
+]
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def tiny(request, tmp_path_factory):
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny"), tie=request.param)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+def reference(model, tokenizer, texts, index: int | None = None) -> np.ndarray:
+    """Masked mean of HF hidden_states[index] (or of the logits when index is None), one text at a time."""
+    rows = []
+    with torch.inference_mode():
+        for text in texts:
+            enc = tokenizer(text, return_tensors="pt")
+            out = model(**enc, output_hidden_states=True)
+            x = out.logits if index is None else out.hidden_states[index]
+            rows.append(mean_pool(x, enc["attention_mask"])[0].numpy())
+    return np.stack(rows)
+
+
+def pairwise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = x.astype(np.float64)
+    dist = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return dist, unit @ unit.T
+
+
+def test_mean_pool_mask():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 6.0], [float("nan"), 0.0], [1e9, 0.0]]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    out = mean_pool(hidden.to(torch.bfloat16), mask)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.tensor([[2.0, 3.0], [5.0, 6.0]]))
+
+
+def test_padding_never_pooled(tiny):
+    model, tokenizer = tiny
+    embedder = Embedder(model, tokenizer, batch_tokens=10_000)
+    together = embedder.embed(TEXTS, progress=False)
+    for i, text in enumerate(TEXTS):
+        alone = embedder.embed([text], progress=False)
+        np.testing.assert_allclose(alone[0], together[i], atol=1e-5)
+
+
+def test_hidden_layer_selection(tiny):
+    model, tokenizer = tiny
+    layers_before = list(model.model.layers)
+    n = len(layers_before)
+    last = Embedder(model, tokenizer, layer=-1).embed(TEXTS, progress=False)
+    np.testing.assert_allclose(last, reference(model, tokenizer, TEXTS, -1), atol=1e-5)
+    mid = Embedder(model, tokenizer, layer=1)
+    expected = reference(model, tokenizer, TEXTS, 2)  # (HF installs its own capture hooks here, once)
+    hooks_before = [len(layer._forward_hooks) for layer in model.model.layers]
+    np.testing.assert_allclose(mid.embed(TEXTS, progress=False), expected, atol=1e-5)
+    assert mid.attrs()["layer"] == 1 and Embedder(model, tokenizer, layer=-1).attrs()["layer"] == n - 1
+    # the model is untouched: same blocks, no hooks left behind
+    assert list(model.model.layers) == layers_before
+    assert [len(layer._forward_hooks) for layer in model.model.layers] == hooks_before
+    with pytest.raises(UserError, match="embed.layer"):
+        Embedder(model, tokenizer, layer=n)
+
+
+def test_computes_only_what_is_needed(tiny):
+    model, tokenizer = tiny
+    calls = []
+    modules = {"block2": model.model.layers[2], "norm": model.model.norm, "lm_head": model.lm_head}
+    handles = [m.register_forward_hook(lambda *a, name=name: calls.append(name)) for name, m in modules.items()]
+    try:
+        Embedder(model, tokenizer, layer=1).embed(TEXTS, progress=False)
+        assert calls == []  # stopped after block 1
+        Embedder(model, tokenizer, layer=-1).embed(TEXTS, progress=False)
+        Embedder(model, tokenizer, source="logits").embed(TEXTS, progress=False)
+        assert "lm_head" not in calls and "norm" in calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_gram_factor_random():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(500, 16, generator=g)
+    a, b = torch.randn(16, generator=g), torch.randn(16, generator=g)
+    r = gram_factor(w, block_rows=64)
+    assert r.shape == (16, 16) and r.dtype == torch.float32
+    torch.testing.assert_close(torch.linalg.norm(r @ (a - b)), torch.linalg.norm(w @ (a - b)), rtol=1e-5, atol=0)
+    cos = torch.nn.functional.cosine_similarity
+    torch.testing.assert_close(cos(r @ a, r @ b, dim=0), cos(w @ a, w @ b, dim=0), rtol=1e-5, atol=1e-6)
+    # rank-deficient W (V < d): Cholesky fails, eigh fallback still exact
+    w_low = torch.randn(8, 16, generator=g)
+    r_low = gram_factor(w_low)
+    torch.testing.assert_close(torch.linalg.norm(r_low @ a), torch.linalg.norm(w_low @ a), rtol=1e-4, atol=1e-5)
+
+
+def test_logits_gram_factor_matches_true_logits(tiny):
+    model, tokenizer = tiny
+    assert head_is_linear(model) == (True, "")
+    embedder = Embedder(model, tokenizer, source="logits")
+    emb = embedder.embed(TEXTS, progress=False)
+    assert emb.shape == (len(TEXTS), model.config.hidden_size)
+    assert embedder.attrs()["transform"] == "gram-factor" and embedder.attrs()["dim"] == model.config.hidden_size
+    true_dist, true_cos = pairwise(reference(model, tokenizer, TEXTS, None))
+    dist, cos = pairwise(emb)
+    np.testing.assert_allclose(dist, true_dist, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(cos, true_cos, rtol=1e-4)
+
+
+def test_softcapped_head_stores_true_logits(tiny, monkeypatch):
+    model, tokenizer = tiny
+    monkeypatch.setattr(model.config, "final_logit_softcapping", 30.0, raising=False)
+    linear, reason = head_is_linear(model)
+    assert not linear and "final_logit_softcapping" in reason
+    embedder = Embedder(model, tokenizer, source="logits")
+    emb = embedder.embed(TEXTS, progress=False)
+    assert emb.shape == (len(TEXTS), model.config.vocab_size)
+    assert embedder.attrs()["transform"].startswith("true-logits (head not linear: final_logit_softcapping")
+    np.testing.assert_allclose(emb, reference(model, tokenizer, TEXTS, None), atol=1e-5)
+
+
+def test_head_with_bias_not_linear(tiny, monkeypatch):
+    model, _ = tiny
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    monkeypatch.setattr(model, "get_output_embeddings", lambda: head)
+    assert head_is_linear(model) == (False, "lm head has a bias")
+
+
+def test_token_budget_batches():
+    lengths = [5, 1, 9, 3, 3, 40, 2, 9, 7]
+    budget = 20
+    batches = token_budget_batches(lengths, budget)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+    assert flat.index(2) < flat.index(7)  # stable among equal lengths
+    assert [5] in batches  # the over-long item is alone
+    for b in batches:
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= budget
+    assert batches == token_budget_batches(lengths, budget)
+    assert token_budget_batches([], 10) == []
+
+
+def test_deterministic_and_input_order(tiny):
+    model, tokenizer = tiny
+    embedder = Embedder(model, tokenizer, batch_tokens=64)
+    a = embedder.embed(TEXTS, progress=False)
+    b = embedder.embed(TEXTS, progress=False)
+    np.testing.assert_array_equal(a, b)
+    perm = [3, 0, 5, 1, 4, 2]
+    np.testing.assert_allclose(embedder.embed([TEXTS[i] for i in perm], progress=False), a[perm], atol=1e-5)
+    attrs = embedder.attrs()
+    assert attrs["n_tokens"] == sum(len(x) for x in tokenizer(TEXTS)["input_ids"])
+    assert attrs["tokens_per_s"] > 0 and attrs["pooling"] == "mean-masked" and attrs["dtype"] == "float32"
+
+
+def test_embed_chunk_writes_store(tiny, tmp_path):
+    model, tokenizer = tiny
+    embedder = Embedder(model, tokenizer)
+    ids = [f"{i:016x}" for i in range(len(TEXTS))]
+    out = tmp_path / "chunk_0.zarr"
+    attrs = embed_chunk(TEXTS, ids, embedder, str(out), {"model": "tiny", "chunk": 0})
+    got_ids, emb, stored = store.read_chunk(out)
+    assert got_ids == ids and emb.shape == (len(TEXTS), model.config.hidden_size)
+    np.testing.assert_allclose(emb, embedder.embed(TEXTS, progress=False), atol=1e-6)
+    assert stored["model"] == "tiny" and stored["source"] == "hidden" and stored["transform"] == "none"
+    assert {k: stored[k] for k in attrs} == attrs
+    with pytest.raises(ValueError):
+        embed_chunk([], [], embedder, str(tmp_path / "empty.zarr"), {})
+
+
+def test_oom_split_and_give_up(tiny, monkeypatch):
+    model, tokenizer = tiny
+    embedder = Embedder(model, tokenizer, batch_tokens=10_000)
+    expected = embedder.embed(TEXTS, progress=False)
+    forward = embedder.backbone.forward
+    calls = {"oom": 0}
+
+    def oom_once(*args, **kwargs):
+        if kwargs["input_ids"].shape[0] > 1 and calls["oom"] == 0:
+            calls["oom"] += 1
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(embedder.backbone, "forward", oom_once)
+    np.testing.assert_allclose(embedder.embed(TEXTS, progress=False), expected, atol=1e-5)
+    assert calls["oom"] == 1
+
+    def oom_always(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(embedder.backbone, "forward", oom_always)
+    with pytest.raises(UserError, match="embed.batch_tokens") as err:
+        embedder.embed(TEXTS, progress=False)
+    assert "model.dtype" in str(err.value)

@@ -26,8 +26,8 @@ lint: install
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check .
 
-dag: install
-	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/rulegraph.svg
+dag:
+	dot -Tsvg docs/pipeline.dot > docs/pipeline.svg
 
 clean:
 	rm -rf results logs .snakemake

@@ -16,7 +16,8 @@ def setup_logging(log_file: str | None = None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
+    logging.getLogger("density_grpo").setLevel(logging.INFO)
 
 
 def run_step(smk: Any, step: Callable[[], Any]) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
 
@@ -55,17 +57,14 @@ def resolve_dtype(spec: str, device) -> "torch.dtype":
 
 
 def set_threads(n: int) -> None:
-    """Honour Snakemake's `threads` in torch and FAISS (on 2 cores, 1 thread per job is often fastest)."""
+    """Honour Snakemake's `threads` in torch and FAISS (on 2 cores, 1 thread per job is often fastest).
+
+    Sets the OpenMP/MKL variables read when torch or faiss is first imported, so cheap rules import neither.
+    """
     n = max(1, int(n))
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:  # the data rules' env has no torch
-        pass
-    try:
-        import faiss
-
-        faiss.omp_set_num_threads(n)
-    except ImportError:
-        pass
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    if "faiss" in sys.modules:
+        sys.modules["faiss"].omp_set_num_threads(n)

@@ -293,3 +293,16 @@ def unique_prompts(pairs: pd.DataFrame) -> pd.DataFrame:
     if out["prompt_id"].duplicated().any():  # 64-bit collision: astronomically unlikely, but joins rely on it
         raise ValueError("prompt_id collision between distinct prompts")
     return out
+
+
+def eval_split(prompts: pd.DataFrame, n_eval: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split prompts into (train, held_out): the `n_eval` prompts with the smallest seeded hash of their id.
+
+    Hash-based, so the choice does not depend on row order and training never sees a held-out prompt.
+    """
+    if n_eval >= len(prompts):
+        raise UserError(f"config key eval.prompts: {n_eval} held-out prompts leave none of {len(prompts)} for training")
+    keys = prompts["prompt_id"].map(lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+    held = keys.sort_values(kind="stable").index[:n_eval]
+    mask = prompts.index.isin(held)
+    return prompts[~mask].reset_index(drop=True), prompts[mask].reset_index(drop=True)

@@ -63,3 +63,30 @@ def pairs_input(wildcards):
     if source == "local":
         return [config["data"]["path"]]
     return []  # hh-rlhf: downloaded (or read from data.mirror) by the job
+
+
+RM_MODEL = f"{RES}/rm/model"
+RM_METRICS = f"{RES}/rm/metrics.json"
+GRPO_MODEL = f"{RES}/grpo/{{sampler}}/model"
+GRPO_METRICS = f"{RES}/grpo/{{sampler}}/metrics.jsonl"
+GRPO_DRAWS = f"{RES}/grpo/{{sampler}}/draws.parquet"
+EVAL = f"{RES}/eval/{{model}}.json"
+COMPARISON = f"{RES}/eval/comparison.json"
+SAMPLERS = config["grpo"]["samplers"]
+EVAL_MODELS = ["base", *SAMPLERS]
+
+
+def grpo_inputs(wildcards):
+    """The density arm reads the weights; both arms read the same prompts (held-out ones excluded)."""
+    inputs = {"prompts": PROMPTS, "model": ancient(MODEL_DIR)}
+    if wildcards.sampler == "density":
+        inputs["weights"] = WEIGHTS
+    if config["grpo"]["reward"] == "rm":
+        inputs["rm"] = RM_MODEL
+    return inputs
+
+
+def eval_inputs(wildcards):
+    """Base model or a policy, scored by the reward model, on the held-out prompts."""
+    policy = MODEL_DIR if wildcards.model == "base" else GRPO_MODEL.format(sampler=wildcards.model)
+    return {"prompts": PROMPTS, "base": ancient(MODEL_DIR), "policy": policy, "rm": RM_MODEL}

@@ -1,4 +1,5 @@
-# density-grpo: pairs -> prompts -> chunked Zarr embeddings -> FAISS density weights.
+# density-grpo: pairs -> prompts -> chunked Zarr embeddings -> FAISS density weights -> reward model + GRPO
+# (density vs uniform sampler) -> diversity evaluation -> memory reports.
 # Run: snakemake --cores all [target] [--configfile partial.yaml]
 import sys
 
@@ -26,6 +27,9 @@ include: "rules/data.smk"
 include: "rules/model.smk"
 include: "rules/embed.smk"
 include: "rules/density.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -33,6 +37,10 @@ rule all:
     input:
         WEIGHTS,
         WEIGHTS_META,
+        RM_METRICS,
+        expand(GRPO_METRICS, sampler=SAMPLERS),
+        COMPARISON,
+        f"{REPORTS}/summary.md",
 
 
 rule prompts:
@@ -49,3 +57,19 @@ rule weights:
     input:
         WEIGHTS,
         WEIGHTS_META,
+
+
+rule train:
+    input:
+        RM_METRICS,
+        expand(GRPO_METRICS, sampler=SAMPLERS),
+
+
+rule evaluate:
+    input:
+        COMPARISON,
+
+
+rule reports:
+    input:
+        rules.build_reports.output,

@@ -20,14 +20,22 @@ def setup_logging(log_file: str | None = None) -> None:
     logging.getLogger("density_grpo").setLevel(logging.INFO)
 
 
-def run_step(smk: Any, step: Callable[[], Any]) -> None:
-    """Run `step` inside a Snakemake `script:`: bad input exits 1 with one clear line, no traceback."""
+def run_step(smk: Any, step: Callable[[], dict | None]) -> None:
+    """Run `step` inside a Snakemake `script:`: bad input exits 1 with one clear line, no traceback.
+
+    The step runs under the memory monitor (results/{run}/memory/{job}.json/.tsv: predicted vs measured
+    peak); a dict it returns is recorded there too (e.g. tokens/s).
+    """
     setup_logging(smk.log[0] if len(smk.log) else None)
     from density_grpo.device import set_threads
+    from density_grpo.memory import monitor_job
 
     set_threads(smk.threads)
     try:
-        step()
+        with monitor_job(smk) as mon:
+            result = step()
+            if isinstance(result, dict):
+                mon.extra.update(result)
     except UserError as e:
         log.error("%s", e)
         sys.exit(1)

@@ -56,7 +56,7 @@ def chunk_rows(n_prompts: int, chunk_size: int, i: int) -> slice:
 
 
 def embed_chunk(prompts_path: str, model_dir: str, i: int, cfg: dict, out: str) -> dict:
-    """Stage 4: embed chunk `i` of the prompts into a Zarr store."""
+    """Stage 4: embed chunk `i` of the prompts into a Zarr store; returns throughput figures."""
     from density_grpo.data import texts_hash
     from density_grpo.device import resolve_device, resolve_dtype
     from density_grpo.embed import Embedder, embed_chunk as write_embeddings
@@ -82,7 +82,7 @@ def embed_chunk(prompts_path: str, model_dir: str, i: int, cfg: dict, out: str) 
         {"model": cfg["model"]["name_or_path"], "chunk": i, "device": str(device), "content_hash": texts_hash(texts)},
     )
     log.info("chunk %d: %d prompts, %s tokens, %.0f tokens/s (%s, %s)", i, len(texts), attrs.get("n_tokens"), attrs.get("tokens_per_s", 0), device, dtype)
-    return attrs
+    return {"n_prompts": len(texts), "n_tokens": attrs.get("n_tokens"), "tokens_per_s": attrs.get("tokens_per_s")}
 
 
 def make_weights(chunk_paths: list[str], cfg: dict, out_weights: str, out_meta: str) -> None:
@@ -122,3 +122,72 @@ def git_commit() -> str | None:
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _copy_out(src_dir: str, names: dict[str, str]) -> None:
+    """Copy small files out of a checkpoint folder, so reports survive deleting the checkpoint."""
+    import shutil
+
+    from density_grpo.io import atomic_path
+
+    for name, dest in names.items():
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(Path(src_dir) / name, tmp)
+
+
+def make_reward_model(pairs_path: str, model_dir: str, cfg: dict, out_model: str, out_metrics: str) -> dict:
+    """Stage 6a: Bradley-Terry reward model (TRL RewardTrainer) -> HF folder + metrics.json."""
+    from density_grpo.reward import train_reward_model
+
+    metrics = train_reward_model(model_dir, pd.read_parquet(pairs_path), cfg, out_model)
+    _copy_out(out_model, {"metrics.json": out_metrics})
+    return {k: metrics[k] for k in ("eval_accuracy", "steps") if k in metrics}
+
+
+def train_prompts(prompts_path: str, cfg: dict) -> pd.DataFrame:
+    """The prompts GRPO may train on: all but the held-out evaluation prompts."""
+    from density_grpo.data import eval_split
+
+    train, _ = eval_split(pd.read_parquet(prompts_path), cfg["eval"]["prompts"], cfg["seed"])
+    return train
+
+
+def make_grpo(prompts_path: str, model_dir: str, sampler: str, cfg: dict, out_model: str, out_metrics: str, out_draws: str, weights_path: str | None = None, rm_dir: str | None = None) -> dict:
+    """Stage 6b: one GRPO policy; `density` draws prompts by weight, `uniform` uniformly (same code path)."""
+    from density_grpo.grpo import train_grpo
+
+    prompts = train_prompts(prompts_path, cfg)
+    weights = None
+    if sampler == "density":
+        w = pd.read_parquet(weights_path).set_index("prompt_id")["weight"]
+        missing = ~prompts["prompt_id"].isin(w.index)
+        if missing.any():
+            raise UserError(f"{weights_path}: no weight for {int(missing.sum())} prompts (rerun the weights rule)")
+        weights = w.loc[prompts["prompt_id"]].to_numpy(dtype="float64")
+        weights = weights / weights.sum()  # renormalised over the training prompts (held-out ones removed)
+    summary = train_grpo(model_dir, prompts, weights, cfg, out_model, rm_dir=rm_dir)
+    _copy_out(out_model, {"metrics.jsonl": out_metrics, "draws.parquet": out_draws})
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
+
+
+def make_eval(prompts_path: str, base_dir: str, policy_dir: str, rm_dir: str | None, name: str, cfg: dict, out: str) -> None:
+    """Stage 7: diversity and reward of one model's samples on the held-out prompts."""
+    from density_grpo.data import eval_split
+    from density_grpo.evaluate import evaluate_policy
+
+    _, held = eval_split(pd.read_parquet(prompts_path), cfg["eval"]["prompts"], cfg["seed"])
+    result = evaluate_policy(policy_dir, base_dir, held["text"].tolist(), cfg, rm_dir, name)
+    write_json(result, out)
+
+
+def make_comparison(eval_paths: list[str], out_json: str, out_png: str) -> None:
+    """Stage 7b: base vs density vs uniform side by side (JSON + PNG)."""
+    from density_grpo.evaluate import compare, plot_comparison
+
+    results = {}
+    for p in eval_paths:
+        r = json.loads(Path(p).read_text())
+        results[r.get("model", Path(p).stem)] = r
+    comparison = compare(results)
+    write_json(comparison, out_json)
+    plot_comparison(comparison, out_png)

@@ -8,6 +8,7 @@ import pandas as pd
 from density_grpo.data import SAMPLE_PATH, texts_hash
 from density_grpo.device import wants_gpu
 from density_grpo.models import model_kind, model_slug
+from density_grpo.report import REPORT_FILES
 
 RUN = config["run"]
 RES = f"results/{RUN}"
@@ -90,3 +91,7 @@ def eval_inputs(wildcards):
     """Base model or a policy, scored by the reward model, on the held-out prompts."""
     policy = MODEL_DIR if wildcards.model == "base" else GRPO_MODEL.format(sampler=wildcards.model)
     return {"prompts": PROMPTS, "base": ancient(MODEL_DIR), "policy": policy, "rm": RM_MODEL}
+
+
+REPORTS = f"{RES}/reports"
+REPORT_PLOTS = [f for f in REPORT_FILES if f.endswith(".png")]

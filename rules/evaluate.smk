@@ -1,27 +1,27 @@
 # Stage 7: diversity of sampled responses on held-out prompts, base vs each policy, and the side-by-side comparison.
 
 
-rule evaluate:
+rule evaluate_model:
     input:
         unpack(eval_inputs),
     output:
         EVAL,
-    params:
-        eval=config["eval"],
-        seed=config["seed"],
-    wildcard_constraints:
-        model="base|density|uniform",
     log:
         f"{LOGS}/evaluate_{{model}}.log",
     benchmark:
         f"{BENCH}/evaluate_{{model}}.tsv"
+    wildcard_constraints:
+        model="base|density|uniform",
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=mem_mb(6000),
         runtime=60,
         gpu=GPU,
+    params:
+        eval=config["eval"],
+        seed=config["seed"],
     script:
         "../scripts/evaluate.py"
 

@@ -9,9 +9,6 @@ rule reward_model:
     output:
         model=directory(RM_MODEL),
         metrics=RM_METRICS,
-    params:
-        rm=config["rm"],
-        seed=config["seed"],
     log:
         f"{LOGS}/reward_model.log",
     benchmark:
@@ -23,6 +20,9 @@ rule reward_model:
         mem_mb=mem_mb(6000),
         runtime=120,
         gpu=GPU,
+    params:
+        rm=config["rm"],
+        seed=config["seed"],
     script:
         "../scripts/reward_model.py"
 
@@ -34,22 +34,22 @@ rule grpo:
         model=directory(GRPO_MODEL),
         metrics=GRPO_METRICS,
         draws=GRPO_DRAWS,
-    params:
-        grpo=config["grpo"],
-        eval_prompts=config["eval"]["prompts"],
-        seed=config["seed"],
-    wildcard_constraints:
-        sampler="density|uniform",
     log:
         f"{LOGS}/grpo_{{sampler}}.log",
     benchmark:
         f"{BENCH}/grpo_{{sampler}}.tsv"
+    wildcard_constraints:
+        sampler="density|uniform",
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=mem_mb(8000),
         runtime=240,
         gpu=GPU,
+    params:
+        grpo=config["grpo"],
+        eval_prompts=config["eval"]["prompts"],
+        seed=config["seed"],
     script:
         "../scripts/grpo.py"

@@ -1,0 +1,136 @@
+"""Self-certainty through the LM head: chunked (density_grpo.grpo.self_certainty) vs naive full logits.
+
+    python benchmarks/self_certainty_memory.py [--T 2048] [--V 49152] [--hidden 576] [--batch 1] [--token-chunk 256]
+
+Each variant runs once in a fresh subprocess on the same seeded inputs (hidden states, LM head, a mask with ~10%
+padding). Peak memory is the growth over the memory held after building the inputs: on CUDA
+torch.cuda.max_memory_allocated, on CPU the peak RSS seen by a psutil thread sampling every 0.5 ms (torch's CPU
+allocations are invisible to tracemalloc). The naive variant holds the B x T x V float32 logits plus logsumexp's
+temporaries; the chunked one ~token_chunk x V floats at a time.
+The last line is machine-readable: RESULT self_certainty memory_ratio=<naive/chunked> max_rel_err=<e>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+try:
+    import density_grpo  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class PeakRSS:
+    """Samples this process's RSS on a thread; `peak` is the highest value seen (bytes)."""
+
+    def __init__(self, interval: float = 0.0005):
+        import psutil
+
+        self.proc, self.interval, self.peak = psutil.Process(), interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self.peak = self.proc.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Run one variant; print one JSON line: peak_mb, time_s, values."""
+    import gc
+
+    import psutil
+    import torch
+
+    from density_grpo.grpo import self_certainty, self_certainty_naive
+
+    torch.set_grad_enabled(False)
+    device = torch.device(args.device)
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(args.batch, args.T, args.hidden, generator=g).to(device)
+    head = torch.nn.Linear(args.hidden, args.V, bias=False)
+    torch.nn.init.normal_(head.weight, std=0.02, generator=g)
+    head = head.to(device)
+    mask = (torch.rand(args.batch, args.T, generator=g) > 0.1).long().to(device)
+    if args.variant == "naive":
+        run = lambda: self_certainty_naive(hidden, head, mask)  # noqa: E731
+    else:
+        run = lambda: self_certainty(hidden, head, mask, token_chunk=args.token_chunk)  # noqa: E731
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        out = run()
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = psutil.Process().memory_info().rss
+        with PeakRSS() as rss:
+            t = time.perf_counter()
+            out = run()
+            elapsed = time.perf_counter() - t
+        peak = rss.peak - base
+    print(json.dumps({"peak_mb": peak / 2**20, "time_s": elapsed, "values": out.cpu().tolist()}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--T", type=int, default=2048, help="positions per sequence")
+    ap.add_argument("--V", type=int, default=49152, help="vocab size (SmolLM2)")
+    ap.add_argument("--hidden", type=int, default=576, help="hidden size (SmolLM2-135M)")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--token-chunk", type=int, default=256)
+    ap.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ap.add_argument("--variant", choices=["naive", "chunked"], help=argparse.SUPPRESS)  # worker mode
+    args = ap.parse_args()
+    if args.variant:
+        return worker(args)
+
+    results = {}
+    for variant in ("naive", "chunked"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--variant", variant]
+        cmd += ["--T", str(args.T), "--V", str(args.V), "--hidden", str(args.hidden), "--batch", str(args.batch)]
+        cmd += ["--token-chunk", str(args.token_chunk), "--device", args.device]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            sys.exit(f"{variant} failed:\n{res.stderr[-3000:]}")
+        results[variant] = json.loads(res.stdout.strip().splitlines()[-1])
+
+    print(f"device={args.device} batch={args.batch} hidden={args.hidden} token_chunk={args.token_chunk}")
+    print(f"{'variant':<10} {'T':>6} {'V':>7} {'peak MB':>9} {'time s':>8}")
+    for variant, r in results.items():
+        print(f"{variant:<10} {args.T:>6} {args.V:>7} {r['peak_mb']:>9.1f} {r['time_s']:>8.2f}")
+    naive, chunked = results["naive"]["values"], results["chunked"]["values"]
+    max_rel_err = max(abs(c - n) / abs(n) for c, n in zip(chunked, naive))
+    ratio = results["naive"]["peak_mb"] / max(results["chunked"]["peak_mb"], 1e-9)
+    print(f"RESULT self_certainty memory_ratio={ratio:.2f} max_rel_err={max_rel_err:.2e}")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()

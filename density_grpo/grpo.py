@@ -1,0 +1,458 @@
+"""GRPO with density-weighted prompt sampling (TRL GRPOTrainer), and its two rewards.
+
+Hypothesis under test: drawing rare prompts (high k-NN density weight) more often reduces mode collapse. Both arms
+run the same code: `WeightedRepeatSampler` draws the prompts of each step by weight, with replacement; the
+`uniform` arm passes a uniform weight vector, so the arms differ only in the weights.
+
+Rewards (TRL reward-function signature):
+- `rm`: the Bradley-Terry reward model trained by density_grpo/reward.py, scored on prompt + completion + EOS;
+- `self_certainty`: Intuitor's self-certainty of the current policy on its own completion (no reward model),
+  computed through the LM head in chunks of positions, so the B x T x V logits never exist.
+
+Pad token: SmolLM2 ships pad == eos == "<|im_end|>". Code that tells real tokens from padding by `id != pad` (HF
+sequence-classification pooling, `generate` without an attention mask, collators) would then drop real EOS tokens.
+TRL itself masks by length, but the saved policy is reused downstream, so `set_pad_token` makes pad distinct from
+every eos id: the tokenizer's unk token when it is distinct (SmolLM2: "<|endoftext|>", already in the vocabulary and
+never emitted by byte-level BPE, so no embedding resize), else a new "<|pad|>" with resized embeddings (the rule of
+reward.py). Pads are always attention-masked and never scored, so their embedding does not matter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sized
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Sampler
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from density_grpo.errors import UserError
+from density_grpo.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+REWARDS = ("rm", "self_certainty")
+NEW_PAD_TOKEN = "<|pad|>"
+# per-step keys always present in metrics.jsonl (None when TRL did not log them, e.g. kl when beta == 0)
+METRIC_KEYS = ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "completions/max_length")
+# transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name warns)
+CHECKPOINTING = (
+    "activation_checkpointing" if hasattr(GRPOConfig, "activation_checkpointing") else "gradient_checkpointing"
+)
+
+# -----------------------------------------------------------------------------
+# sampler
+
+
+class WeightedRepeatSampler(Sampler[int]):
+    """TRL's RepeatSampler layout, but the unique indices are drawn by weight (with replacement) instead of shuffled.
+
+    Each iteration draws `num_samples` unique indices i ~ weights (numpy Generator seeded once with `seed`, so
+    successive iterations continue the same stream), cuts them into chunks of `batch_size` (a trailing partial chunk
+    is dropped, as in TRL), and yields each chunk `repeat_count` times with every index repeated `mini_repeat_count`
+    times consecutively:
+
+        draws [4, 1, 4, 0], batch_size=2, mini_repeat_count=2, repeat_count=2
+        -> 4 4 1 1 | 4 4 1 1 | 4 4 0 0 | 4 4 0 0
+
+    `num_samples` defaults to len(data_source) (one "epoch" = as many draws as prompts); GRPO training sets it to
+    exactly the draws its steps consume. `counts[i]` counts the draws of index i actually yielded (once per draw,
+    not per repeat); `draws` holds the last iteration's full draw.
+    """
+
+    def __init__(
+        self,
+        data_source: Sized,
+        weights: np.ndarray,
+        mini_repeat_count: int,
+        batch_size: int = 1,
+        repeat_count: int = 1,
+        num_samples: int | None = None,
+        seed: int | None = None,
+    ):
+        n = len(data_source)
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (n,):
+            raise ValueError(f"weights has shape {w.shape}, expected ({n},) (one weight per dataset row)")
+        if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError("weights must be finite, non-negative and not all zero")
+        self.data_source = data_source
+        self.p = w / w.sum()
+        self.mini_repeat_count = mini_repeat_count
+        self.batch_size = batch_size
+        self.repeat_count = repeat_count
+        self.num_samples = n if num_samples is None else int(num_samples)
+        self.rng = np.random.default_rng(seed)
+        self.counts = np.zeros(n, dtype=np.int64)
+        self.draws = np.empty(0, dtype=np.int64)
+
+    def __iter__(self):
+        self.draws = self.rng.choice(len(self.p), size=self.num_samples, replace=True, p=self.p)
+        n_chunks = self.num_samples // self.batch_size
+        for chunk in self.draws[: n_chunks * self.batch_size].reshape(n_chunks, self.batch_size).tolist():
+            np.add.at(self.counts, chunk, 1)  # add.at: an index may be drawn twice in one chunk
+            for _ in range(self.repeat_count):
+                for index in chunk:
+                    for _ in range(self.mini_repeat_count):
+                        yield index
+
+    def __len__(self) -> int:
+        return (self.num_samples // self.batch_size) * self.batch_size * self.mini_repeat_count * self.repeat_count
+
+
+# -----------------------------------------------------------------------------
+# trainer
+
+
+class WeightedGRPOTrainer(GRPOTrainer):
+    """trl.GRPOTrainer whose train sampler draws the prompts by `prompt_weights` (aligned with train_dataset rows).
+
+    None means uniform. `draw_counts` (after training): how many times each row was drawn as a group's prompt.
+    """
+
+    def __init__(self, *args, prompt_weights: np.ndarray | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        n = len(self.train_dataset)
+        self.prompt_weights = np.full(n, 1.0 / n) if prompt_weights is None else np.asarray(prompt_weights, float)
+        if self.prompt_weights.shape != (n,):
+            raise ValueError(f"prompt_weights has shape {self.prompt_weights.shape}, expected ({n},)")
+        self.train_sampler: WeightedRepeatSampler | None = None
+
+    def _get_train_sampler(self, dataset=None) -> Sampler:
+        # the arguments of GRPOTrainer._get_train_sampler (see its comment for the layout), plus weights
+        dataset = self.train_dataset if dataset is None else dataset
+        batch_size = self.args.generation_batch_size // self.num_generations
+        repeat_count = self.num_iterations * self.args.steps_per_generation
+        num_samples = None
+        if self.args.max_steps > 0:  # exactly the draws max_steps consume: every counted draw is trained on
+            micro_steps = self.args.max_steps * self.args.gradient_accumulation_steps
+            num_samples = math.ceil(micro_steps / repeat_count) * batch_size
+        self.train_sampler = WeightedRepeatSampler(
+            data_source=dataset,
+            weights=self.prompt_weights,
+            mini_repeat_count=self.num_generations,
+            batch_size=batch_size,
+            repeat_count=repeat_count,
+            num_samples=num_samples,
+            seed=self.args.seed,
+        )
+        return self.train_sampler
+
+    @property
+    def draw_counts(self) -> np.ndarray:
+        if self.train_sampler is None:
+            return np.zeros(len(self.train_dataset), dtype=np.int64)
+        return self.train_sampler.counts.copy()
+
+
+# -----------------------------------------------------------------------------
+# rewards
+
+
+def make_rm_reward(rm_dir: str, device, dtype, max_length: int, batch_size: int = 8) -> Callable[..., list[float]]:
+    """TRL reward function scoring prompt + completion with the reward model folder `rm_dir` (no grad, batched).
+
+    Scored like TRL's RewardTrainer trains: prompt + completion + EOS, read at the last non-pad token (the EOS).
+    Texts over `max_length` tokens keep their last `max_length` tokens (the completion end).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if not (Path(rm_dir) / "config.json").exists():
+        raise UserError(f"{rm_dir}: not a reward model folder (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(rm_dir)
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir, dtype=dtype).to(device).eval()
+    pad_id = rm.config.get_text_config().pad_token_id
+    if pad_id is None or pad_id == tokenizer.eos_token_id:  # the score would be read before the EOS
+        raise UserError(f"{rm_dir}: reward model pad_token_id must be set and differ from eos")
+
+    @torch.no_grad()
+    def rm_reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        texts = [p + c + tokenizer.eos_token for p, c in zip(prompts, completions, strict=True)]
+        ids = [x[-max_length:] for x in tokenizer(text=texts)["input_ids"]]
+        scores: list[float] = []
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start : start + batch_size]
+            input_ids = torch.full((len(batch), max(map(len, batch))), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros_like(input_ids)
+            for i, x in enumerate(batch):  # right padding
+                input_ids[i, : len(x)] = torch.tensor(x)
+                attention_mask[i, : len(x)] = 1
+            logits = rm(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            scores.extend(logits[:, 0].float().cpu().tolist())
+        return scores
+
+    rm_reward.__name__ = "rm"
+    return rm_reward
+
+
+@torch.no_grad()
+def self_certainty(
+    hidden: torch.Tensor, lm_head: torch.nn.Module, mask: torch.Tensor, token_chunk: int = 256, temperature: float = 1.0
+) -> torch.Tensor:
+    """Intuitor's self-certainty per sequence, without ever building the B x T x V logits.
+
+    hidden (B, T, H): the hidden states that predict the scored tokens; mask (B, T): 1 where a token is scored.
+    Per position, with z = lm_head(h) / temperature over the V-token vocab: logsumexp(z) - mean(z), which is
+    KL(uniform || softmax(z)) + log V (the constant log V is dropped: it cancels in GRPO's group advantages).
+    Returns the masked mean per sequence, float32 (B,) (0 for a row with no scored position). Only the masked
+    positions go through lm_head, `token_chunk` at a time, so the extra memory is ~token_chunk x V floats.
+    """
+    mask = mask.bool()
+    rows = mask.nonzero(as_tuple=True)[0]
+    h = hidden[mask]  # (N, H), N = scored positions
+    per_token = torch.empty(h.size(0), dtype=torch.float32, device=hidden.device)
+    for start in range(0, h.size(0), token_chunk):
+        z = lm_head(h[start : start + token_chunk]).float() / temperature
+        per_token[start : start + token_chunk] = torch.logsumexp(z, dim=-1) - z.mean(dim=-1)
+        del z  # free this chunk's logits before the next one is allocated
+    total = torch.zeros(hidden.size(0), dtype=torch.float32, device=hidden.device).index_add_(0, rows, per_token)
+    return total / mask.sum(dim=1).clamp(min=1)
+
+
+@torch.no_grad()
+def self_certainty_naive(
+    hidden: torch.Tensor, lm_head: torch.nn.Module, mask: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """`self_certainty` through the full (B, T, V) logits: the reference for tests and benchmarks."""
+    z = lm_head(hidden).float() / temperature
+    per_token = torch.logsumexp(z, dim=-1) - z.mean(dim=-1)
+    mask = mask.float()
+    return (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion, as TRL collects them: the generation config's eos ids + the tokenizer's."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    return ids if tokenizer.eos_token_id in ids else [tokenizer.eos_token_id, *ids]
+
+
+def pack_prompt_completion(
+    prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, eos_ids: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TRL's layout: left-padded prompts (width P) + right-padded completions (width C), each cut after its first EOS.
+
+    Returns input_ids (B, P+C), attention_mask (B, P+C) and completion_mask (B, C).
+    """
+    eos = set(eos_ids)
+    cut = [next((k + 1 for k, t in enumerate(c) if t in eos), len(c)) for c in completion_ids]
+    completion_ids = [list(c[:n]) for c, n in zip(completion_ids, cut)]
+    P, C = max(map(len, prompt_ids)), max(map(len, completion_ids))
+    input_ids = torch.full((len(prompt_ids), P + C), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        input_ids[i, P - len(p) : P + len(c)] = torch.tensor(list(p) + c, dtype=torch.long)
+        attention_mask[i, P - len(p) : P + len(c)] = 1
+    return input_ids, attention_mask, attention_mask[:, P:]
+
+
+def make_self_certainty_reward(
+    model, tokenizer, token_chunk: int = 256, temperature: float = 1.0
+) -> Callable[..., list[float]]:
+    """TRL reward function: the current policy's self-certainty on its own completions (Intuitor; no reward model).
+
+    One extra no-grad forward of the policy's backbone on prompt + completion ids, laid out as TRL lays out its
+    log-prob forward (left-padded prompts, right-padded completions, masked after the first EOS, no position ids).
+    Logits at position t predict token t+1, so completion token j is scored from the hidden state at P + j - 1.
+    Prompts must be plain text: they are re-tokenized exactly as TRL tokenizes them, `tokenizer(text=prompts)`.
+    """
+    eos_ids = eos_token_ids(model, tokenizer)
+
+    def self_certainty_reward(prompts: list[str], completions: list, completion_ids: list[list[int]], **kwargs: Any):
+        prompt_ids = tokenizer(text=prompts)["input_ids"]
+        input_ids, attention_mask, completion_mask = pack_prompt_completion(
+            prompt_ids, completion_ids, tokenizer.pad_token_id, eos_ids
+        )
+        P, C = input_ids.size(1) - completion_mask.size(1), completion_mask.size(1)
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()  # no dropout, and HF gradient checkpointing is off in eval mode
+        try:
+            with torch.no_grad():
+                hidden = model.get_decoder()(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
+                ).last_hidden_state
+                scores = self_certainty(
+                    hidden[:, P - 1 : P + C - 1],
+                    model.get_output_embeddings(),
+                    completion_mask.to(device),
+                    token_chunk,
+                    temperature,
+                )
+        finally:
+            model.train(was_training)
+        return scores.cpu().tolist()
+
+    self_certainty_reward.__name__ = "self_certainty"
+    return self_certainty_reward
+
+
+# -----------------------------------------------------------------------------
+# training
+
+
+def set_pad_token(tokenizer, model) -> None:
+    """Make pad distinct from every eos id (see the module docstring); mirror it into the model's configs."""
+    eos = set(eos_token_ids(model, tokenizer))
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id in eos:
+        unk = tokenizer.unk_token_id
+        if unk is not None and unk not in eos and unk != tokenizer.bos_token_id:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": NEW_PAD_TOKEN})
+            if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+                model.resize_token_embeddings(len(tokenizer))
+    model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+class StepMetrics(TrainerCallback):
+    """One row per optimizer step: TRL's logged metrics plus the step's wall time (generation + scoring + update)."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self._start = self._step_start = time.perf_counter()
+        self._step_s: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._step_s = time.perf_counter() - self._step_start
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "reward" in logs:  # skips the end-of-training summary log
+            row = {"step": state.global_step, **dict.fromkeys(METRIC_KEYS), **logs}
+            row.update(step_wall_s=self._step_s, elapsed_s=time.perf_counter() - self._start)
+            self.rows.append(row)
+
+
+def grpo_config(cfg: dict, output_dir: str, device: torch.device, dtype: torch.dtype) -> GRPOConfig:
+    """trl.GRPOConfig from the `grpo` section: each optimizer step = prompts_per_step prompts x num_generations."""
+    g = cfg["grpo"]
+    return GRPOConfig(
+        output_dir=output_dir,
+        max_steps=g["steps"],
+        # one generation per optimizer step, no accumulation: per_device_train_batch_size = generation batch
+        per_device_train_batch_size=g["prompts_per_step"] * g["num_generations"],
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,
+        num_generations=g["num_generations"],
+        max_completion_length=g["max_completion_length"],
+        temperature=g["temperature"],
+        learning_rate=g["learning_rate"],
+        beta=g["beta"],
+        epsilon=g["epsilon"],
+        loss_type=g["loss_type"],
+        seed=cfg["seed"],
+        data_seed=cfg["seed"],
+        # TRL defaults bf16=True even on CPU; half precision only as CUDA autocast
+        bf16=device.type == "cuda" and dtype == torch.bfloat16,
+        fp16=device.type == "cuda" and dtype == torch.float16,
+        use_cpu=device.type == "cpu",
+        dataloader_pin_memory=device.type == "cuda",
+        use_vllm=False,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        **{CHECKPOINTING: g["gradient_checkpointing"]},
+    )
+
+
+def train_grpo(
+    model_dir: str,
+    prompts: pd.DataFrame,
+    weights: np.ndarray | None,
+    cfg: dict,
+    out_dir: str,
+    rm_dir: str | None = None,
+) -> dict:
+    """Train one GRPO policy from `model_dir`; write `out_dir` atomically; return a summary.
+
+    prompts: the training prompts (prompt_id, text; held-out eval prompts already removed). weights: aligned with
+    `prompts` rows (density arm), or None for the uniform arm. out_dir gets the policy (safetensors HF folder +
+    tokenizer), metrics.jsonl (one row per optimizer step) and draws.parquet (prompt_id, draws).
+    """
+    from datasets import Dataset
+    from transformers import set_seed
+
+    from density_grpo.device import resolve_device, resolve_dtype
+    from density_grpo.models import load_causal_lm
+
+    g = cfg["grpo"]
+    reward = g.get("reward")
+    if reward not in REWARDS:
+        raise UserError(f"config key grpo.reward: {reward!r} is not one of {', '.join(REWARDS)}")
+    if reward == "rm" and not rm_dir:
+        raise UserError("config key grpo.reward: 'rm' needs a trained reward model (no rm_dir); use self_certainty")
+    if len(prompts) == 0:
+        raise UserError("no training prompts for GRPO")
+    n = len(prompts)
+    weights = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64)
+    if weights.shape != (n,):
+        raise ValueError(f"weights has shape {weights.shape}, expected ({n},) (one per prompt)")
+
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.get("device", "auto"))
+    dtype = resolve_dtype(cfg.get("model", {}).get("dtype", "auto"), device)
+    set_seed(cfg["seed"])
+    # fp16 trains as autocast over fp32 master weights (the grad scaler refuses fp16 params); bf16 as bf16 params
+    model, tokenizer = load_causal_lm(model_dir, torch.float32 if dtype == torch.float16 else dtype, device)
+    set_pad_token(tokenizer, model)
+    if reward == "rm":
+        reward_func = make_rm_reward(rm_dir, device, dtype, cfg.get("rm", {}).get("max_length", 512))
+    else:
+        reward_func = make_self_certainty_reward(model, tokenizer, g["token_chunk"], g["temperature"])
+
+    metrics = StepMetrics()
+    with tempfile.TemporaryDirectory() as trainer_dir:  # the Trainer's own output_dir: nothing kept from it
+        trainer = WeightedGRPOTrainer(
+            model=model,
+            reward_funcs=reward_func,
+            args=grpo_config(cfg, trainer_dir, device, dtype),
+            train_dataset=Dataset.from_dict({"prompt": prompts["text"].astype(str).tolist()}),
+            processing_class=tokenizer,
+            callbacks=[metrics],
+            prompt_weights=weights,
+        )
+        trainer.train()
+    wall_s = time.perf_counter() - t0
+
+    counts = trainer.draw_counts
+    draws = pd.DataFrame({"prompt_id": prompts["prompt_id"].astype(str).to_numpy(), "draws": counts})
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        with open(tmp / "metrics.jsonl", "w") as f:
+            for row in metrics.rows:
+                f.write(json.dumps(row, default=float) + "\n")
+        draws.to_parquet(tmp / "draws.parquet", index=False)
+
+    rewards = [r["reward"] for r in metrics.rows if r["reward"] is not None]
+    summary = {
+        "reward": reward,
+        "steps": len(metrics.rows),
+        "wall_s": wall_s,
+        "final_reward": rewards[-1] if rewards else None,
+        "mean_reward": float(np.mean(rewards)) if rewards else None,
+        "n_prompts": n,
+        "n_draws": int(counts.sum()),
+        "unique_prompts_drawn": int((counts > 0).sum()),
+    }
+    log.info(
+        "GRPO (%s reward): %d steps in %.1fs, final reward %s",
+        reward,
+        summary["steps"],
+        wall_s,
+        summary["final_reward"],
+    )
+    return summary

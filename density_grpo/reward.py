@@ -1,0 +1,252 @@
+"""Reward model: Bradley-Terry on the preference pairs with TRL's RewardTrainer, and no-grad scoring.
+
+The RM is the base causal LM with a scalar head (AutoModelForSequenceClassification, num_labels=1). It reads the
+score at the last non-pad token, which (as in TRL's preprocessing) is an EOS appended to prompt + response.
+
+Pad token: SmolLM2 ships pad == eos == "<|im_end|>". The sequence-classification head takes the rightmost token
+that is not pad, so with pad == eos the appended EOS would be skipped and every sample scored one token early.
+`set_pad_token` picks a pad distinct from eos: the tokenizer's unk token when it has one (SmolLM2:
+"<|endoftext|>", already in the vocabulary, never in HH text, so no embedding resize), else a new "<|pad|>" token
+(embeddings resized). Pads sit right of every real token, so under causal attention their embedding never matters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from density_grpo.errors import UserError
+from density_grpo.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+NEW_PAD_TOKEN = "<|pad|>"
+
+
+def set_pad_token(tokenizer, model=None) -> str:
+    """Make the tokenizer's pad token distinct from eos (see module doc); mirror it into `model.config`."""
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        unk = tokenizer.unk_token
+        if unk is not None and tokenizer.unk_token_id not in (tokenizer.eos_token_id, tokenizer.bos_token_id):
+            tokenizer.pad_token = unk
+        else:
+            tokenizer.add_special_tokens({"pad_token": NEW_PAD_TOKEN})
+            if model is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+                model.resize_token_embeddings(len(tokenizer))
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
+    return tokenizer.pad_token
+
+
+def freeze_lower_layers(model, train_layers: int | None) -> None:
+    """Train only the top `train_layers` decoder blocks, the final norm and the score head (None: everything).
+
+    On CPU the backward pass dominates a step; stopping it after a few blocks makes a step ~2x cheaper.
+    """
+    from density_grpo.embed import _decoder_layers
+
+    if train_layers is None:
+        return
+    backbone = model.base_model
+    blocks = _decoder_layers(backbone, model.config.get_text_config().num_hidden_layers)
+    if not 1 <= train_layers <= len(blocks):
+        raise UserError(f"config key rm.train_layers: must be 1..{len(blocks)} or null, got {train_layers!r}")
+    backbone.requires_grad_(False)
+    for block in blocks[len(blocks) - train_layers :]:
+        block.requires_grad_(True)
+    if getattr(backbone, "norm", None) is not None:
+        backbone.norm.requires_grad_(True)
+
+
+def split_by_prompt(pairs: pd.DataFrame, eval_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, held_out) pairs: whole prompts are held out (a seeded hash of the prompt id picks them)."""
+    from density_grpo.data import eval_split, unique_prompts
+
+    if not 0 <= eval_fraction < 1:
+        raise UserError(f"config key rm.eval_fraction: must be in [0, 1), got {eval_fraction!r}")
+    prompts = unique_prompts(pairs)
+    n_eval = math.ceil(eval_fraction * len(prompts)) if eval_fraction > 0 else 0
+    if n_eval == 0:
+        return pairs.reset_index(drop=True), pairs.iloc[:0]
+    if n_eval >= len(prompts):
+        raise UserError(f"config key rm.eval_fraction: {eval_fraction} holds out all {len(prompts)} prompts")
+    _, held = eval_split(prompts, n_eval, seed)
+    mask = pairs["prompt"].isin(set(held["text"]))
+    return pairs[~mask].reset_index(drop=True), pairs[mask].reset_index(drop=True)
+
+
+@torch.no_grad()
+def score(model, tokenizer, prompts: list[str], responses: list[str], max_length: int, batch_size: int = 8) -> np.ndarray:
+    """Rewards r(prompt, response) -> float32 (n,), exactly as the RM was trained: prompt + response + EOS.
+
+    Texts longer than `max_length` tokens keep their last `max_length` tokens (the response end and the EOS the
+    score is read at); TRL drops such pairs from training instead.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    eos = tokenizer.eos_token
+    texts = [p + r if (p + r).endswith(eos) else p + r + eos for p, r in zip(prompts, responses)]
+    ids = [x[-max_length:] for x in tokenizer(texts)["input_ids"]]
+    device = next(model.parameters()).device
+    pad_id = model.config.get_text_config().pad_token_id
+    was_training = model.training
+    model.eval()
+    out = np.empty(len(ids), dtype=np.float32)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths together: less padding
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        longest = max(len(ids[i]) for i in batch)
+        input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, i in enumerate(batch):
+            input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+            attention_mask[row, : len(ids[i])] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False).logits
+        out[batch] = logits[:, 0].float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def make_reward_func(model, tokenizer, max_length: int, batch_size: int = 8) -> Callable[..., list[float]]:
+    """A TRL reward function (prompts, completions, **kwargs) -> rewards, scoring like training (EOS appended).
+
+    Prefer it over passing the RM model to GRPOTrainer, which scores prompt + completion without the EOS.
+    """
+
+    def rm_reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
+        return score(model, tokenizer, prompts, completions, max_length, batch_size).tolist()
+
+    return rm_reward
+
+
+def load_reward_model(rm_dir: str, device=None, dtype=None):
+    """(model, tokenizer) of a saved reward model folder, in eval mode on `device`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rm_dir = Path(rm_dir)
+    if not (rm_dir / "config.json").exists():
+        raise UserError(f"{rm_dir}: not a reward model folder (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(rm_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(rm_dir, dtype=dtype or torch.float32)
+    model.to(device or "cpu").eval()
+    if model.config.get_text_config().pad_token_id != tokenizer.pad_token_id:
+        raise UserError(f"{rm_dir}: config pad_token_id differs from the tokenizer's pad token")
+    return model, tokenizer
+
+
+def _preference_dataset(pairs: pd.DataFrame):
+    """TRL explicit-prompt preference format: prompt, chosen, rejected (responses without the prompt)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({k: pairs[k].astype(str).tolist() for k in ("prompt", "chosen", "rejected")})
+
+
+def _checkpointing_key(config_cls) -> str:
+    """transformers >= 5.x renames `gradient_checkpointing` to `activation_checkpointing` (old name warns)."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+def train_reward_model(model_dir: str, pairs: pd.DataFrame, cfg: dict, out_dir: str) -> dict:
+    """Train a Bradley-Terry RM from the base model on `pairs`; write `out_dir` (HF folder + metrics); return metrics."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from trl import RewardConfig, RewardTrainer
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    from density_grpo.device import resolve_device, resolve_dtype
+
+    t0 = time.perf_counter()
+    rm = cfg["rm"]
+    device = resolve_device(cfg.get("device", "auto"))
+    dtype = resolve_dtype(cfg.get("model", {}).get("dtype", "auto"), device)
+    train, held = split_by_prompt(pairs, rm["eval_fraction"], cfg["seed"])
+    if train.empty:
+        raise UserError("config key rm.eval_fraction: no training pairs left")
+
+    # fp32 master weights; half precision only as CUDA autocast (TRL defaults bf16=True even on CPU)
+    set_seed(cfg["seed"])  # the scalar head is initialised at random
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    with suppress_seqcls_warning():
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
+    pad = set_pad_token(tokenizer, model)
+    freeze_lower_layers(model, rm.get("train_layers"))
+    cuda = device.type == "cuda"
+    with tempfile.TemporaryDirectory(prefix="rm-trainer-") as scratch:
+        args = RewardConfig(
+            output_dir=scratch,
+            max_steps=rm["max_steps"],
+            per_device_train_batch_size=rm["batch_size"],
+            learning_rate=rm["learning_rate"],
+            max_length=rm["max_length"],
+            **{_checkpointing_key(RewardConfig): rm["gradient_checkpointing"]},
+            bf16=cuda and dtype == torch.bfloat16,
+            fp16=cuda and dtype == torch.float16,
+            use_cpu=device.type == "cpu",
+            seed=cfg["seed"],
+            data_seed=cfg["seed"],
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+        )
+        trainer = RewardTrainer(model=model, args=args, train_dataset=_preference_dataset(train), processing_class=tokenizer)
+        n_train = len(trainer.train_dataset)
+        if n_train == 0:
+            raise UserError(f"config key rm.max_length: all {len(train)} training pairs are longer than {rm['max_length']} tokens")
+        if n_train < len(train):
+            log.warning("%d of %d training pairs dropped by TRL (longer than rm.max_length=%d tokens)", len(train) - n_train, len(train), rm["max_length"])
+        result = trainer.train()
+    model = trainer.model.eval()
+
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    losses = [float(h["loss"]) for h in steps]
+    metrics: dict[str, Any] = {
+        "n_pairs": len(pairs),
+        "n_train": n_train,
+        "n_train_dropped_too_long": len(train) - n_train,
+        "n_eval": len(held),
+        "n_eval_prompts": int(held["prompt"].nunique()),
+        "steps": int(result.global_step),
+        "train_loss_first": losses[0] if losses else None,
+        "train_loss_last": losses[-1] if losses else None,
+        "train_loss_mean": float(np.mean(losses)) if losses else None,
+        "train_accuracy_last": steps[-1].get("accuracy") if steps else None,
+        "eval_accuracy": None,
+        "eval_margin_mean": None,
+        "eval_accuracy_longer_baseline": None,
+        "pad_token": pad,
+        "train_layers": rm.get("train_layers"),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "device": str(device),
+        "max_length": rm["max_length"],
+    }
+    if len(held):
+        chosen = score(model, tokenizer, held["prompt"].tolist(), held["chosen"].tolist(), rm["max_length"], rm["batch_size"])
+        rejected = score(model, tokenizer, held["prompt"].tolist(), held["rejected"].tolist(), rm["max_length"], rm["batch_size"])
+        metrics["eval_accuracy"] = float(np.mean(chosen > rejected))
+        metrics["eval_margin_mean"] = float(np.mean(chosen - rejected))
+        # what "prefer the longer response" alone scores: an RM near this may have learned only length
+        metrics["eval_accuracy_longer_baseline"] = float(np.mean(held["chosen"].str.len() > held["rejected"].str.len()))
+    metrics["train_time_s"] = float(result.metrics.get("train_runtime", 0.0))
+
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        with open(tmp / "metrics.jsonl", "w") as f:
+            for h in steps:
+                f.write(json.dumps({k: h[k] for k in ("step", "loss", "accuracy", "margin", "learning_rate", "grad_norm") if k in h}) + "\n")
+        metrics["wall_time_s"] = time.perf_counter() - t0
+        write_json(metrics, tmp / "metrics.json")
+    log.info("reward model: %d steps, loss %.3f -> %.3f, held-out accuracy %s (%d pairs), %.0fs", metrics["steps"], losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"), metrics["eval_accuracy"], len(held), metrics["wall_time_s"])
+    return metrics

@@ -1,0 +1,273 @@
+"""GRPO module: weighted sampler, self-certainty (chunked == naive, position alignment), tiny end-to-end runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from trl.trainer.utils import RepeatSampler
+
+from density_grpo.data import prompt_id
+from density_grpo.errors import UserError
+from density_grpo.grpo import (
+    WeightedRepeatSampler,
+    make_rm_reward,
+    make_self_certainty_reward,
+    self_certainty,
+    self_certainty_naive,
+    set_pad_token,
+    train_grpo,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+QUESTIONS = [
+    "How do I make a good risotto?",
+    "What is the capital of France?",
+    "Tell me a joke about computers.",
+    "Can you help me write an email to my landlord?",
+    "Where should I start with the guitar?",
+    "What are healthy breakfast ideas for kids?",
+    "How do I tune a harpsichord?",
+    "How do I say hello in Basque?",
+]
+
+
+def chi_square(counts: np.ndarray, p: np.ndarray) -> float:
+    expected = counts.sum() * p
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+# -----------------------------------------------------------------------------
+# sampler
+
+
+def test_weighted_sampler_follows_weights():
+    w = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 30], dtype=float)
+    p = w / w.sum()
+    s = WeightedRepeatSampler(range(10), w, mini_repeat_count=1, num_samples=20_000, seed=0)
+    drawn = np.bincount(list(s), minlength=10)
+    assert (drawn == s.counts).all() and s.counts.sum() == 20_000
+    # chi-square, 9 degrees of freedom: the 0.999 quantile is 27.9; 40 is generous
+    assert chi_square(s.counts, p) < 40
+    assert np.abs(s.counts / 20_000 - p).max() < 0.01
+
+
+def test_uniform_weights_give_uniform_draws():
+    n = 12
+    s = WeightedRepeatSampler(range(n), np.ones(n), mini_repeat_count=2, batch_size=3, num_samples=24_000, seed=1)
+    list(s)
+    assert s.counts.sum() == 24_000
+    assert chi_square(s.counts, np.full(n, 1 / n)) < 45  # 11 d.o.f.: 0.999 quantile is 31.3
+    assert np.abs(s.counts / 24_000 - 1 / n).max() < 0.01
+
+
+def test_sampler_layout_matches_trl_repeat_sampler():
+    w = np.random.default_rng(0).random(7)
+    s = WeightedRepeatSampler(range(7), w, mini_repeat_count=3, batch_size=4, repeat_count=2, num_samples=10, seed=5)
+    out = list(s)
+    # TRL's layout over the positions of the same draw (no shuffle), mapped through the draw
+    trl_positions = list(
+        RepeatSampler(list(range(10)), mini_repeat_count=3, batch_size=4, repeat_count=2, shuffle=False)
+    )
+    assert out == [int(s.draws[i]) for i in trl_positions]
+    assert len(out) == len(s) == 2 * 4 * 3 * 2  # the trailing partial chunk (2 draws) is dropped, as in TRL
+    assert (s.counts == np.bincount(s.draws[:8], minlength=7)).all()  # one count per draw, not per repeat
+    # same seed, same draws: the two arms differ only in their weights
+    again = WeightedRepeatSampler(
+        range(7), w, mini_repeat_count=3, batch_size=4, repeat_count=2, num_samples=10, seed=5
+    )
+    assert list(again) == out
+
+
+def test_sampler_rejects_bad_weights():
+    with pytest.raises(ValueError):
+        WeightedRepeatSampler(range(3), np.ones(4), mini_repeat_count=2)
+    with pytest.raises(ValueError):
+        WeightedRepeatSampler(range(3), np.array([1.0, -1.0, 1.0]), mini_repeat_count=2)
+
+
+# -----------------------------------------------------------------------------
+# self-certainty
+
+
+class RowRecorder(torch.nn.Module):
+    """Wraps an LM head; records the most positions it was ever given in one call."""
+
+    def __init__(self, head: torch.nn.Module):
+        super().__init__()
+        self.head, self.max_rows = head, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.max_rows = max(self.max_rows, x.reshape(-1, x.shape[-1]).shape[0])
+        return self.head(x)
+
+
+@pytest.mark.parametrize("token_chunk", [1, 7, 64, 1000])
+def test_self_certainty_chunked_equals_naive(token_chunk):
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 37, 16, generator=g)
+    head = torch.nn.Linear(16, 101)
+    mask = (torch.rand(3, 37, generator=g) > 0.3).long()
+    mask[2] = 0
+    mask[2, :5] = 1  # a short row
+    expected = self_certainty_naive(hidden, head, mask)
+    recorder = RowRecorder(head)
+    got = self_certainty(hidden, recorder, mask, token_chunk=token_chunk)
+    assert got.dtype == torch.float32 and got.shape == (3,)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=0)
+    assert recorder.max_rows <= token_chunk  # never the full B x T x V logits
+    # logsumexp(z) - mean(z) = KL(uniform || p) + log V >= log V
+    assert (got > np.log(101) - 1e-4).all()
+
+
+def test_self_certainty_temperature_and_empty_row():
+    hidden = torch.randn(2, 5, 8)
+    head = torch.nn.Linear(8, 11)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+    got = self_certainty(hidden, head, mask, token_chunk=2, temperature=0.7)
+    torch.testing.assert_close(got, self_certainty_naive(hidden, head, mask, temperature=0.7), rtol=1e-5, atol=0)
+    assert got[1] == 0
+
+
+def test_self_certainty_reward_matches_full_forward(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    # sharpen the (tied) LM head: a random tiny model is near-uniform everywhere, which would hide misalignment
+    model.get_output_embeddings().weight.data *= 50
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    eos = tok.eos_token_id
+    prompts = [f"\n\nHuman: {q}\n\nAssistant:" for q in QUESTIONS[:4]]
+    rng = np.random.default_rng(0)
+    normal = [t for t in range(len(tok)) if t not in (eos, tok.pad_token_id)]
+    completions = [[int(t) for t in rng.choice(normal, size=k)] for k in (5, 1, 9, 6)]
+    completions[3][2] = eos  # an EOS mid-completion: the tokens after it are not scored (TRL masks them)
+    reward = make_self_certainty_reward(model, tok, token_chunk=3)
+    got = reward(prompts=prompts, completions=[""] * 4, completion_ids=completions)
+    assert reward.__name__ == "self_certainty" and len(got) == 4
+
+    # independent reference: each sequence alone, unpadded, through the full causal LM forward and full logits
+    def naive(shift: int) -> list[float]:
+        values = []
+        with torch.no_grad():
+            for text, c in zip(prompts, completions):
+                c = c[: c.index(eos) + 1] if eos in c else c
+                p = tok(text)["input_ids"]
+                logits = model(torch.tensor([p + c])).logits[0].float()
+                z = logits[len(p) - 1 + shift : len(p) + len(c) - 1 + shift]  # logits at t predict token t + 1
+                values.append((torch.logsumexp(z, -1) - z.mean(-1)).mean().item())
+        return values
+
+    np.testing.assert_allclose(got, naive(0), rtol=1e-5)
+    assert np.abs(np.array(got) / np.array(naive(-1)) - 1).max() > 1e-2  # an off-by-one would show
+
+
+def test_set_pad_token_distinct_from_eos(tiny_model):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.pad_token = tok.eos_token  # SmolLM2's setup: pad == eos
+    set_pad_token(tok, model)
+    assert tok.pad_token == tok.unk_token and tok.pad_token_id != tok.eos_token_id
+    assert model.config.pad_token_id == model.generation_config.pad_token_id == tok.pad_token_id
+
+    tok.pad_token = tok.eos_token
+    tok.unk_token = tok.eos_token  # no usable unk: falls back to "<|pad|>" (added, embeddings resized if new)
+    set_pad_token(tok, model)
+    assert tok.pad_token == "<|pad|>" and tok.pad_token_id != tok.eos_token_id
+    assert model.get_input_embeddings().weight.shape[0] >= len(tok)
+
+
+# -----------------------------------------------------------------------------
+# end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tiny_model, tmp_path_factory) -> Path:
+    """A tiny (untrained) reward model folder: sequence classification head on the tiny Llama."""
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    rm.config.pad_token_id = tok.pad_token_id
+    rm.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture()
+def prompts() -> pd.DataFrame:
+    texts = [f"\n\nHuman: {q}\n\nAssistant:" for q in QUESTIONS]
+    return pd.DataFrame({"prompt_id": [prompt_id(t) for t in texts], "text": texts, "topic": ""})
+
+
+def test_rm_reward_scores_prompt_completion_eos(tiny_rm):
+    tok = AutoTokenizer.from_pretrained(tiny_rm)
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_rm).eval()
+    prompts = [f"\n\nHuman: {q}\n\nAssistant:" for q in QUESTIONS[:3]]
+    completions = [" Toast the rice.", " Paris.", " Sure, here is a joke about computers and programmers."]
+    reward = make_rm_reward(str(tiny_rm), "cpu", torch.float32, max_length=20, batch_size=2)
+    got = reward(prompts=prompts, completions=completions)
+    assert reward.__name__ == "rm" and len(got) == 3
+    with torch.no_grad():  # one unpadded sequence at a time: the last 20 tokens of prompt + completion + EOS
+        expected = [
+            rm(torch.tensor([tok(p + c + tok.eos_token)["input_ids"][-20:]])).logits[0, 0].item()
+            for p, c in zip(prompts, completions)
+        ]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def tiny_cfg(reward: str) -> dict:
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["device"] = "cpu"
+    cfg["model"]["dtype"] = "float32"
+    cfg["rm"]["max_length"] = 64
+    cfg["grpo"].update(reward=reward, steps=2, prompts_per_step=2, num_generations=2, max_completion_length=6)
+    return cfg
+
+
+def check_outputs(out: Path, summary: dict, n_prompts: int) -> pd.DataFrame:
+    assert (out / "model.safetensors").exists() and (out / "config.json").exists()
+    assert (out / "tokenizer.json").exists() or (out / "tokenizer_config.json").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert {"reward", "reward_std", "kl", "entropy", "completions/mean_length", "step_wall_s"} <= r.keys()
+        assert np.isfinite(r["reward"]) and r["step_wall_s"] > 0
+    draws = pd.read_parquet(out / "draws.parquet")
+    assert list(draws.columns) == ["prompt_id", "draws"] and len(draws) == n_prompts
+    assert draws["draws"].sum() == 2 * 2  # steps x prompts_per_step
+    assert summary["steps"] == 2 and summary["n_draws"] == 4 and summary["final_reward"] == rows[-1]["reward"]
+    assert not list(out.parent.glob(f".{out.name}.tmp-*"))  # atomic: no temporary left
+    return draws
+
+
+def test_train_grpo_density_and_uniform_arms(tiny_model, tiny_rm, prompts, tmp_path):
+    cfg = tiny_cfg("rm")
+    weights = np.full(len(prompts), 0.03 / (len(prompts) - 2))
+    weights[-2:] = 0.485  # the two rare prompts carry 97% of the mass
+    summary = train_grpo(str(tiny_model), prompts, weights, cfg, str(tmp_path / "density"), rm_dir=str(tiny_rm))
+    draws = check_outputs(tmp_path / "density", summary, len(prompts))
+    assert draws["draws"].iloc[-2:].sum() > draws["draws"].iloc[:-2].sum()
+
+    summary = train_grpo(str(tiny_model), prompts, None, cfg, str(tmp_path / "uniform"), rm_dir=str(tiny_rm))
+    check_outputs(tmp_path / "uniform", summary, len(prompts))
+    # the saved policy loads back, with its pad token
+    tok = AutoTokenizer.from_pretrained(tmp_path / "uniform")
+    assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+
+
+def test_train_grpo_self_certainty(tiny_model, prompts, tmp_path):
+    summary = train_grpo(str(tiny_model), prompts, None, tiny_cfg("self_certainty"), str(tmp_path / "sc"))
+    check_outputs(tmp_path / "sc", summary, len(prompts))
+    assert summary["final_reward"] > np.log(320) - 1  # self-certainty is >= log V (V ~ 320 here)
+
+
+def test_train_grpo_config_errors(tiny_model, prompts, tmp_path):
+    with pytest.raises(UserError, match="grpo.reward"):
+        train_grpo(str(tiny_model), prompts, None, tiny_cfg("rm"), str(tmp_path / "x"))  # rm without rm_dir
+    with pytest.raises(UserError, match="grpo.reward"):
+        train_grpo(str(tiny_model), prompts, None, tiny_cfg("bleu"), str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,207 @@
+"""Reward model training/scoring and diversity evaluation on a tiny random Llama (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import transformers
+
+from density_grpo.evaluate import compare, distinct_n, evaluate_policy, generate, pairwise_cosine_distance, plot_comparison, vendi_score
+from density_grpo.errors import UserError
+from density_grpo.reward import freeze_lower_layers, load_reward_model, score, set_pad_token, split_by_prompt, train_reward_model
+
+PROMPTS = [
+    "\n\nHuman: How do I make a good risotto?\n\nAssistant:",
+    "\n\nHuman: What is the capital of France?\n\nAssistant:",
+    "\n\nHuman: Tell me a joke about computers.\n\nAssistant:",
+]
+
+
+def cfg_for(**rm) -> dict:
+    return {
+        "seed": 0,
+        "device": "cpu",
+        "model": {"dtype": "float32"},
+        "embed": {"max_length": 64, "batch_tokens": 512},
+        "rm": {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-3, "max_length": 64, "eval_fraction": 0.25, "gradient_checkpointing": False, **rm},
+        "eval": {"prompts": 3, "samples": 3, "max_new_tokens": 6, "temperature": 1.0},
+    }
+
+
+def synthetic_pairs(n: int = 12) -> pd.DataFrame:
+    """Chosen: a long helpful reply; rejected: a curt one. Prompt i appears in pairs i and i + n//2 (shared prompts)."""
+    rows = []
+    for j in range(n):
+        i = j % (n // 2)
+        rows.append({"prompt": f"\n\nHuman: Question number {i}, how do I cook rice?\n\nAssistant:", "chosen": " Rinse the rice, add water and simmer.", "rejected": " No."})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def trained_rm(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    metrics = train_reward_model(str(tiny_model), synthetic_pairs(), cfg_for(), str(out))
+    return out, metrics
+
+
+# -----------------------------------------------------------------------------
+# metrics on hand-checkable inputs
+
+
+def test_distinct_n_known_values():
+    assert distinct_n(["a b c", "a b c", "a b c"], 1) == pytest.approx(3 / 9)  # identical: minimal
+    assert distinct_n(["a b c", "a b c"], 2) == pytest.approx(2 / 4)
+    assert distinct_n(["one two", "three four"], 1) == 1.0
+    assert distinct_n(["one two", "three four"], 2) == 1.0
+    # "the cat the cat" -> bigrams (the,cat) (cat,the) (the,cat); "the dog" -> (the,dog): 3 unique of 4
+    assert distinct_n(["the cat the cat", "the dog"], 2) == pytest.approx(3 / 4)
+    assert distinct_n(["the cat the cat", "the dog"], 1) == pytest.approx(3 / 6)
+    # n-grams never span two texts, and no n-grams -> 0
+    assert distinct_n(["a", "b"], 2) == 0.0
+    assert distinct_n([], 1) == 0.0
+
+
+def test_vendi_identical_and_orthonormal():
+    v = np.array([[0.3, -1.2, 2.0, 0.5]])
+    assert vendi_score(np.repeat(v, 5, axis=0)) == pytest.approx(1.0, abs=1e-9)
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(6, 6)))
+    assert vendi_score(q[:4] * 3.0) == pytest.approx(4.0, abs=1e-9)  # orthogonal rows, any norm
+    assert vendi_score(np.eye(3)) == pytest.approx(3.0)
+    # two identical + one orthogonal: eigenvalues 2/3, 1/3
+    two = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert vendi_score(two) == pytest.approx(np.exp(-(2 / 3) * np.log(2 / 3) - (1 / 3) * np.log(1 / 3)))
+
+
+def test_pairwise_cosine_distance_known_values():
+    assert pairwise_cosine_distance(np.array([[1.0, 2.0], [2.0, 4.0]])) == pytest.approx(0.0)
+    assert pairwise_cosine_distance(np.eye(3)) == pytest.approx(1.0)
+    assert pairwise_cosine_distance(np.array([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(2.0)
+    # pairs: (0,1) d=1, (0,2) d=0, (1,2) d=1 -> 2/3
+    assert pairwise_cosine_distance(np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])) == pytest.approx(2 / 3)
+    assert pairwise_cosine_distance(np.array([[1.0, 0.0]])) == 0.0
+
+
+# -----------------------------------------------------------------------------
+# generation
+
+
+def test_generate_shape_and_determinism(tiny_model):
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_model)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    a = generate(model, tok, PROMPTS, samples=4, max_new_tokens=8, temperature=1.0, seed=7, batch_size=2)
+    b = generate(model, tok, PROMPTS, samples=4, max_new_tokens=8, temperature=1.0, seed=7, batch_size=2)
+    c = generate(model, tok, PROMPTS, samples=4, max_new_tokens=8, temperature=1.0, seed=8, batch_size=2)
+    assert len(a) == len(PROMPTS) and all(len(cs) == 4 for cs in a)
+    assert all(isinstance(t, str) for cs in a for t in cs)
+    assert a == b
+    assert a != c
+    assert tok.padding_side == "right"  # restored
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), before)  # the global RNG stream is untouched by seeding inside generate
+
+
+# -----------------------------------------------------------------------------
+# reward model
+
+
+def test_split_by_prompt_keeps_prompts_apart():
+    pairs = synthetic_pairs(20)
+    train, held = split_by_prompt(pairs, 0.2, seed=0)
+    assert len(train) + len(held) == len(pairs)
+    assert held["prompt"].nunique() == 2 and len(held) == 4  # 2 of 10 prompts, each with 2 pairs
+    assert not set(train["prompt"]) & set(held["prompt"])
+    again, _ = split_by_prompt(pairs, 0.2, seed=0)
+    pd.testing.assert_frame_equal(train, again)
+
+
+def test_pad_token_distinct_from_eos(tiny_model):
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_model)
+    tok.pad_token = tok.eos_token  # as SmolLM2 ships
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    pad = set_pad_token(tok, model)
+    assert pad != tok.eos_token and tok.pad_token_id != tok.eos_token_id
+    assert model.config.pad_token_id == tok.pad_token_id
+    assert tok.pad_token_id < model.get_input_embeddings().weight.shape[0]
+
+
+def test_freeze_lower_layers(tiny_model):
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    freeze_lower_layers(model, 1)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("model.layers.2.", "model.norm.", "score.")) for n in trainable)
+    assert "score.weight" in trainable and "model.norm.weight" in trainable
+    with pytest.raises(UserError, match="rm.train_layers"):
+        freeze_lower_layers(model, 4)
+
+
+def test_train_reward_model_writes_loadable_folder(trained_rm):
+    out, metrics = trained_rm
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["steps"] == 4 and metrics["steps"] == 4
+    assert 0.0 <= saved["eval_accuracy"] <= 1.0
+    assert saved["n_train"] + saved["n_eval"] == 12 and saved["n_eval"] > 0
+    for key in ("train_loss_first", "train_loss_last", "train_loss_mean", "eval_margin_mean", "wall_time_s"):
+        assert np.isfinite(saved[key]), key
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4] and all("loss" in x for x in lines)
+    model, tok = load_reward_model(str(out), device="cpu")
+    assert tok.pad_token_id != tok.eos_token_id
+    assert model.config.pad_token_id == tok.pad_token_id
+
+
+def test_score_consistent_after_reload(trained_rm, tiny_model):
+    out, _ = trained_rm
+    model, tok = load_reward_model(str(out), device="cpu")
+    prompts = PROMPTS * 2
+    responses = [" Sure, here you go.", " No.", "", " A much longer answer " * 6, " Paris.", " Why did the computer"]
+    r = score(model, tok, prompts, responses, max_length=64, batch_size=4)
+    assert r.shape == (6,) and r.dtype == np.float32
+    # batching and padding do not change a score
+    one = np.array([score(model, tok, [p], [x], max_length=64, batch_size=1)[0] for p, x in zip(prompts, responses)])
+    np.testing.assert_allclose(r, one, atol=1e-5)
+    # the saved/reloaded model scores like the in-memory model it was saved from
+    fresh = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    np.testing.assert_allclose(score(fresh, tok, prompts, responses, 64, 4), r, atol=1e-6)
+    # the score is read at the appended EOS: an explicit trailing EOS changes nothing
+    np.testing.assert_allclose(score(model, tok, prompts[:1], [responses[0] + tok.eos_token], 64, 1), r[:1], atol=1e-6)
+
+
+def test_trained_rm_prefers_chosen(tiny_model, tmp_path):
+    """More steps on the easy synthetic task: held-out accuracy must reach 1."""
+    metrics = train_reward_model(str(tiny_model), synthetic_pairs(), cfg_for(max_steps=12, eval_fraction=0.34), str(tmp_path / "rm"))
+    assert metrics["eval_accuracy"] == 1.0 and metrics["eval_margin_mean"] > 0
+    assert metrics["train_loss_last"] < metrics["train_loss_first"]
+
+
+# -----------------------------------------------------------------------------
+# evaluation end to end
+
+
+def test_evaluate_compare_plot(tiny_model, trained_rm, tmp_path):
+    rm_dir, _ = trained_rm
+    cfg = cfg_for()
+    results = {name: evaluate_policy(str(tiny_model), str(tiny_model), PROMPTS, cfg, str(rm_dir) if name != "base" else None, name) for name in ("base", "density", "uniform")}
+    r = results["density"]
+    assert r["model"] == "density" and r["n_prompts"] == 3 and r["samples"] == 3
+    m = r["metrics"]
+    for key in ("distinct_1_within", "distinct_2_within", "distinct_1_across", "distinct_2_across", "cosine_distance_within", "cosine_distance_across"):
+        assert 0.0 <= m[key] <= 2.0, key
+    assert 1.0 - 1e-9 <= m["vendi_within"] <= 3 + 1e-9 and 1.0 - 1e-9 <= m["vendi_across"] <= 9 + 1e-9
+    assert np.isfinite(m["reward_mean"]) and results["base"]["metrics"]["reward_mean"] is None
+    assert m["length_tokens"] > 0 and len(r["examples"]) == 3
+    assert results["density"]["metrics"] == results["uniform"]["metrics"]  # same model, same seed
+
+    comparison = compare(results)
+    assert comparison["models"] == ["base", "density", "uniform"]
+    assert comparison["metrics"]["vendi_within"]["density_minus_uniform"] == pytest.approx(0.0)
+    assert comparison["metrics"]["reward_mean"]["base"] is None
+    png = tmp_path / "comparison.png"
+    plot_comparison(comparison, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -78,6 +78,15 @@ def vendi_score(emb: np.ndarray) -> float:
 # sampling
 
 
+def cut_at(text: str, stop: str) -> str:
+    """Text before `stop`; also drops a trailing partial `stop` (>= 4 chars) left by the token limit."""
+    text = text.split(stop)[0]
+    for k in range(len(stop) - 1, 3, -1):
+        if text.endswith(stop[:k]):
+            return text[:-k]
+    return text
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -117,7 +126,7 @@ def generate(
                 )
                 texts = tokenizer.batch_decode(seqs[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
                 if stop:
-                    texts = [t.split(stop)[0] for t in texts]
+                    texts = [cut_at(t, stop) for t in texts]
                 out += [texts[i : i + samples] for i in range(0, len(texts), samples)]  # rows grouped by prompt
     finally:
         tokenizer.padding_side = side
@@ -158,7 +167,9 @@ def evaluate_policy(policy_dir: str, base_dir: str, prompts: list[str], cfg: dic
 
     t = time.perf_counter()
     policy, tok = load_causal_lm(policy_dir, dtype=dtype, device=device)
-    completions = generate(policy, tok, prompts, e["samples"], e["max_new_tokens"], e["temperature"], cfg["seed"])
+    # ~64 sequences per generate call: fewer decode loops, which dominate on CPU
+    batch = max(1, 64 // e["samples"])
+    completions = generate(policy, tok, prompts, e["samples"], e["max_new_tokens"], e["temperature"], cfg["seed"], batch_size=batch)
     flat = [c for cs in completions for c in cs]
     n_tokens = [len(ids) for ids in tok(flat, add_special_tokens=False)["input_ids"]]
     timings["generate_s"] = time.perf_counter() - t

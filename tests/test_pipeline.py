@@ -137,3 +137,20 @@ def test_bad_config_names_the_key(tmp_path, override, needle):
     res = snakemake(tmp_path, "--configfile", str(cfg), "-n", check=False)
     assert res.returncode != 0
     assert needle in res.stderr + res.stdout
+
+
+def test_reports_from_frozen_artifacts(tiny_run):
+    """Delete the big artifacts (Zarr chunks, checkpoints); the README command rebuilds only the reports."""
+    workdir, config, _, _ = tiny_run
+    snakemake(workdir, "--configfile", str(config))  # bring everything up to date first
+    reports = workdir / RES / "reports"
+    for name in ("summary.md", "memory.md", "memory.json", "weights_hist.png", "memory_timeline.png"):
+        assert (reports / name).stat().st_size > 0, name
+    assert "predicted" in (reports / "memory.md").read_text().lower()
+    for big in [*(workdir / RES / "embed").glob("chunk_*.zarr"), workdir / RES / "rm/model", *(workdir / RES / "grpo").glob("*/model")]:
+        shutil.rmtree(big)
+    for f in reports.iterdir():
+        f.unlink()
+    res = snakemake(workdir, "reports", "-R", "build_reports", "--rerun-triggers", "mtime", "--configfile", str(config))
+    assert job_counts(res.stdout + res.stderr) == {"build_reports": 1, "reports": 1}
+    assert (reports / "summary.md").exists() and (reports / "diversity.png").exists()

@@ -40,7 +40,7 @@ def resolve_device(spec: str = "auto"):
     return torch.device(spec)
 
 
-def resolve_dtype(spec: str, device) -> "torch.dtype":
+def resolve_dtype(spec: str, device):
     """`auto`: bf16 where the device supports it, else fp16 on accelerators; fp32 on CPU.
 
     CPU bf16 matmuls are slower than fp32 on most CPUs and lose precision, so auto keeps fp32 there.

@@ -108,7 +108,9 @@ def generate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+    sampling = (
+        dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+    )
     out: list[list[str]] = []
     try:
         # fork_rng: seeding here must not disturb the caller's random stream
@@ -152,7 +154,9 @@ def diversity_metrics(completions: list[list[str]], emb: np.ndarray) -> dict[str
     }
 
 
-def evaluate_policy(policy_dir: str, base_dir: str, prompts: list[str], cfg: dict, rm_dir: str | None, name: str) -> dict:
+def evaluate_policy(
+    policy_dir: str, base_dir: str, prompts: list[str], cfg: dict, rm_dir: str | None, name: str
+) -> dict:
     """Sample `eval.samples` completions per held-out prompt and measure diversity, reward and length."""
     from density_grpo.device import resolve_device, resolve_dtype
     from density_grpo.embed import Embedder
@@ -169,7 +173,9 @@ def evaluate_policy(policy_dir: str, base_dir: str, prompts: list[str], cfg: dic
     policy, tok = load_causal_lm(policy_dir, dtype=dtype, device=device)
     # ~64 sequences per generate call: fewer decode loops, which dominate on CPU
     batch = max(1, 64 // e["samples"])
-    completions = generate(policy, tok, prompts, e["samples"], e["max_new_tokens"], e["temperature"], cfg["seed"], batch_size=batch)
+    completions = generate(
+        policy, tok, prompts, e["samples"], e["max_new_tokens"], e["temperature"], cfg["seed"], batch_size=batch
+    )
     flat = [c for cs in completions for c in cs]
     n_tokens = [len(ids) for ids in tok(flat, add_special_tokens=False)["input_ids"]]
     timings["generate_s"] = time.perf_counter() - t
@@ -181,7 +187,14 @@ def evaluate_policy(policy_dir: str, base_dir: str, prompts: list[str], cfg: dic
     else:
         base, base_tok = policy, tok
     emb_cfg = cfg.get("embed", {})
-    embedder = Embedder(base, base_tok, source="hidden", layer=-1, max_length=emb_cfg.get("max_length", 512), batch_tokens=emb_cfg.get("batch_tokens", 8192))
+    embedder = Embedder(
+        base,
+        base_tok,
+        source="hidden",
+        layer=-1,
+        max_length=emb_cfg.get("max_length", 512),
+        batch_tokens=emb_cfg.get("batch_tokens", 8192),
+    )
     emb = embedder.embed(flat, progress=False).reshape(len(prompts), e["samples"], -1)
     del base, embedder
     timings["embed_s"] = time.perf_counter() - t
@@ -194,11 +207,26 @@ def evaluate_policy(policy_dir: str, base_dir: str, prompts: list[str], cfg: dic
         t = time.perf_counter()
         rm, rm_tok = load_reward_model(rm_dir, device=device, dtype=dtype)
         rm_cfg = cfg.get("rm", {})
-        rewards = score(rm, rm_tok, [p for p in prompts for _ in range(e["samples"])], flat, rm_cfg.get("max_length", 512), rm_cfg.get("batch_size", 8))
+        rewards = score(
+            rm,
+            rm_tok,
+            [p for p in prompts for _ in range(e["samples"])],
+            flat,
+            rm_cfg.get("max_length", 512),
+            rm_cfg.get("batch_size", 8),
+        )
         metrics["reward_mean"], metrics["reward_std"] = float(rewards.mean()), float(rewards.std())
         timings["reward_s"] = time.perf_counter() - t
 
-    log.info("%s: distinct-2 within %.3f across %.3f, Vendi within %.2f across %.2f, reward %s", name, metrics["distinct_2_within"], metrics["distinct_2_across"], metrics["vendi_within"], metrics["vendi_across"], metrics["reward_mean"])
+    log.info(
+        "%s: distinct-2 within %.3f across %.3f, Vendi within %.2f across %.2f, reward %s",
+        name,
+        metrics["distinct_2_within"],
+        metrics["distinct_2_across"],
+        metrics["vendi_within"],
+        metrics["vendi_across"],
+        metrics["reward_mean"],
+    )
     return {
         "model": name,
         "policy_dir": str(policy_dir),
@@ -256,7 +284,15 @@ def plot_comparison(comparison: dict, path: str) -> None:
         for bar, v in zip(bars, values):
             text = "n/a" if v is None else f"{v:.3g}"
             below = v is not None and v < 0  # label under a negative bar
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="top" if below else "bottom", fontsize=9, xytext=(0, -2 if below else 2), textcoords="offset points")
+            ax.annotate(
+                text,
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="top" if below else "bottom",
+                fontsize=9,
+                xytext=(0, -2 if below else 2),
+                textcoords="offset points",
+            )
         diff = row.get("density_minus_uniform")
         title = comparison["labels"][key]
         ax.set_title(title if diff is None else f"{title}\ndensity − uniform = {diff:+.3g}", fontsize=10)

@@ -24,7 +24,6 @@ import logging
 import math
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable, Sized
 
 import numpy as np
@@ -36,11 +35,11 @@ from trl import GRPOConfig, GRPOTrainer
 
 from density_grpo.errors import UserError
 from density_grpo.io import atomic_path
+from density_grpo.models import eos_token_ids, set_pad_token
 
 log = logging.getLogger(__name__)
 
 REWARDS = ("rm", "self_certainty")
-NEW_PAD_TOKEN = "<|pad|>"
 # per-step keys always present in metrics.jsonl (None when TRL did not log them, e.g. kl when beta == 0)
 METRIC_KEYS = ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "completions/max_length")
 # transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name warns)
@@ -160,35 +159,15 @@ class WeightedGRPOTrainer(GRPOTrainer):
 def make_rm_reward(rm_dir: str, device, dtype, max_length: int, batch_size: int = 8) -> Callable[..., list[float]]:
     """TRL reward function scoring prompt + completion with the reward model folder `rm_dir` (no grad, batched).
 
-    Scored like TRL's RewardTrainer trains: prompt + completion + EOS, read at the last non-pad token (the EOS).
-    Texts over `max_length` tokens keep their last `max_length` tokens (the completion end).
+    Scored exactly as TRL's RewardTrainer trains (density_grpo.reward.score: prompt + completion + EOS).
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from density_grpo.reward import load_reward_model, make_reward_func
 
-    if not (Path(rm_dir) / "config.json").exists():
-        raise UserError(f"{rm_dir}: not a reward model folder (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(rm_dir)
-    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir, dtype=dtype).to(device).eval()
+    rm, tokenizer = load_reward_model(rm_dir, device=device, dtype=dtype)
     pad_id = rm.config.get_text_config().pad_token_id
     if pad_id is None or pad_id == tokenizer.eos_token_id:  # the score would be read before the EOS
         raise UserError(f"{rm_dir}: reward model pad_token_id must be set and differ from eos")
-
-    @torch.no_grad()
-    def rm_reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
-        texts = [p + c + tokenizer.eos_token for p, c in zip(prompts, completions, strict=True)]
-        ids = [x[-max_length:] for x in tokenizer(text=texts)["input_ids"]]
-        scores: list[float] = []
-        for start in range(0, len(ids), batch_size):
-            batch = ids[start : start + batch_size]
-            input_ids = torch.full((len(batch), max(map(len, batch))), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros_like(input_ids)
-            for i, x in enumerate(batch):  # right padding
-                input_ids[i, : len(x)] = torch.tensor(x)
-                attention_mask[i, : len(x)] = 1
-            logits = rm(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-            scores.extend(logits[:, 0].float().cpu().tolist())
-        return scores
-
+    rm_reward = torch.no_grad()(make_reward_func(rm, tokenizer, max_length, batch_size))
     rm_reward.__name__ = "rm"
     return rm_reward
 
@@ -228,11 +207,6 @@ def self_certainty_naive(
     return (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """Every id that ends a completion, as TRL collects them: the generation config's eos ids + the tokenizer's."""
-    ids = model.generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    return ids if tokenizer.eos_token_id in ids else [tokenizer.eos_token_id, *ids]
 
 
 def pack_prompt_completion(
@@ -299,19 +273,6 @@ def make_self_certainty_reward(
 # training
 
 
-def set_pad_token(tokenizer, model) -> None:
-    """Make pad distinct from every eos id (see the module docstring); mirror it into the model's configs."""
-    eos = set(eos_token_ids(model, tokenizer))
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id in eos:
-        unk = tokenizer.unk_token_id
-        if unk is not None and unk not in eos and unk != tokenizer.bos_token_id:
-            tokenizer.pad_token = tokenizer.unk_token
-        else:
-            tokenizer.add_special_tokens({"pad_token": NEW_PAD_TOKEN})
-            if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-                model.resize_token_embeddings(len(tokenizer))
-    model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 class StepMetrics(TrainerCallback):

@@ -120,3 +120,37 @@ def load_causal_lm(path: str | os.PathLike, dtype=None, device=None):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
     model.to(device or "cpu").eval()
     return model, tok
+
+
+NEW_PAD_TOKEN = "<|pad|>"
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion, as TRL collects them: the generation config's eos ids + the tokenizer's."""
+    gen = getattr(model, "generation_config", None)
+    ids = None if gen is None else gen.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    return ids if tokenizer.eos_token_id in ids else [tokenizer.eos_token_id, *ids]
+
+
+def set_pad_token(tokenizer, model=None) -> str:
+    """Make pad distinct from every eos id and mirror it into the model's configs; return the pad token.
+
+    SmolLM2 ships pad == eos == <|im_end|>, so TRL would mask the real end of every sample. Use the tokenizer's
+    unk token when it is distinct (SmolLM2: <|endoftext|>, already in the vocabulary: no resize), else add <|pad|>.
+    """
+    eos = set(eos_token_ids(model, tokenizer)) if model is not None else {tokenizer.eos_token_id}
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id in eos:
+        unk = tokenizer.unk_token_id
+        if unk is not None and unk not in eos and unk != tokenizer.bos_token_id:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": NEW_PAD_TOKEN})
+            if model is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+                model.resize_token_embeddings(len(tokenizer))
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer.pad_token

@@ -885,7 +885,7 @@ def memory_report(data: dict, cfg: dict, model_cfg: dict, model_source: str) -> 
             f"Largest measured peak: **{top['measured_mb']:,.0f} MiB** ({top['job']}), {top['measured_mb'] * MiB / vm.total:.0%} of this machine's "
             f"{vm.total / 2**30:.1f} GiB RAM; measured / predicted across {len(ratios)} jobs: "
             + (f"{min(ratios):.2f}–{max(ratios):.2f}." if ratios else "n/a.")
-            + f" Details: [memory.md](memory.md)."
+            + " Details: [memory.md](memory.md)."
         )
     else:
         headline = "No memory measurements yet (no memory/ logs or bench/ TSVs). Predictions: [memory.md](memory.md)."

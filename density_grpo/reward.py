@@ -26,27 +26,13 @@ import pandas as pd
 import torch
 
 from density_grpo.errors import UserError
+from density_grpo.models import set_pad_token
 from density_grpo.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
-NEW_PAD_TOKEN = "<|pad|>"
 
 
-def set_pad_token(tokenizer, model=None) -> str:
-    """Make the tokenizer's pad token distinct from eos (see module doc); mirror it into `model.config`."""
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        unk = tokenizer.unk_token
-        if unk is not None and tokenizer.unk_token_id not in (tokenizer.eos_token_id, tokenizer.bos_token_id):
-            tokenizer.pad_token = unk
-        else:
-            tokenizer.add_special_tokens({"pad_token": NEW_PAD_TOKEN})
-            if model is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-                model.resize_token_embeddings(len(tokenizer))
-    if model is not None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-        model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
-    return tokenizer.pad_token
 
 
 def freeze_lower_layers(model, train_layers: int | None) -> None:
@@ -87,7 +73,9 @@ def split_by_prompt(pairs: pd.DataFrame, eval_fraction: float, seed: int) -> tup
 
 
 @torch.no_grad()
-def score(model, tokenizer, prompts: list[str], responses: list[str], max_length: int, batch_size: int = 8) -> np.ndarray:
+def score(
+    model, tokenizer, prompts: list[str], responses: list[str], max_length: int, batch_size: int = 8
+) -> np.ndarray:
     """Rewards r(prompt, response) -> float32 (n,), exactly as the RM was trained: prompt + response + EOS.
 
     Texts longer than `max_length` tokens keep their last `max_length` tokens (the response end and the EOS the
@@ -200,12 +188,21 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, cfg: dict, out_dir: 
             report_to=[],
             disable_tqdm=True,
         )
-        trainer = RewardTrainer(model=model, args=args, train_dataset=_preference_dataset(train), processing_class=tokenizer)
+        trainer = RewardTrainer(
+            model=model, args=args, train_dataset=_preference_dataset(train), processing_class=tokenizer
+        )
         n_train = len(trainer.train_dataset)
         if n_train == 0:
-            raise UserError(f"config key rm.max_length: all {len(train)} training pairs are longer than {rm['max_length']} tokens")
+            raise UserError(
+                f"config key rm.max_length: all {len(train)} training pairs are longer than {rm['max_length']} tokens"
+            )
         if n_train < len(train):
-            log.warning("%d of %d training pairs dropped by TRL (longer than rm.max_length=%d tokens)", len(train) - n_train, len(train), rm["max_length"])
+            log.warning(
+                "%d of %d training pairs dropped by TRL (longer than rm.max_length=%d tokens)",
+                len(train) - n_train,
+                len(train),
+                rm["max_length"],
+            )
         result = trainer.train()
     model = trainer.model.eval()
 
@@ -232,8 +229,12 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, cfg: dict, out_dir: 
         "max_length": rm["max_length"],
     }
     if len(held):
-        chosen = score(model, tokenizer, held["prompt"].tolist(), held["chosen"].tolist(), rm["max_length"], rm["batch_size"])
-        rejected = score(model, tokenizer, held["prompt"].tolist(), held["rejected"].tolist(), rm["max_length"], rm["batch_size"])
+        chosen = score(
+            model, tokenizer, held["prompt"].tolist(), held["chosen"].tolist(), rm["max_length"], rm["batch_size"]
+        )
+        rejected = score(
+            model, tokenizer, held["prompt"].tolist(), held["rejected"].tolist(), rm["max_length"], rm["batch_size"]
+        )
         metrics["eval_accuracy"] = float(np.mean(chosen > rejected))
         metrics["eval_margin_mean"] = float(np.mean(chosen - rejected))
         # what "prefer the longer response" alone scores: an RM near this may have learned only length
@@ -245,8 +246,25 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, cfg: dict, out_dir: 
         tokenizer.save_pretrained(tmp)
         with open(tmp / "metrics.jsonl", "w") as f:
             for h in steps:
-                f.write(json.dumps({k: h[k] for k in ("step", "loss", "accuracy", "margin", "learning_rate", "grad_norm") if k in h}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            k: h[k]
+                            for k in ("step", "loss", "accuracy", "margin", "learning_rate", "grad_norm")
+                            if k in h
+                        }
+                    )
+                    + "\n"
+                )
         metrics["wall_time_s"] = time.perf_counter() - t0
         write_json(metrics, tmp / "metrics.json")
-    log.info("reward model: %d steps, loss %.3f -> %.3f, held-out accuracy %s (%d pairs), %.0fs", metrics["steps"], losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"), metrics["eval_accuracy"], len(held), metrics["wall_time_s"])
+    log.info(
+        "reward model: %d steps, loss %.3f -> %.3f, held-out accuracy %s (%d pairs), %.0fs",
+        metrics["steps"],
+        losses[0] if losses else float("nan"),
+        losses[-1] if losses else float("nan"),
+        metrics["eval_accuracy"],
+        len(held),
+        metrics["wall_time_s"],
+    )
     return metrics

@@ -63,7 +63,7 @@ def tiny_config(workdir: Path, model: Path, pairs: Path, **extra) -> Path:
         "model": {"name_or_path": str(model), "dtype": "float32"},
         "embed": {"chunk_size": 8, "batch_tokens": 512, "max_length": 64},
         "knn": {"k": 3, "recall_sample": 50},
-        "rm": {"max_steps": 2, "batch_size": 4, "max_length": 64},
+        "rm": {"max_steps": 2, "batch_size": 4, "max_length": 64, "train_layers": 2},
         "grpo": {"steps": 1, "prompts_per_step": 2, "num_generations": 2, "max_completion_length": 8, "token_chunk": 16},
         "eval": {"prompts": 4, "samples": 2, "max_new_tokens": 8},
     }

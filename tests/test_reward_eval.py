@@ -10,9 +10,24 @@ import pytest
 import torch
 import transformers
 
-from density_grpo.evaluate import compare, distinct_n, evaluate_policy, generate, pairwise_cosine_distance, plot_comparison, vendi_score
+from density_grpo.evaluate import (
+    compare,
+    distinct_n,
+    evaluate_policy,
+    generate,
+    pairwise_cosine_distance,
+    plot_comparison,
+    vendi_score,
+)
 from density_grpo.errors import UserError
-from density_grpo.reward import freeze_lower_layers, load_reward_model, score, set_pad_token, split_by_prompt, train_reward_model
+from density_grpo.reward import (
+    freeze_lower_layers,
+    load_reward_model,
+    score,
+    set_pad_token,
+    split_by_prompt,
+    train_reward_model,
+)
 
 PROMPTS = [
     "\n\nHuman: How do I make a good risotto?\n\nAssistant:",
@@ -27,7 +42,15 @@ def cfg_for(**rm) -> dict:
         "device": "cpu",
         "model": {"dtype": "float32"},
         "embed": {"max_length": 64, "batch_tokens": 512},
-        "rm": {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-3, "max_length": 64, "eval_fraction": 0.25, "gradient_checkpointing": False, **rm},
+        "rm": {
+            "max_steps": 4,
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "max_length": 64,
+            "eval_fraction": 0.25,
+            "gradient_checkpointing": False,
+            **rm,
+        },
         "eval": {"prompts": 3, "samples": 3, "max_new_tokens": 6, "temperature": 1.0},
     }
 
@@ -37,7 +60,13 @@ def synthetic_pairs(n: int = 12) -> pd.DataFrame:
     rows = []
     for j in range(n):
         i = j % (n // 2)
-        rows.append({"prompt": f"\n\nHuman: Question number {i}, how do I cook rice?\n\nAssistant:", "chosen": " Rinse the rice, add water and simmer.", "rejected": " No."})
+        rows.append(
+            {
+                "prompt": f"\n\nHuman: Question number {i}, how do I cook rice?\n\nAssistant:",
+                "chosen": " Rinse the rice, add water and simmer.",
+                "rejected": " No.",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -175,7 +204,9 @@ def test_score_consistent_after_reload(trained_rm, tiny_model):
 
 def test_trained_rm_prefers_chosen(tiny_model, tmp_path):
     """More steps on the easy synthetic task: held-out accuracy must reach 1."""
-    metrics = train_reward_model(str(tiny_model), synthetic_pairs(), cfg_for(max_steps=12, eval_fraction=0.34), str(tmp_path / "rm"))
+    metrics = train_reward_model(
+        str(tiny_model), synthetic_pairs(), cfg_for(max_steps=12, eval_fraction=0.34), str(tmp_path / "rm")
+    )
     assert metrics["eval_accuracy"] == 1.0 and metrics["eval_margin_mean"] > 0
     assert metrics["train_loss_last"] < metrics["train_loss_first"]
 
@@ -187,11 +218,23 @@ def test_trained_rm_prefers_chosen(tiny_model, tmp_path):
 def test_evaluate_compare_plot(tiny_model, trained_rm, tmp_path):
     rm_dir, _ = trained_rm
     cfg = cfg_for()
-    results = {name: evaluate_policy(str(tiny_model), str(tiny_model), PROMPTS, cfg, str(rm_dir) if name != "base" else None, name) for name in ("base", "density", "uniform")}
+    results = {
+        name: evaluate_policy(
+            str(tiny_model), str(tiny_model), PROMPTS, cfg, str(rm_dir) if name != "base" else None, name
+        )
+        for name in ("base", "density", "uniform")
+    }
     r = results["density"]
     assert r["model"] == "density" and r["n_prompts"] == 3 and r["samples"] == 3
     m = r["metrics"]
-    for key in ("distinct_1_within", "distinct_2_within", "distinct_1_across", "distinct_2_across", "cosine_distance_within", "cosine_distance_across"):
+    for key in (
+        "distinct_1_within",
+        "distinct_2_within",
+        "distinct_1_across",
+        "distinct_2_across",
+        "cosine_distance_within",
+        "cosine_distance_across",
+    ):
         assert 0.0 <= m[key] <= 2.0, key
     assert 1.0 - 1e-9 <= m["vendi_within"] <= 3 + 1e-9 and 1.0 - 1e-9 <= m["vendi_across"] <= 9 + 1e-9
     assert np.isfinite(m["reward_mean"]) and results["base"]["metrics"]["reward_mean"] is None

@@ -165,22 +165,28 @@ def training_components(
     gradient_checkpointing: bool = False,
     logit_positions: int | None = None,
     activation_precision: str | None = None,
+    train_layers: int | None = None,
 ) -> dict[str, int]:
     """Bytes of one training step, by component: weights, grads, optimizer, activations, logits.
 
     optimizer: adamw (m and v in fp32: 8 bytes/param) or sgd (none). logit_positions: positions per sequence
     with LM-head logits (None: all `seq`; 0: a scalar head, e.g. a reward model); logits are fp32 and counted
     twice (the logits and their gradient / log-softmax). activation_precision: e.g. bf16 under autocast.
+    train_layers: only the top N blocks train (rm.train_layers): grads and AdamW states cover their parameters
+    only, and the frozen blocks below run without autograd, so only the top N store activations.
     """
     if optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
     n = param_count(model_cfg)
+    d = _dims(model_cfg)
+    frac = 1.0 if train_layers is None else min(1.0, train_layers / d["L"])
+    trainable = n if train_layers is None else math.ceil(frac * (n - d["V"] * d["h"]))  # embeddings frozen
     positions = seq if logit_positions is None else logit_positions
     return {
         "weights": weights_bytes(n, precision),
-        "grads": weights_bytes(n, precision),
-        "optimizer": 8 * n if optimizer == "adamw" else 0,
-        "activations": activation_bytes(model_cfg, batch, seq, activation_precision or precision, gradient_checkpointing),
+        "grads": weights_bytes(trainable, precision),
+        "optimizer": 8 * trainable if optimizer == "adamw" else 0,
+        "activations": math.ceil(frac * activation_bytes(model_cfg, batch, seq, activation_precision or precision, gradient_checkpointing)),
         "logits": 2 * batch * positions * _dims(model_cfg)["V"] * 4,
     }
 
@@ -403,7 +409,7 @@ def predict_rule(
         r = cfg.get("rm", {})
         S = min(int(r.get("max_length", 512)), 3 * prompt_tokens) if prompt_tokens else int(r.get("max_length", 512))
         B = 2 * int(r.get("batch_size", 8))  # chosen + rejected
-        c = training_components(model_cfg, B, S, "fp32", "adamw", bool(r.get("gradient_checkpointing")), 0, prec)
+        c = training_components(model_cfg, B, S, "fp32", "adamw", bool(r.get("gradient_checkpointing")), 0, prec, r.get("train_layers"))
         host = {"baseline": BASELINE_BYTES["trl"]}
         formula = "baseline + fp32 weights + grads + AdamW + activations (batch = 2 x rm.batch_size, chosen + rejected)"
         assumptions = {"batch": B, "seq": S, "note": "seq: rm.max_length, or 3 x the longest prompt when known"}

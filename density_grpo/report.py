@@ -38,7 +38,6 @@ PLOTS = {
 }
 REPORT_FILES = ["summary.md", "memory.md", "memory.json", *PLOTS.values()]  # what build_reports always writes
 RULES = ["embed_chunk", "knn_weights", "model", "reward_model", "grpo", "evaluate_model"]  # predict_rule knows these
-BENCH_NAMES = {"knn_weights": "weights"}  # rule -> benchmark file stem where it differs from the rule name
 SCALES = (1, 10, 100, 1000)
 CLASSIC = {"batch": 64, "seq": 6144, "vocab": 151_936, "token_chunk": 256}  # the "Intuitor logits" question
 LOGIT_Q = {"n": 28_000, "vocab": 50_304}  # the "28,000 prompts x 50,304-dim logits" question
@@ -156,7 +155,7 @@ def weights_frame(data: dict) -> pd.DataFrame | None:
 
 def _rule_of(stem: str) -> tuple[str, dict[str, str]]:
     """Rule and wildcards of a benchmark file stem, e.g. embed_chunk_3 -> (embed_chunk, {i: 3})."""
-    names = {BENCH_NAMES.get(r, r): r for r in RULES}
+    names = {r: r for r in RULES}  # benchmark files are named like jobs: {rule}[_{wildcards}].tsv
     for name in sorted(names, key=len, reverse=True):
         if stem == name:
             return names[name], {}
@@ -167,8 +166,7 @@ def _rule_of(stem: str) -> tuple[str, dict[str, str]]:
 
 
 def _bench_stem(job: str, rule: str, wildcards: dict, bench: dict) -> str | None:
-    name = BENCH_NAMES.get(rule, rule)
-    for stem in (job, "_".join([name, *map(str, wildcards.values())]), name):
+    for stem in (job, "_".join([rule, *map(str, wildcards.values())]), rule):
         if stem in bench:
             return stem
     return None

@@ -30,7 +30,7 @@ checkpoint unique_prompts:
     log:
         f"{LOGS}/prompts.log",
     benchmark:
-        f"{BENCH}/prompts.tsv"
+        f"{BENCH}/unique_prompts.tsv"
     conda:
         "../envs/data.yaml"
     threads: 1

@@ -10,7 +10,7 @@ rule knn_weights:
     log:
         f"{LOGS}/weights.log",
     benchmark:
-        f"{BENCH}/weights.tsv"
+        f"{BENCH}/knn_weights.tsv"
     conda:
         "../envs/faiss.yaml"
     threads: 2

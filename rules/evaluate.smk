@@ -9,7 +9,7 @@ rule evaluate_model:
     log:
         f"{LOGS}/evaluate_{{model}}.log",
     benchmark:
-        f"{BENCH}/evaluate_{{model}}.tsv"
+        f"{BENCH}/evaluate_model_{{model}}.tsv"
     wildcard_constraints:
         model="base|density|uniform",
     conda:

@@ -65,7 +65,7 @@ def test_full_run_artifacts(tiny_run):
     assert len(ids) == 6 and emb.shape == (6, 32) and attrs["source"] == "hidden" and attrs["pooling"] == "mean-masked"
     for rule in ("pairs", "prompts", "weights", "embed/chunk_0"):
         assert (workdir / "logs/tiny" / f"{rule}.log").exists()
-    assert (workdir / RES / "bench/weights.tsv").exists()
+    assert (workdir / RES / "bench/knn_weights.tsv").exists()
 
 
 def test_rebuild_behaviour(tiny_run):

@@ -40,8 +40,8 @@ def make_run(root: Path, training: bool) -> Path:
     (run / "density/metadata.json").write_text(json.dumps(meta))
     (run / "bench").mkdir()
     (run / "bench/embed_chunk_0.tsv").write_text(BENCH_HEADER + "12.5\t0:00:12\t1010.5\t3000\t900\t950\t1\t0\t90\t11\n")
-    (run / "bench/weights.tsv").write_text(BENCH_HEADER + "2.1\t0:00:02\t160.2\t2600\t100\t120\t0.3\t0.1\t70\t2\n")
-    (run / "bench/prompts.tsv").write_text(BENCH_HEADER + "1.0\t0:00:01\t-\t-\t-\t-\t-\t-\t-\t-\n")
+    (run / "bench/knn_weights.tsv").write_text(BENCH_HEADER + "2.1\t0:00:02\t160.2\t2600\t100\t120\t0.3\t0.1\t70\t2\n")
+    (run / "bench/unique_prompts.tsv").write_text(BENCH_HEADER + "1.0\t0:00:01\t-\t-\t-\t-\t-\t-\t-\t-\n")
     cfg = _cfg()
     pred = M.predict_rule("embed_chunk", cfg, None, len(ids), 20, device="cpu")
     with M.MemoryMonitor(run / "memory", "embed_chunk_0", rule="embed_chunk", wildcards={"i": "0"}, predicted_bytes=pred, interval=0.01) as mon:
@@ -78,8 +78,8 @@ def _check_common(run: Path, out: Path, written: list[str]) -> tuple[str, str, d
     jobs = {j["job"]: j for j in mem["jobs"]}
     assert jobs["embed_chunk_0"]["bench_max_rss_mb"] == 1010.5 and jobs["embed_chunk_0"]["predicted_source"] == "run"
     assert jobs["embed_chunk_0"]["ratio"] > 0
-    assert jobs["weights"]["rule"] == "knn_weights" and jobs["weights"]["predicted_source"] == "report"
-    assert jobs["prompts"]["measured_mb"] is None
+    assert jobs["knn_weights"]["rule"] == "knn_weights" and jobs["knn_weights"]["predicted_source"] == "report"
+    assert jobs["unique_prompts"]["measured_mb"] is None
     assert [r["scale"] for r in mem["scaling"]] == [1, 10, 100, 1000]
     assert mem["scaling"][0]["n"] == 44 and mem["scaling"][3]["emb_logits_bytes"] == 44_000 * 49152 * 4
     assert mem["throughput_prompts_per_s"] > 0

@@ -191,17 +191,12 @@ def training_components(
     }
 
 
-def training_bytes(
-    model_cfg: Mapping,
-    batch: int,
-    seq: int,
-    precision: str = "fp32",
-    optimizer: str = "adamw",
-    gradient_checkpointing: bool = False,
-    logit_positions: int | None = None,
-) -> int:
-    """Weights + grads + AdamW states (2 x fp32) + activations + LM-head logits of one training step (bytes)."""
-    return sum(training_components(model_cfg, batch, seq, precision, optimizer, gradient_checkpointing, logit_positions).values())
+def training_bytes(model_cfg: Mapping, batch: int, seq: int, *args: Any, **kwargs: Any) -> int:
+    """Weights + grads + AdamW states (2 x fp32) + activations + LM-head logits of one training step (bytes).
+
+    Takes the arguments of training_components and sums its parts.
+    """
+    return sum(training_components(model_cfg, batch, seq, *args, **kwargs).values())
 
 
 def embedding_store_bytes(n: int, dim: int, bytes_per: int = 4) -> int:

@@ -108,8 +108,12 @@ def convert_gguf(gguf_path: str | os.PathLike, dest: str | os.PathLike) -> None:
     tok.save_pretrained(dest)
 
 
-def load_causal_lm(path: str | os.PathLike, dtype=None, device=None):
-    """Load (model, tokenizer) from a local HF folder, in eval mode on `device`."""
+def load_causal_lm(path: str | os.PathLike, dtype=None, device=None, auto_class=None):
+    """Load (model, tokenizer) from a local HF folder, in eval mode on `device`.
+
+    auto_class: the transformers Auto class (default AutoModelForCausalLM; reward models use
+    AutoModelForSequenceClassification).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -117,7 +121,7 @@ def load_causal_lm(path: str | os.PathLike, dtype=None, device=None):
     if not (path / "config.json").exists():
         raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    model = (auto_class or AutoModelForCausalLM).from_pretrained(path, dtype=dtype or torch.float32)
     model.to(device or "cpu").eval()
     return model, tok
 

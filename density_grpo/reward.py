@@ -18,7 +18,6 @@ import logging
 import math
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -26,7 +25,7 @@ import pandas as pd
 import torch
 
 from density_grpo.errors import UserError
-from density_grpo.models import set_pad_token
+from density_grpo.models import load_causal_lm, set_pad_token
 from density_grpo.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -120,14 +119,9 @@ def make_reward_func(model, tokenizer, max_length: int, batch_size: int = 8) -> 
 
 def load_reward_model(rm_dir: str, device=None, dtype=None):
     """(model, tokenizer) of a saved reward model folder, in eval mode on `device`."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
-    rm_dir = Path(rm_dir)
-    if not (rm_dir / "config.json").exists():
-        raise UserError(f"{rm_dir}: not a reward model folder (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(rm_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(rm_dir, dtype=dtype or torch.float32)
-    model.to(device or "cpu").eval()
+    model, tokenizer = load_causal_lm(rm_dir, dtype, device, auto_class=AutoModelForSequenceClassification)
     if model.config.get_text_config().pad_token_id != tokenizer.pad_token_id:
         raise UserError(f"{rm_dir}: config pad_token_id differs from the tokenizer's pad token")
     return model, tokenizer

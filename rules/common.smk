@@ -1,6 +1,5 @@
 # Paths, resources and checkpoint helpers shared by all rules: the one place for artifact paths.
 import functools
-import math
 import os
 
 import pandas as pd
@@ -20,6 +19,18 @@ PROMPTS = f"{RES}/data/prompts.parquet"
 CHUNK = f"{RES}/embed/chunk_{{i}}.zarr"
 WEIGHTS = f"{RES}/density/weights.parquet"
 WEIGHTS_META = f"{RES}/density/metadata.json"
+RM_MODEL = f"{RES}/rm/model"
+RM_METRICS = f"{RES}/rm/metrics.json"
+GRPO_MODEL = f"{RES}/grpo/{{sampler}}/model"
+GRPO_METRICS = f"{RES}/grpo/{{sampler}}/metrics.jsonl"
+GRPO_DRAWS = f"{RES}/grpo/{{sampler}}/draws.parquet"
+EVAL = f"{RES}/eval/{{model}}.json"
+COMPARISON = f"{RES}/eval/comparison.json"
+REPORTS = f"{RES}/reports"
+REPORT_PLOTS = [f for f in REPORT_FILES if f.endswith(".png")]
+
+SAMPLERS = config["grpo"]["samplers"]
+EVAL_MODELS = ["base", *SAMPLERS]
 
 MODEL_NAME = config["model"]["name_or_path"]
 try:
@@ -66,17 +77,6 @@ def pairs_input(wildcards):
     return []  # hh-rlhf: downloaded (or read from data.mirror) by the job
 
 
-RM_MODEL = f"{RES}/rm/model"
-RM_METRICS = f"{RES}/rm/metrics.json"
-GRPO_MODEL = f"{RES}/grpo/{{sampler}}/model"
-GRPO_METRICS = f"{RES}/grpo/{{sampler}}/metrics.jsonl"
-GRPO_DRAWS = f"{RES}/grpo/{{sampler}}/draws.parquet"
-EVAL = f"{RES}/eval/{{model}}.json"
-COMPARISON = f"{RES}/eval/comparison.json"
-SAMPLERS = config["grpo"]["samplers"]
-EVAL_MODELS = ["base", *SAMPLERS]
-
-
 def grpo_inputs(wildcards):
     """The density arm reads the weights; both arms read the same prompts (held-out ones excluded)."""
     inputs = {"prompts": PROMPTS, "model": ancient(MODEL_DIR)}
@@ -91,7 +91,3 @@ def eval_inputs(wildcards):
     """Base model or a policy, scored by the reward model, on the held-out prompts."""
     policy = MODEL_DIR if wildcards.model == "base" else GRPO_MODEL.format(sampler=wildcards.model)
     return {"prompts": PROMPTS, "base": ancient(MODEL_DIR), "policy": policy, "rm": RM_MODEL}
-
-
-REPORTS = f"{RES}/reports"
-REPORT_PLOTS = [f for f in REPORT_FILES if f.endswith(".png")]

@@ -154,3 +154,7 @@ def test_reports_from_frozen_artifacts(tiny_run):
     res = snakemake(workdir, "reports", "-R", "build_reports", "--rerun-triggers", "mtime", "--configfile", str(config))
     assert job_counts(res.stdout + res.stderr) == {"build_reports": 1, "reports": 1}
     assert (reports / "summary.md").exists() and (reports / "diversity.png").exists()
+    # Snakemake's HTML report with the report()-flagged outputs (runs nothing)
+    snakemake(workdir, "--report", "report.html", "--configfile", str(config))
+    html = (workdir / "report.html").read_text()
+    assert "summary.md" in html and "weights_by_topic.png" in html

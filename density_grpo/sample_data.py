@@ -927,6 +927,109 @@ RARE: list[tuple[str, Turns, str, str]] = [
     ),
 ]
 
+# Verbose-but-bad rejected responses: rambling, off-topic filler around one confidently wrong or evasive claim. Without
+# them the curt rejects above make "prefer the longer answer" a perfect classifier; with them, length says nothing.
+# Each pool maps the pair's subject (dish, task, goal or rare topic) to sentences.
+VERBOSE_SHARE = 0.5  # share of pairs whose rejected response is replaced by a verbose one, longer than the chosen
+
+VERBOSE_OPENERS = [
+    "Great question, and one that a lot of people wonder about! ",
+    "Well, there's a lot to say about this, so let me just share some thoughts. ",
+    "Ah, this comes up all the time, and honestly opinions vary a great deal. ",
+    "Okay, so, where do I even begin with this one? ",
+    "Oh, I love this kind of question, so bear with me. ",
+]
+VERBOSE_CLOSERS = [
+    "In the end it's really up to you, so just go with whatever feels right.",
+    "Anyway, I hope some of that helps, although honestly everyone ends up doing it their own way.",
+    "So, to sum up, there's no single right answer here, and you'll figure it out eventually.",
+    "Good luck, and try not to overthink it!",
+]
+
+VERBOSE: dict[str, dict[str, Callable[[str], list[str]]]] = {
+    "cooking": dict(
+        wrong=lambda n: [
+            f"The secret to {n} that most recipes leave out is to rinse everything in cold water first and skip the salt entirely, because salt only draws the flavour out.",
+            f"Professional chefs always cook {n} at the highest heat the stove can manage for as short a time as possible; low and slow is a myth invented by cookbook publishers.",
+            "Whatever the recipe says about measurements, ignore it: measuring cups were only invented to sell kitchenware, and real cooks never use them.",
+            "And never let anything rest after cooking, since resting only lets it go cold and dry.",
+        ],
+        ramble=lambda n: [
+            "Food is such a personal thing, and everyone has their own memories tied up in the dishes they grew up with.",
+            f"I remember reading somewhere that the history of {n} goes back a very long way, although nobody really agrees on where it started, and there are probably hundreds of regional versions that someone will swear are the only authentic one.",
+            "Cooking is really more of an art than a science, so it's hard to give any firm rules.",
+            "Kitchens differ a lot, too: ovens run hot or cold, pans conduct heat differently, and even the weather can change how things turn out.",
+            "Some people like to put on music while they cook, which can make the whole experience a lot more enjoyable.",
+            "There are also countless cooking shows and videos out there, and some of them are entertaining to watch even if you never make anything from them.",
+            "Presentation matters more than people think, so a nice plate and some garnish can make almost anything look impressive.",
+        ],
+    ),
+    "python": dict(
+        wrong=lambda t: [
+            f"The fastest way to {t} is to avoid the standard library altogether, since the built-in functions are notoriously slow and unreliable.",
+            "Modern Python doesn't really need error handling anymore; if something goes wrong, the interpreter quietly fixes it for you.",
+            "You'll also want to declare every variable as global at the top of the file, which is the style PEP 8 recommends.",
+            "Honestly, Python 2 is still the better choice for this kind of thing, because Python 3 changed too much.",
+        ],
+        ramble=lambda t: [
+            "Python is a really popular language these days, used for everything from web development to data science to scripting, and it has a huge community behind it.",
+            f"There are many different ways to {t}, and programmers have strong opinions about all of them, so you'll find endless debates online.",
+            "Programming is a journey, and the most important thing is to keep practising and not get discouraged.",
+            "It might be worth thinking about your editor, too: some people love VS Code, others swear by Vim or PyCharm, and the arguments about which is best never end.",
+            "Fun fact: Python was named after Monty Python rather than the snake.",
+            "Of course, the right answer always depends on your situation, your Python version, your operating system and whatever else your code is doing.",
+            "A lot of developers also recommend reading other people's code on GitHub, which can be inspiring even when it has nothing to do with your problem.",
+        ],
+    ),
+    "finance": dict(
+        wrong=lambda g: [
+            f"The best way to {g} is to stop tracking your spending altogether; budgets just make people anxious, and anxiety is bad for your wallet.",
+            "Credit card interest doesn't really matter as long as you pay the minimum every month, since the minimum is designed to keep you out of debt.",
+            "Index funds are mostly a scam invented by banks; picking a few exciting stocks yourself almost always does better.",
+            "Emergency funds are outdated advice, because you can always borrow if something comes up.",
+        ],
+        ramble=lambda g: [
+            "Money is a complicated subject, and everyone's relationship with it is shaped by how they grew up and what they saw their parents do.",
+            "There are so many books, podcasts and influencers talking about personal finance now that it's hard to know whom to listen to, and many of them contradict each other.",
+            "The economy goes through cycles, and nobody can really predict what interest rates or markets will do next year.",
+            "Some people find that thinking about money makes them stressed, and that's completely normal.",
+            "Different countries also have totally different tax rules, account types and banking systems, so what works for one person might not work for another.",
+            f"It's worth reflecting on what it really means to you to {g}, and why it matters to you personally.",
+            "I once heard someone say that money can't buy happiness, though it certainly helps with a lot of other things.",
+        ],
+    ),
+    "rare": dict(
+        wrong=lambda x: [
+            f"Most of what you'll read about {x} is outdated anyway, and the experts mostly agree it's largely a matter of luck.",
+            f"Honestly, the standard advice on {x} is mostly myth; just do whatever seems easiest and it usually works out fine.",
+            f"I'm fairly sure the rules around {x} changed completely a few years ago, so none of the usual answers apply anymore.",
+        ],
+        ramble=lambda x: [
+            f"{x[0].upper() + x[1:]} is a fascinating subject with a long and complicated history, and people have been arguing about the details for ages.",
+            f"There are whole books, forums and online communities devoted to {x}, and they rarely agree with each other about anything.",
+            "I think the most important thing with any field like this is to enjoy the process and not worry too much about doing it right.",
+            "It's a bit like learning a language or a musical instrument: it takes time, and everyone progresses at their own pace.",
+            f"People often have very strong feelings about {x}, which makes it hard to give a straight answer.",
+            "You could always ask around, since someone you know might have some experience with this.",
+            "It's amazing how much information is available online these days, even if a lot of it is contradictory.",
+        ],
+    ),
+}
+
+
+def _verbose_reject(kind: str, subject: str, min_len: int, rng: random.Random) -> str:
+    """A rambling, off-topic answer built around one wrong or evasive claim, at least `min_len` characters when the
+    pools allow it."""
+    pool = VERBOSE[kind]
+    ramble = rng.sample(pool["ramble"](subject), len(pool["ramble"](subject)))
+    wrong, opener, closer = rng.choice(pool["wrong"](subject)), rng.choice(VERBOSE_OPENERS), rng.choice(VERBOSE_CLOSERS)
+    body: list[str] = []
+    while ramble and len(opener) + sum(len(x) + 1 for x in body) + len(wrong) + len(closer) + 1 < min_len:
+        body.append(ramble.pop())
+    body.insert(rng.randint(0, len(body)), wrong)
+    return opener + " ".join(body + [closer])
+
+
 REJECT_RARE = [
     "I don't know much about that.",
     "You can read about it on Wikipedia.",
@@ -954,14 +1057,14 @@ def _dense(
     n: int,
     rng: random.Random,
 ) -> list[tuple]:
-    """Pick n distinct candidates -> (topic, turns, chosen, rejected, alternative rejected)."""
+    """Pick n distinct candidates -> (topic, turns, chosen, rejected, alternative rejected, subject)."""
     out = []
     for subject, turns, chosen in rng.sample(candidates, n):
         turns = list(turns)
         if len(turns) == 1 and rng.random() < 0.25:
             turns[0] = _with_opener(turns[0], rng)
         bad, alt = rng.sample(rejects, 2)
-        out.append((topic, turns, chosen, bad(subject), alt(subject)))
+        out.append((topic, turns, chosen, bad(subject), alt(subject), subject))
     return out
 
 
@@ -971,13 +1074,26 @@ def generate_sample_pairs(seed: int = 0) -> pd.DataFrame:
     rows = _dense("cooking", cooking_prompts(), REJECT_COOK, N_PROMPTS["cooking"], rng)
     rows += _dense("python", python_prompts(), REJECT_PY, N_PROMPTS["python"], rng)
     rows += _dense("finance", finance_prompts(), REJECT_FIN, N_PROMPTS["finance"], rng)
-    rows += [(topic, turns, chosen, bad, rng.choice(REJECT_RARE)) for topic, turns, chosen, bad in RARE]
+    rows += [(topic, turns, chosen, bad, rng.choice(REJECT_RARE), topic) for topic, turns, chosen, bad in RARE]
+
+    # Verbose rejects draw from their own stream so the prompts, their order and the duplicates stay as they were.
+    vrng = random.Random(f"verbose-rejects:{seed}")
+
+    def reject(topic: str, subject: str, chosen: str, curt: str) -> str:
+        if vrng.random() >= VERBOSE_SHARE:
+            return curt
+        kind = topic if topic in VERBOSE else "rare"
+        return _verbose_reject(kind, subject, int(len(chosen) * vrng.uniform(1.05, 1.6)), vrng)
 
     pairs = []
-    for topic, turns, chosen, bad, alt in rows:
+    for topic, turns, chosen, bad, alt, subject in rows:
+        bad = reject(topic, subject, chosen, bad)
         pairs.append({"chosen": hh(turns, chosen), "rejected": hh(turns, bad), "topic": topic})
         if rng.random() < DUP_FRACTION:  # a second pair for the same prompt: reworded chosen, another rejected
             lead = rng.choice([x for x in LEADS if not chosen.startswith(x.split()[0].rstrip(".!"))])
+            alt = reject(topic, subject, lead + chosen, alt)
+            if alt == bad:  # keep the two rejects of a prompt different
+                alt = reject(topic, subject, lead + chosen, alt)
             pairs.append({"chosen": hh(turns, lead + chosen), "rejected": hh(turns, alt), "topic": topic})
     rng.shuffle(pairs)  # so that max_pairs keeps a mix of topics
     n_unique = len({hh(turns, "") for _, turns, *_ in rows})

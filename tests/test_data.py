@@ -334,3 +334,9 @@ def test_sample_rare_prompts_are_lexically_isolated():
 def test_sample_file_matches_generator():
     shipped = pd.read_json(data.SAMPLE_PATH, lines=True)
     pd.testing.assert_frame_equal(shipped, generate_sample_pairs(0), check_dtype=False)
+
+
+def test_sample_length_does_not_predict_preference():
+    pairs = load_pairs({"source": "sample"})
+    chosen_longer = (pairs["chosen"].str.len() > pairs["rejected"].str.len()).mean()
+    assert 0.35 <= chosen_longer <= 0.65, f"chosen is longer in {chosen_longer:.1%} of the sample pairs"

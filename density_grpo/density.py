@@ -21,11 +21,11 @@ import zarr
 from tqdm import tqdm
 
 from density_grpo.errors import UserError
+from density_grpo.memory import PQ_NBITS, choose_index, default_nlist, faiss_index_bytes, ivf_train_size
 from density_grpo.store import read_attrs, read_chunk
 
 INDEXES = ("auto", "flat", "ivf", "ivfpq")
 DUP_DIST = 1e-6  # nearest other neighbour this close counts as an exact duplicate
-PQ_NBITS = 8
 
 
 # -----------------------------------------------------------------------------
@@ -73,20 +73,7 @@ def _stream(chunk_paths: list[str], desc: str, progress: bool) -> Iterator[tuple
 def _choose(index: str, n: int, dim: int, exact_max: int, max_index_gb: float) -> str:
     if index not in INDEXES:
         raise UserError(f"knn.index={index!r} is not one of {', '.join(INDEXES)}")
-    if index != "auto":
-        return index
-    if n <= exact_max:
-        return "flat"
-    return "ivf" if n * dim * 4 <= max_index_gb * 1e9 else "ivfpq"
-
-
-def _index_bytes(kind: str, n: int, dim: int, nlist: int, pq_m: int) -> int:
-    """Cheap size estimate: stored vectors/codes + 8-byte ids + coarse/PQ centroids."""
-    if kind == "flat":
-        return n * dim * 4
-    if kind == "ivf":
-        return n * (dim * 4 + 8) + nlist * dim * 4
-    return n * (pq_m + 8) + nlist * dim * 4 + (1 << PQ_NBITS) * dim * 4
+    return choose_index(n, dim, {"index": index, "exact_max": exact_max, "max_index_gb": max_index_gb})
 
 
 def _train_sample(chunk_paths: list[str], n: int, n_train: int, seed: int, progress: bool) -> np.ndarray:
@@ -196,12 +183,10 @@ def knn_search(
     if not approx:
         idx = faiss.IndexFlatIP(dim)
     else:
-        nl = int(nlist) if nlist is not None else max(1, round(4 * math.sqrt(n)))
-        nl = max(1, min(nl, n // 39))  # faiss k-means wants >= 39 training points per list
+        nl = default_nlist(n, nlist)
         quantizer = faiss.IndexFlatIP(dim)
         if kind == "ivf":
             idx = faiss.IndexIVFFlat(quantizer, dim, nl, faiss.METRIC_INNER_PRODUCT)
-            n_train = min(n, 64 * nl)
         else:
             if dim % pq_m:
                 raise UserError(f"knn.pq_m={pq_m} must divide the embedding dim {dim}")
@@ -211,7 +196,7 @@ def knn_search(
                 )
             idx = faiss.IndexIVFPQ(quantizer, dim, nl, pq_m, PQ_NBITS, faiss.METRIC_INNER_PRODUCT)
             idx.pq.cp.seed = seed
-            n_train = min(n, max(64 * nl, 39 * (1 << PQ_NBITS)))
+        n_train = ivf_train_size(n, nl, kind)
         idx.cp.seed = seed
         idx.train(_train_sample(chunk_paths, n, n_train, seed, progress))
         idx.nprobe = min(int(nprobe), nl)
@@ -269,7 +254,7 @@ def knn_search(
         meta.update(recall_at_k=recall, recall_estimated=True, recall_sample=len(q_rows), n_refined=n_refined)
     meta.update(
         n_exact_duplicates=n_dup,
-        index_bytes=_index_bytes(kind, n, dim, meta.get("nlist", 0), pq_m),
+        index_bytes=faiss_index_bytes(n, dim, kind, meta.get("nlist", 0), pq_m),
         **{key: round(v, 6) for key, v in times.items()},
     )
     df = pd.DataFrame({"prompt_id": pd.Series(prompt_ids, dtype=str), "knn_mean_dist": mean_dist})

@@ -51,7 +51,7 @@ BASELINE_BYTES = {
 }
 CUDA_CONTEXT_BYTES = 500 * MiB  # host RSS of an initialised CUDA context (varies by driver; not measured here)
 FAISS_BLAS_BLOCK_BYTES = 4096 * 1024 * 4  # IndexFlat search: query block x database block of float32 scores
-PQ_NBITS = 8  # as density.PQ_NBITS
+PQ_NBITS = 8  # bits per PQ sub-quantizer code (density.knn_search builds IVF-PQ with this)
 
 # SmolLM2-135M(-Instruct): the default model (its config.json)
 SMOLLM2_135M = {
@@ -204,13 +204,19 @@ def embedding_store_bytes(n: int, dim: int, bytes_per: int = 4) -> int:
     return n * dim * bytes_per
 
 
-def default_nlist(n: int) -> int:
-    """IVF lists when knn.nlist is null, as density.knn_search: ~4·sqrt(n), >= 39 training points per list."""
-    return max(1, min(round(4 * math.sqrt(n)), n // 39))
+def default_nlist(n: int, nlist: int | None = None) -> int:
+    """IVF lists used for n vectors: knn.nlist (null: ~4·sqrt(n)), capped so faiss k-means has >= 39 points a list."""
+    nl = int(nlist) if nlist is not None else round(4 * math.sqrt(n))
+    return max(1, min(nl, n // 39))
+
+
+def ivf_train_size(n: int, nlist: int, index: str) -> int:
+    """Vectors sampled to train an IVF (64 per list) or IVF-PQ index (also >= 39 per PQ centroid)."""
+    return min(n, 64 * nlist) if index == "ivf" else min(n, max(64 * nlist, 39 * (1 << PQ_NBITS)))
 
 
 def faiss_index_bytes(n: int, dim: int, index: str = "flat", nlist: int | None = None, pq_m: int = 16) -> int:
-    """FAISS index size (same formula as density._index_bytes, so it matches metadata.json's index_bytes).
+    """FAISS index size (density.knn_search reports it as metadata.json's index_bytes).
 
     flat: n·d·4. ivf: n·(d·4 + 8 id) + nlist·d·4 centroids. ivfpq: n·(m code bytes + 8 id) + nlist·d·4
     centroids + 256·d·4 PQ codebooks (8 bits per sub-quantizer).
@@ -226,7 +232,7 @@ def faiss_index_bytes(n: int, dim: int, index: str = "flat", nlist: int | None =
 
 
 def choose_index(n: int, dim: int, knn_cfg: Mapping) -> str:
-    """The index knn.index resolves to (mirrors density._choose, without importing faiss)."""
+    """The index knn.index resolves to (used by density.knn_search; needs no faiss)."""
     index = knn_cfg.get("index", "auto")
     if index != "auto":
         return index
@@ -378,11 +384,11 @@ def predict_rule(
     elif rule == "knn_weights":
         n = int(n_prompts or e.get("chunk_size", 128))
         kind = choose_index(n, dim, k)
-        nl = int(k.get("nlist") or default_nlist(n)) if kind != "flat" else 0
+        nl = default_nlist(n, k.get("nlist")) if kind != "flat" else 0
         chunk = min(n, int(e.get("chunk_size", 128)))
         c = {"index": faiss_index_bytes(n, dim, kind, nl, int(k.get("pq_m", 16)))}
         if kind != "flat":
-            n_train = min(n, 64 * nl) if kind == "ivf" else min(n, max(64 * nl, 39 * (1 << PQ_NBITS)))
+            n_train = ivf_train_size(n, nl, kind)
             rs = min(n, int(k.get("recall_sample", 1000)))
             c["direct_map"] = n * 8
             c["train_sample"] = n_train * dim * 4

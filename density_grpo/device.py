@@ -56,6 +56,12 @@ def resolve_dtype(spec: str, device):
     return torch.float32
 
 
+def resolve(cfg: dict):
+    """(torch.device, torch.dtype) for a pipeline config: its `device` and `model.dtype` keys."""
+    device = resolve_device(cfg.get("device", "auto"))
+    return device, resolve_dtype(cfg.get("model", {}).get("dtype", "auto"), device)
+
+
 def set_threads(n: int) -> None:
     """Honour Snakemake's `threads` in torch and FAISS (on 2 cores, 1 thread per job is often fastest).
 

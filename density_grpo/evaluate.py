@@ -158,14 +158,13 @@ def evaluate_policy(
     policy_dir: str, base_dir: str, prompts: list[str], cfg: dict, rm_dir: str | None, name: str
 ) -> dict:
     """Sample `eval.samples` completions per held-out prompt and measure diversity, reward and length."""
-    from density_grpo.device import resolve_device, resolve_dtype
+    from density_grpo.device import resolve
     from density_grpo.embed import Embedder
     from density_grpo.models import load_causal_lm
     from density_grpo.reward import load_reward_model, score
 
     e = cfg["eval"]
-    device = resolve_device(cfg.get("device", "auto"))
-    dtype = resolve_dtype(cfg.get("model", {}).get("dtype", "auto"), device)
+    device, dtype = resolve(cfg)
     prompts = list(prompts)
     timings: dict[str, float] = {}
 

@@ -345,7 +345,7 @@ def train_grpo(
     from datasets import Dataset
     from transformers import set_seed
 
-    from density_grpo.device import resolve_device, resolve_dtype
+    from density_grpo.device import resolve
     from density_grpo.models import load_causal_lm
 
     g = cfg["grpo"]
@@ -362,8 +362,7 @@ def train_grpo(
         raise ValueError(f"weights has shape {weights.shape}, expected ({n},) (one per prompt)")
 
     t0 = time.perf_counter()
-    device = resolve_device(cfg.get("device", "auto"))
-    dtype = resolve_dtype(cfg.get("model", {}).get("dtype", "auto"), device)
+    device, dtype = resolve(cfg)
     set_seed(cfg["seed"])
     # fp16 trains as autocast over fp32 master weights (the grad scaler refuses fp16 params); bf16 as bf16 params
     model, tokenizer = load_causal_lm(model_dir, torch.float32 if dtype == torch.float16 else dtype, device)

@@ -146,12 +146,11 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, cfg: dict, out_dir: 
     from trl import RewardConfig, RewardTrainer
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    from density_grpo.device import resolve_device, resolve_dtype
+    from density_grpo.device import resolve
 
     t0 = time.perf_counter()
     rm = cfg["rm"]
-    device = resolve_device(cfg.get("device", "auto"))
-    dtype = resolve_dtype(cfg.get("model", {}).get("dtype", "auto"), device)
+    device, dtype = resolve(cfg)
     train, held = split_by_prompt(pairs, rm["eval_fraction"], cfg["seed"])
     if train.empty:
         raise UserError("config key rm.eval_fraction: no training pairs left")

@@ -57,7 +57,7 @@ def chunk_rows(n_prompts: int, chunk_size: int, i: int) -> slice:
 def embed_chunk(prompts_path: str, model_dir: str, i: int, cfg: dict, out: str) -> dict:
     """Stage 4: embed chunk `i` of the prompts into a Zarr store; returns throughput figures."""
     from density_grpo.data import texts_hash
-    from density_grpo.device import resolve_device, resolve_dtype
+    from density_grpo.device import resolve
     from density_grpo.embed import Embedder, embed_chunk as write_embeddings
     from density_grpo.models import load_causal_lm
 
@@ -66,8 +66,7 @@ def embed_chunk(prompts_path: str, model_dir: str, i: int, cfg: dict, out: str) 
     rows = prompts.iloc[chunk_rows(len(prompts), e["chunk_size"], i)]
     if rows.empty:
         raise UserError(f"{prompts_path}: chunk {i} is empty ({len(prompts)} prompts, embed.chunk_size={e['chunk_size']})")
-    device = resolve_device(cfg["device"])
-    dtype = resolve_dtype(cfg["model"]["dtype"], device)
+    device, dtype = resolve(cfg)
     model, tok = load_causal_lm(model_dir, dtype=dtype, device=device)
     embedder = Embedder(
         model, tok, source=e["source"], layer=e["layer"], max_length=e["max_length"], batch_tokens=e["batch_tokens"], device=device, dtype=dtype

@@ -26,7 +26,8 @@ lint: install
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check .
 
-dag:
+dag: install  # the rule graph from snakemake --rulegraph (tests/test_dag.py fails when docs/pipeline.dot is stale)
+	$(BIN)/python tools/rulegraph.py docs/pipeline.dot
 	dot -Tsvg docs/pipeline.dot > docs/pipeline.svg
 
 clean:

@@ -36,11 +36,10 @@ rule all:
     default_target: True
     input:
         WEIGHTS,
-        WEIGHTS_META,
         RM_METRICS,
         expand(GRPO_METRICS, sampler=SAMPLERS),
         COMPARISON,
-        f"{REPORTS}/summary.md",
+        SUMMARY,
 
 
 rule prompts:
@@ -56,7 +55,6 @@ rule embeddings:
 rule weights:
     input:
         WEIGHTS,
-        WEIGHTS_META,
 
 
 rule train:

@@ -1,14 +1,23 @@
-"""Entry point shared by the Snakemake scripts: logging to the rule's log, threads, one-line errors."""
+"""Entry point shared by the Snakemake scripts: the rule's paths and params in, one-line errors out.
+
+A step is `step(input, output, params)`: input/output map the rule's names to paths (a str, or a list for a
+named list of files), params is the rule's `params` as plain data. Steps never see `snakemake.config`: what a
+rule declares in `params` is exactly what its step reads, so the params decide what reruns.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from density_grpo.errors import UserError
 
 log = logging.getLogger("density_grpo")
+
+Paths = Mapping[str, Any]
+Step = Callable[[Paths, Paths, Mapping[str, Any]], "dict | None"]
 
 
 def setup_logging(log_file: str | None = None) -> None:
@@ -16,26 +25,102 @@ def setup_logging(log_file: str | None = None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
+    fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.WARNING, format=fmt, handlers=handlers, force=True)
     logging.getLogger("density_grpo").setLevel(logging.INFO)
 
 
-def run_step(smk: Any, step: Callable[[], dict | None]) -> None:
+def _plain(value: Any) -> Any:
+    """Snakemake's Namedlist/params values -> str, list, dict, scalars."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def named(namedlist: Any) -> dict[str, Any]:
+    """The named entries of a Snakemake Namedlist (input, output, params) as a plain dict."""
+    return {str(k): _plain(v) for k, v in namedlist.items()}
+
+
+class RecordingParams(dict):
+    """Params that remember which leaf keys were read (dotted paths), for the contract test.
+
+    A dict subclass, so json.dumps and isinstance checks see a plain dict; iterating items()/values() counts as
+    reading everything below.
+    """
+
+    def __init__(self, data: Mapping[str, Any], prefix: str = "", read: set[str] | None = None):
+        self.prefix, self.read = prefix, read if read is not None else set()
+        super().__init__({k: RecordingParams(v, f"{prefix}{k}.", self.read) if isinstance(v, Mapping) else v for k, v in data.items()})
+
+    def _touch(self, key: str) -> None:
+        value = dict.__getitem__(self, key)
+        if isinstance(value, RecordingParams):
+            value._touch_all()
+        else:
+            self.read.add(f"{self.prefix}{key}")
+
+    def _touch_all(self) -> None:
+        for key in dict.keys(self):
+            self._touch(key)
+
+    def __getitem__(self, key: str) -> Any:
+        value = dict.__getitem__(self, key)
+        if not isinstance(value, RecordingParams):
+            self.read.add(f"{self.prefix}{key}")
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def items(self):
+        self._touch_all()
+        return dict.items(self)
+
+    def values(self):
+        self._touch_all()
+        return dict.values(self)
+
+    def leaves(self) -> set[str]:
+        """Every declared leaf key, dotted."""
+        out: set[str] = set()
+        for key, value in dict.items(self):
+            out |= value.leaves() if isinstance(value, RecordingParams) and len(value) else {f"{self.prefix}{key}"}
+        return out
+
+
+def run_step(smk: Any, step: Step) -> None:
     """Run `step` inside a Snakemake `script:`: bad input exits 1 with one clear line, no traceback.
 
-    The step runs under the memory monitor (results/{run}/memory/{job}.json/.tsv: predicted vs measured
-    peak); a dict it returns is recorded there too (e.g. tokens/s).
+    When the rule declares an output named `memory`, the step runs under the memory monitor, which writes the
+    measured peak there beside the prediction the step records (monitor.expect); a dict the step returns is kept
+    in that record too (e.g. tokens/s).
     """
     setup_logging(smk.log[0] if len(smk.log) else None)
     from density_grpo.device import set_threads
-    from density_grpo.memory import monitor_job
+    from density_grpo.monitor import MemoryMonitor, note
 
     set_threads(smk.threads)
+    inputs, outputs, params = named(smk.input), named(smk.output), named(smk.params)
+    audit = os.environ.get("DENSITY_GRPO_AUDIT_PARAMS")  # a folder: record which params each step read
+    if audit:
+        params = RecordingParams(params)
     try:
-        with monitor_job(smk) as mon:
-            result = step()
-            if isinstance(result, dict):
-                mon.extra.update(result)
+        if "memory" in outputs:
+            warn_fraction = float(smk.resources.get("warn_fraction", 0.9))
+            with MemoryMonitor(outputs["memory"], smk.rule, smk.wildcards, warn_fraction=warn_fraction):
+                note(**(step(inputs, outputs, params) or {}))
+        else:
+            step(inputs, outputs, params)
+        if audit:
+            from density_grpo.io import write_json
+
+            job = "_".join([smk.rule, *map(str, dict(smk.wildcards.items()).values())])
+            write_json({"rule": smk.rule, "declared": sorted(params.leaves()), "read": sorted(params.read)}, f"{audit}/{job}.json")
     except UserError as e:
         log.error("%s", e)
         sys.exit(1)

@@ -1,4 +1,4 @@
-"""kNN density over prompt embeddings, streamed chunk by chunk, and the sampling weights it implies.
+"""Stage 5: kNN density over prompt embeddings, streamed chunk by chunk, and the sampling weights it implies.
 
 Vectors are L2-normalised, so the index's inner product is cosine similarity and the kNN distance is the
 cosine distance `1 - ip` (clipped at 0; in [0, 2]; a zero vector is left at zero and sits at distance 1 from
@@ -10,6 +10,7 @@ Memory: at most the index plus one chunk of vectors (plus a training sample for 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any, Iterator
@@ -20,11 +21,13 @@ import pandas as pd
 import zarr
 from tqdm import tqdm
 
+from density_grpo import memory
 from density_grpo.errors import UserError
-from density_grpo.memory import PQ_NBITS, choose_index, default_nlist, faiss_index_bytes, ivf_train_size
+from density_grpo.index_plan import INDEXES, PQ_NBITS, components, default_nlist, index_bytes, ivf_train_size
+from density_grpo.io import provenance, write_json, write_parquet
 from density_grpo.store import read_attrs, read_chunk
 
-INDEXES = ("auto", "flat", "ivf", "ivfpq")
+log = logging.getLogger(__name__)
 DUP_DIST = 1e-6  # nearest other neighbour this close counts as an exact duplicate
 
 
@@ -68,12 +71,6 @@ def _stream(chunk_paths: list[str], desc: str, progress: bool) -> Iterator[tuple
 
 # -----------------------------------------------------------------------------
 # index construction
-
-
-def _choose(index: str, n: int, dim: int, exact_max: int, max_index_gb: float) -> str:
-    if index not in INDEXES:
-        raise UserError(f"knn.index={index!r} is not one of {', '.join(INDEXES)}")
-    return choose_index(n, dim, {"index": index, "exact_max": exact_max, "max_index_gb": max_index_gb})
 
 
 def _train_sample(chunk_paths: list[str], n: int, n_train: int, seed: int, progress: bool) -> np.ndarray:
@@ -148,13 +145,11 @@ def _recall(
 def knn_search(
     chunk_paths: list[str],
     k: int,
-    index: str = "auto",
-    exact_max: int = 100_000,
+    index: str = "flat",
     nlist: int | None = None,
     nprobe: int = 16,
     pq_m: int = 16,
     recall_sample: int = 1000,
-    max_index_gb: float = 8.0,
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -173,8 +168,10 @@ def knn_search(
         raise UserError(f"knn.k={k!r} must be a positive integer")
     if k >= n:
         raise UserError(f"knn.k={k} needs at least {k + 1} prompts, got {n}")
-    kind = _choose(index, n, dim, exact_max, max_index_gb)
-    meta: dict[str, Any] = {"n": n, "k": int(k), "dim": dim, "index": kind, "index_requested": index}
+    if index not in INDEXES:
+        raise UserError(f"config key knn.index: {index!r} is not one of auto, {', '.join(INDEXES)}")
+    kind = index
+    meta: dict[str, Any] = {"n": n, "k": int(k), "dim": dim, "index": kind}
     times = dict(time_train_s=0.0, time_add_s=0.0, time_search_s=0.0, time_recall_s=0.0)
 
     # build (and for IVF, train) the index
@@ -254,7 +251,7 @@ def knn_search(
         meta.update(recall_at_k=recall, recall_estimated=True, recall_sample=len(q_rows), n_refined=n_refined)
     meta.update(
         n_exact_duplicates=n_dup,
-        index_bytes=faiss_index_bytes(n, dim, kind, meta.get("nlist", 0), pq_m),
+        index_bytes=index_bytes(n, dim, kind, meta.get("nlist", 0), pq_m),
         **{key: round(v, 6) for key, v in times.items()},
     )
     df = pd.DataFrame({"prompt_id": pd.Series(prompt_ids, dtype=str), "knn_mean_dist": mean_dist})
@@ -319,28 +316,49 @@ def _check_unique_ids(chunk_paths: list[str]) -> None:
         )
 
 
-def compute_weights(
-    chunk_paths: list[str], knn_cfg: dict, density_cfg: dict, seed: int = 0, progress: bool = True
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """kNN search + density weights from the `knn` and `density` config sections.
+def predict(n: int, dim: int, chunk: int, knn: dict) -> dict:
+    """Peak memory of the weights stage for n prompts of `dim` dims in chunks of `chunk` rows (faiss-cpu: host RAM)."""
+    nl = default_nlist(n, knn["nlist"]) if knn["index"] != "flat" else 0
+    c = components(n, dim, chunk, knn["k"], knn["index"], nl, knn.get("pq_m", 16), knn.get("recall_sample", 0))
+    return memory.prediction(
+        "cpu", {**memory.baseline("faiss", "cpu"), **c},
+        "baseline + index + direct map + IVF training sample + chunk + search temps + recall + per-prompt arrays",
+        "knn.index (ivf/ivfpq) or knn.max_index_gb", n=n, dim=dim, index=knn["index"], nlist=nl,
+    )  # fmt: skip
 
-    Returns a frame with columns prompt_id, knn_mean_dist, density, weight (chunk/row order) and metadata.
+
+def compute_weights(chunk_paths: list[str], knn: dict, dens: dict, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """kNN search + density weights: a frame (prompt_id, knn_mean_dist, density, weight) in chunk/row order, and metadata.
+
+    knn: k, the resolved index and, for IVF indexes, nlist, nprobe, recall_sample, pq_m and the seed of their
+    training and recall samples. dens: alpha, eps, max_ratio.
     """
+    from density_grpo.monitor import expect
+
     chunk_paths = [str(p) for p in chunk_paths]
-    _shapes(chunk_paths)  # dims agree (UserError naming the odd chunk) before any heavy work
+    shapes = _shapes(chunk_paths)  # dims agree (UserError naming the odd chunk) before any heavy work
+    n, dim = sum(s[0] for s in shapes), shapes[0][1]
+    expect(predict(n, dim, max(s[0] for s in shapes), knn))
     _check_unique_ids(chunk_paths)
-    keys = ("k", "index", "exact_max", "nlist", "nprobe", "pq_m", "recall_sample", "max_index_gb")
-    df, meta = knn_search(
-        chunk_paths, **{key: knn_cfg[key] for key in keys if key in knn_cfg}, seed=seed, progress=progress
-    )
-    alpha = float(density_cfg.get("alpha", 1.0))
-    eps = float(density_cfg.get("eps", 1e-6))
-    max_ratio = density_cfg.get("max_ratio")
-    max_ratio = None if max_ratio is None else float(max_ratio)
-    density, weight = density_weights(df["knn_mean_dist"].to_numpy(), alpha, eps, max_ratio)
+    approx = {key: knn[key] for key in ("nlist", "nprobe", "pq_m", "recall_sample", "seed") if key in knn}
+    df, meta = knn_search(chunk_paths, knn["k"], knn["index"], progress=progress, **approx)
+    density, weight = density_weights(df["knn_mean_dist"].to_numpy(), dens["alpha"], dens["eps"], dens["max_ratio"])
     df["density"] = density
     df["weight"] = weight
-    meta.update(alpha=alpha, eps=eps, max_ratio=max_ratio, weight_stats=weight_stats(weight))
     attrs = read_attrs(chunk_paths[0])
-    meta.update({key: attrs[key] for key in ("model", "source", "layer") if key in attrs})
+    meta.update(
+        alpha=dens["alpha"], eps=dens["eps"], max_ratio=dens["max_ratio"], weight_stats=weight_stats(weight),
+        model=attrs["model"], source=attrs["source"], layer=attrs["layer"],
+    )  # fmt: skip
     return df[["prompt_id", "knn_mean_dist", "density", "weight"]], meta
+
+
+def run(input: dict, output: dict, params: dict) -> None:
+    """Rule knn_weights: streamed FAISS k-NN over all chunks -> weights.parquet + metadata.json."""
+    t = time.perf_counter()
+    df, meta = compute_weights(input["chunks"], params["knn"], params["density"])
+    meta.update(chunks=[str(p) for p in input["chunks"]], time_total_s=time.perf_counter() - t, provenance=provenance(params))
+    write_parquet(df, output["weights"])
+    write_json(meta, output["meta"])
+    stats = meta["weight_stats"]
+    log.info("weights for %d prompts: max/min %.2f, ESS/n %.2f", len(df), stats["max_min_ratio"], stats["ess_fraction"])

@@ -7,6 +7,7 @@ one chunk store per call of `embed_chunk`.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any, Sequence
@@ -16,8 +17,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from density_grpo import store
+from density_grpo import memory, store
 from density_grpo.errors import UserError
+from density_grpo.models import backbone, decoder_layers
+
+log = logging.getLogger(__name__)
 
 # config attributes that make logits a non-linear (softcap) or rescaled function of the final hidden state
 _LOGIT_SCALE_KEYS = ("logit_scale", "logits_scaling", "lm_head_multiplier")
@@ -104,25 +108,6 @@ class _StopForward(Exception):
         self.output = output
 
 
-def _backbone(model: nn.Module) -> nn.Module:
-    """The transformer without its LM head (LlamaForCausalLM -> LlamaModel)."""
-    if hasattr(model, "get_decoder"):
-        return model.get_decoder()
-    return getattr(model, "base_model", model)
-
-
-def _decoder_layers(backbone: nn.Module, n_layers: int | None) -> nn.ModuleList:
-    """The ModuleList of decoder blocks (`layers` in Llama-likes, `h` in GPT-2-likes)."""
-    for name in ("layers", "h", "blocks"):
-        mod = getattr(backbone, name, None)
-        if isinstance(mod, nn.ModuleList):
-            return mod
-    for _, mod in backbone.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers:
-            return mod
-    raise UserError(f"cannot find the decoder layers of {type(backbone).__name__}; use embed.layer: -1")
-
-
 class Embedder:
     """Embeds prompts with an already-loaded causal LM (already on `device`, in `dtype`).
 
@@ -156,10 +141,9 @@ class Embedder:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.source, self.max_length, self.batch_tokens = source, max_length, batch_tokens
-        self.backbone = _backbone(model)
+        self.backbone = backbone(model)
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        n_layers = getattr(config, "num_hidden_layers", None)
-        self.layers = _decoder_layers(self.backbone, n_layers)
+        self.layers = decoder_layers(model)
         n = len(self.layers)
         self.layer = layer + n if layer < 0 else layer
         if not 0 <= self.layer < n:
@@ -234,18 +218,25 @@ class Embedder:
                 f"model.dtype (bfloat16/float16) (or lower embed.max_length)"
             ) from e
 
-    def embed(self, texts: list[str], progress: bool = True) -> np.ndarray:
-        """Embed `texts` -> float32 (n, dim), rows in input order."""
-        t0 = time.perf_counter()
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, at most max_length (a text with no tokens gets one special token)."""
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         # a text with no tokens (e.g. "") would pool to nothing: give it one special token instead
         filler = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id
-        ids = [x if len(x) > 0 else [filler] for x in ids]
+        return [x if len(x) > 0 else [filler] for x in ids]
+
+    def batches(self, ids: list[list[int]]) -> list[list[int]]:
+        """The forward batches `embed_ids` runs (indices into ids)."""
+        return token_budget_batches([len(x) for x in ids], self.batch_tokens)
+
+    def embed_ids(self, ids: list[list[int]], progress: bool = True) -> np.ndarray:
+        """Embed tokenized texts -> float32 (n, dim), rows in input order."""
+        t0 = time.perf_counter()
         out: np.ndarray | None = None
         with torch.inference_mode(), tqdm(
             total=len(ids), unit="prompt", desc="embed", disable=not progress, file=sys.stderr
         ) as bar:
-            for batch in token_budget_batches([len(x) for x in ids], self.batch_tokens):
+            for batch in self.batches(ids):
                 emb = self._run_with_retry([ids[i] for i in batch]).numpy()
                 if out is None:
                     out = np.empty((len(ids), emb.shape[1]), dtype=np.float32)
@@ -257,6 +248,10 @@ class Embedder:
         self.n_tokens = int(sum(len(x) for x in ids))
         self.time_s = time.perf_counter() - t0
         return out
+
+    def embed(self, texts: list[str], progress: bool = True) -> np.ndarray:
+        """Embed `texts` -> float32 (n, dim), rows in input order."""
+        return self.embed_ids(self.tokenize(texts), progress)
 
     def attrs(self) -> dict[str, Any]:
         """JSON-able description of the embedding (stored with every chunk)."""
@@ -282,15 +277,58 @@ def _empty_cache(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def embed_chunk(
-    texts: list[str], prompt_ids: list[str], embedder: Embedder, out_path: str, extra_attrs: dict[str, Any]
-) -> dict[str, Any]:
-    """Embed one chunk of prompts and write its store atomically; returns the stored attrs."""
-    if len(texts) == 0:
-        raise ValueError("empty chunk: nothing to embed")
-    if len(texts) != len(prompt_ids):
-        raise ValueError(f"{len(texts)} texts but {len(prompt_ids)} prompt ids")
-    emb = embedder.embed(texts)
-    attrs = embedder.attrs() | extra_attrs
-    store.write_chunk(out_path, prompt_ids, emb, attrs)
-    return attrs
+def predict(model_cfg: dict, lengths: list[int], batches: list[list[int]], source: str, true_logits: bool, device: str, dtype: str) -> dict:
+    """Peak memory of embedding one chunk: weights + the largest forward batch + the output, or the load copy."""
+    d = memory.dims(model_cfg)
+    n_params = memory.param_count(model_cfg)
+    prec = memory.precision_key(dtype)
+    stored = memory.precision_key(model_cfg.get("torch_dtype") or model_cfg.get("dtype") or "float32")
+    acts = max(memory.inference_activation_bytes(model_cfg, len(b), lengths[b[0]], prec) for b in batches)
+    logits = max(len(b) * lengths[b[0]] for b in batches) * d["V"] * 4 if true_logits else 0
+    out = len(lengths) * (d["V"] if true_logits else d["h"]) * 4
+    load = memory.weights_bytes(n_params, stored) if stored != prec and device == "cpu" else 0
+    c = {
+        **memory.baseline("torch", device),
+        "weights": memory.weights_bytes(n_params, prec),
+        "max(activations + logits + output, load copy)": max(acts + logits + out, load),
+    }
+    longest = max(batches, key=lambda b: len(b) * lengths[b[0]])
+    return memory.prediction(
+        device, c, "baseline + weights + max(largest batch's activations + logits + output, load copy in the stored dtype)",
+        "embed.batch_tokens (or model.dtype: bfloat16/float16)", batch=len(longest), seq=lengths[longest[0]], source=source,
+    )  # fmt: skip
+
+
+def run(input: dict, output: dict, params: dict) -> dict:
+    """Rule embed_chunk: rows [start, stop) of prompts.parquet -> one Zarr chunk store; returns throughput figures."""
+    import pandas as pd
+
+    from density_grpo.device import torch_device, torch_dtype
+    from density_grpo.models import load_causal_lm
+    from density_grpo.monitor import expect
+    from density_grpo.pairs import texts_hash
+
+    e = params["embed"]
+    start, stop = params["rows"]
+    rows = pd.read_parquet(input["prompts"], columns=["prompt_id", "text"]).iloc[start:stop]
+    texts = rows["text"].tolist()
+    if not texts:
+        raise UserError(f"{input['prompts']}: rows {start}..{stop} are empty: the prompts changed, rerun snakemake")
+    if texts_hash(texts) != params["content"]:
+        raise UserError(f"{input['prompts']}: rows {start}..{stop} changed since the workflow was planned: rerun snakemake")
+    device = torch_device(params["device"])
+    dtype = torch_dtype(params["dtype"], device)
+    model, tok = load_causal_lm(input["model"], dtype=dtype, device=device)
+    embedder = Embedder(
+        model, tok, source=e["source"], layer=e["layer"], max_length=e["max_length"], batch_tokens=e["batch_tokens"],
+        device=device, dtype=dtype,
+    )  # fmt: skip
+    ids = embedder.tokenize(texts)
+    true_logits = e["source"] == "logits" and embedder.R is None
+    model_cfg = memory.model_config(input["model"])
+    expect(predict(model_cfg, [len(x) for x in ids], embedder.batches(ids), e["source"], true_logits, params["device"], params["dtype"]))
+    emb = embedder.embed_ids(ids)
+    attrs = embedder.attrs() | {"model": input["model"], "rows": [start, stop], "device": str(device), "content_hash": params["content"]}
+    store.write_chunk(output["chunk"], rows["prompt_id"].tolist(), emb, attrs)
+    log.info("rows %d..%d: %d prompts, %d tokens, %.0f tokens/s (%s, %s)", start, stop, len(texts), embedder.n_tokens, attrs["tokens_per_s"] or 0, device, dtype)
+    return {"n_prompts": len(texts), "n_tokens": embedder.n_tokens, "tokens_per_s": attrs["tokens_per_s"]}

@@ -1,4 +1,4 @@
-"""Diversity evaluation: sample completions on held-out prompts and measure how varied they are.
+"""Stage 7, diversity evaluation: sample completions on held-out prompts and measure how varied they are.
 
 Lexical diversity: distinct-n (unique / total whitespace n-grams). Semantic diversity: mean pairwise cosine distance
 and the Vendi score of response embeddings. Every policy's responses are embedded with the BASE model (mean-pooled
@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from density_grpo.data import HUMAN_TAG
+from density_grpo import memory
+from density_grpo.io import write_json
+from density_grpo.pairs import HUMAN_TAG
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ METRICS = [
     ("length_tokens", "mean length (tokens)", None),
     ("length_words", "mean length (words)", None),
 ]
-MODEL_COLORS = {"base": "#8c8c8c", "density": "#1f77b4", "uniform": "#ff7f0e"}
+GENERATE_SEQUENCES = 64  # sequences per generate() call: fewer decode loops, which dominate on CPU
+EMBED_BATCH_TOKENS = 4096  # responses are embedded in token-budget batches of this size
 
 
 # -----------------------------------------------------------------------------
@@ -154,27 +157,58 @@ def diversity_metrics(completions: list[list[str]], emb: np.ndarray) -> dict[str
     }
 
 
-def evaluate_policy(
-    policy_dir: str, base_dir: str, prompts: list[str], cfg: dict, rm_dir: str | None, name: str
-) -> dict:
-    """Sample `eval.samples` completions per held-out prompt and measure diversity, reward and length."""
-    from density_grpo.device import resolve
+def generation_batch(samples: int) -> int:
+    """Prompts per generate() call (each with `samples` completions)."""
+    return max(1, GENERATE_SEQUENCES // samples)
+
+
+def predict(model_cfg: dict, params: dict, prompt_tokens: int, device: str) -> dict:
+    """Peak memory of evaluating one model: one model's weights at a time (policy, base, RM loaded in turn) plus the
+    largest of the generation KV cache and logits, the response embedding batch and the RM scoring batch."""
+    e = params["eval"]
+    prec = memory.precision_key(params["dtype"])
+    B = generation_batch(e["samples"]) * e["samples"]
+    S = prompt_tokens + e["max_new_tokens"]
+    c = {
+        **memory.baseline("torch", device),
+        "weights": memory.weights_bytes(memory.param_count(model_cfg), prec),
+        "max(generation KV cache + logits, embedding, RM scoring)": max(
+            memory.kv_cache_bytes(model_cfg, B, S, prec) + B * memory.dims(model_cfg)["V"] * 4,
+            memory.inference_activation_bytes(model_cfg, max(1, EMBED_BATCH_TOKENS // e["max_new_tokens"]), e["max_new_tokens"], prec),
+            memory.inference_activation_bytes(model_cfg, params["rm"]["batch_size"], S, prec),
+        ),
+    }
+    return memory.prediction(
+        device, c, "baseline + one model's weights + max(KV cache + logits, embedding, RM activations)",
+        "eval.samples (or model.dtype)", generation_batch=B, seq=S,
+    )  # fmt: skip
+
+
+def evaluate_policy(policy_dir: str, base_dir: str, prompts: list[str], params: dict, rm_dir: str, name: str) -> dict:
+    """Sample `eval.samples` completions per held-out prompt and measure diversity, reward and length.
+
+    params: eval (samples, max_new_tokens, temperature), rm (max_length, batch_size: scoring), seed, device, dtype.
+    """
+    from density_grpo.device import torch_device, torch_dtype
     from density_grpo.embed import Embedder
     from density_grpo.models import load_causal_lm
+    from density_grpo.monitor import expect
     from density_grpo.reward import load_reward_model, score
 
-    e = cfg["eval"]
-    device, dtype = resolve(cfg)
+    e, rm_cfg = params["eval"], params["rm"]
+    device = torch_device(params["device"])
+    dtype = torch_dtype(params["dtype"], device)
     prompts = list(prompts)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
     policy, tok = load_causal_lm(policy_dir, dtype=dtype, device=device)
-    # ~64 sequences per generate call: fewer decode loops, which dominate on CPU
-    batch = max(1, 64 // e["samples"])
+    longest = max(len(x) for x in tok(prompts)["input_ids"])
+    expect(predict(memory.model_config(policy_dir), params, longest, params["device"]))
     completions = generate(
-        policy, tok, prompts, e["samples"], e["max_new_tokens"], e["temperature"], cfg["seed"], batch_size=batch
-    )
+        policy, tok, prompts, e["samples"], e["max_new_tokens"], e["temperature"], params["seed"],
+        batch_size=generation_batch(e["samples"]),
+    )  # fmt: skip
     flat = [c for cs in completions for c in cs]
     n_tokens = [len(ids) for ids in tok(flat, add_special_tokens=False)["input_ids"]]
     timings["generate_s"] = time.perf_counter() - t
@@ -185,15 +219,8 @@ def evaluate_policy(
         base, base_tok = load_causal_lm(base_dir, dtype=dtype, device=device)
     else:
         base, base_tok = policy, tok
-    emb_cfg = cfg.get("embed", {})
-    embedder = Embedder(
-        base,
-        base_tok,
-        source="hidden",
-        layer=-1,
-        max_length=emb_cfg.get("max_length", 512),
-        batch_tokens=emb_cfg.get("batch_tokens", 8192),
-    )
+    # responses are at most max_new_tokens long; re-tokenized text may differ a little, hence the margin
+    embedder = Embedder(base, base_tok, source="hidden", layer=-1, max_length=4 * e["max_new_tokens"], batch_tokens=EMBED_BATCH_TOKENS)
     emb = embedder.embed(flat, progress=False).reshape(len(prompts), e["samples"], -1)
     del base, embedder
     timings["embed_s"] = time.perf_counter() - t
@@ -201,44 +228,41 @@ def evaluate_policy(
     metrics = diversity_metrics(completions, emb)
     metrics["length_tokens"] = float(np.mean(n_tokens))
     metrics["length_words"] = float(np.mean([len(c.split()) for c in flat]))
-    metrics["reward_mean"] = metrics["reward_std"] = None
-    if rm_dir is not None:
-        t = time.perf_counter()
-        rm, rm_tok = load_reward_model(rm_dir, device=device, dtype=dtype)
-        rm_cfg = cfg.get("rm", {})
-        rewards = score(
-            rm,
-            rm_tok,
-            [p for p in prompts for _ in range(e["samples"])],
-            flat,
-            rm_cfg.get("max_length", 512),
-            rm_cfg.get("batch_size", 8),
-        )
-        metrics["reward_mean"], metrics["reward_std"] = float(rewards.mean()), float(rewards.std())
-        timings["reward_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    rm, rm_tok = load_reward_model(rm_dir, device=device, dtype=dtype)
+    prompt_per_sample = [p for p in prompts for _ in range(e["samples"])]
+    rewards = score(rm, rm_tok, prompt_per_sample, flat, rm_cfg["max_length"], rm_cfg["batch_size"])
+    metrics["reward_mean"], metrics["reward_std"] = float(rewards.mean()), float(rewards.std())
+    timings["reward_s"] = time.perf_counter() - t
 
     log.info(
-        "%s: distinct-2 within %.3f across %.3f, Vendi within %.2f across %.2f, reward %s",
-        name,
-        metrics["distinct_2_within"],
-        metrics["distinct_2_across"],
-        metrics["vendi_within"],
-        metrics["vendi_across"],
-        metrics["reward_mean"],
-    )
+        "%s: distinct-2 within %.3f across %.3f, Vendi within %.2f across %.2f, reward %.3f",
+        name, metrics["distinct_2_within"], metrics["distinct_2_across"], metrics["vendi_within"],
+        metrics["vendi_across"], metrics["reward_mean"],
+    )  # fmt: skip
     return {
         "model": name,
-        "policy_dir": str(policy_dir),
         "n_prompts": len(prompts),
         "samples": e["samples"],
         "max_new_tokens": e["max_new_tokens"],
         "temperature": e["temperature"],
-        "seed": cfg["seed"],
+        "seed": params["seed"],
         "embedding": "base model, mean-pooled last hidden state; across = all responses pooled",
         "metrics": metrics,
         "examples": [{"prompt": p, "completions": cs[:2]} for p, cs in zip(prompts[:3], completions[:3])],
         "time_s": timings,
     }
+
+
+def run(input: dict, output: dict, params: dict) -> None:
+    """Rule evaluate_model: diversity and reward of one model's samples on the held-out prompts."""
+    import pandas as pd
+
+    from density_grpo.pairs import eval_split
+
+    _, held = eval_split(pd.read_parquet(input["prompts"]), params["eval"]["prompts"], params["seed"])
+    result = evaluate_policy(input["policy"], input["base"], held["text"].tolist(), params, input["rm"], params["name"])
+    write_json(result, output["eval"])
 
 
 def compare(results: dict[str, dict]) -> dict:
@@ -260,51 +284,12 @@ def compare(results: dict[str, dict]) -> dict:
     }
 
 
-def plot_comparison(comparison: dict, path: str) -> None:
-    """One PNG: a bar chart per key metric (diversity within and across prompts, reward, length), bars per model."""
-    import matplotlib
+def run_compare(input: dict, output: dict, params: dict) -> None:
+    """Rule compare: base vs density vs uniform side by side (JSON + PNG)."""
+    from density_grpo.io import read_json
+    from density_grpo.plots import plot_diversity
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from density_grpo.io import atomic_path
-
-    keys = [k for k, _, _ in METRICS if k not in ("reward_std", "length_words")]
-    names = comparison["models"]
-    colors = [MODEL_COLORS.get(n, f"C{i + 2}") for i, n in enumerate(names)]
-    ncols = 5
-    fig, axes = plt.subplots(2, ncols, figsize=(3.2 * ncols, 6.6))
-    layout = keys[:4] + ["reward_mean"] + keys[4:8] + ["length_tokens"]
-    for ax, key in zip(axes.flat, layout):
-        row = comparison["metrics"][key]
-        values = [row.get(n) for n in names]
-        heights = [v if v is not None else 0.0 for v in values]
-        bars = ax.bar(names, heights, color=colors)
-        for bar, v in zip(bars, values):
-            text = "n/a" if v is None else f"{v:.3g}"
-            below = v is not None and v < 0  # label under a negative bar
-            ax.annotate(
-                text,
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="top" if below else "bottom",
-                fontsize=9,
-                xytext=(0, -2 if below else 2),
-                textcoords="offset points",
-            )
-        diff = row.get("density_minus_uniform")
-        title = comparison["labels"][key]
-        ax.set_title(title if diff is None else f"{title}\ndensity − uniform = {diff:+.3g}", fontsize=10)
-        ax.margins(y=0.15)
-        ax.tick_params(axis="x", labelsize=9)
-        if any(v is not None and v < 0 for v in values):
-            ax.axhline(0, color="black", linewidth=0.8)
-    fig.suptitle(
-        f"Completion diversity on {comparison.get('n_prompts')} held-out prompts × {comparison.get('samples')} samples "
-        "(diversity: higher = less mode collapse)",
-        fontsize=12,
-    )
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    results = {r["model"]: r for r in map(read_json, input["evals"])}
+    comparison = compare(results)
+    write_json(comparison, output["json"])
+    plot_diversity(comparison, output["png"])

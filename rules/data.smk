@@ -1,41 +1,46 @@
-# Stage 1-2: preference pairs -> unique prompts (a checkpoint: the number of chunks depends on it).
+# Stages 1-2: preference pairs -> unique prompts (a checkpoint: the number of chunks depends on it).
 
 
 rule pairs:
     input:
-        pairs_input,
+        files=pairs_input,
     output:
-        PAIRS,
+        pairs=PAIRS,
+        memory=job_files("pairs")[0],
     log:
         f"{LOGS}/pairs.log",
     benchmark:
-        f"{BENCH}/pairs.tsv"
+        job_files("pairs")[1]
     conda:
         "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
         runtime=30,
+        warn_fraction=WARN,
     params:
-        data=config["data"],
+        **PAIRS_PARAMS,
     script:
         "../scripts/pairs.py"
 
 
 checkpoint unique_prompts:
     input:
-        PAIRS,
+        pairs=PAIRS,
     output:
-        PROMPTS,
+        prompts=PROMPTS,
+        summary=PROMPTS_SUMMARY,
+        memory=job_files("unique_prompts")[0],
     log:
         f"{LOGS}/prompts.log",
     benchmark:
-        f"{BENCH}/unique_prompts.tsv"
+        job_files("unique_prompts")[1]
     conda:
         "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb(2000),
         runtime=15,
+        warn_fraction=WARN,
     script:
         "../scripts/prompts.py"

@@ -3,23 +3,24 @@
 
 rule knn_weights:
     input:
-        all_chunks,
+        chunks=all_chunks,
     output:
         weights=WEIGHTS,
         meta=WEIGHTS_META,
+        memory=job_files("knn_weights")[0],
     log:
         f"{LOGS}/weights.log",
     benchmark:
-        f"{BENCH}/knn_weights.tsv"
+        job_files("knn_weights")[1]
     conda:
         "../envs/faiss.yaml"
     threads: 2
     resources:
         mem_mb=mem_mb(4000),
         runtime=60,
+        warn_fraction=WARN,
     params:
-        knn=config["knn"],
+        knn=knn_params,
         density=config["density"],
-        seed=config["seed"],
     script:
         "../scripts/weights.py"

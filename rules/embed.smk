@@ -1,5 +1,5 @@
-# Stage 4: one Zarr store per chunk of prompts. A chunk reruns only when its own prompts (params.content)
-# or the embedding settings change: the prompts file and model folder are ancient() so their mtimes don't count.
+# Stage 4: one Zarr store per chunk of prompts. A chunk reruns only when its own prompts (params.content) or
+# the embedding settings change: the prompts file and model folder are ancient() so their mtimes don't count.
 
 
 rule embed_chunk:
@@ -7,11 +7,12 @@ rule embed_chunk:
         prompts=ancient(PROMPTS),
         model=ancient(MODEL_DIR),
     output:
-        directory(CHUNK),
+        chunk=directory(CHUNK),
+        memory=job_files("embed_chunk", ["{i}"])[0],
     log:
         f"{LOGS}/embed/chunk_{{i}}.log",
     benchmark:
-        f"{BENCH}/embed_chunk_{{i}}.tsv"
+        job_files("embed_chunk", ["{i}"])[1]
     wildcard_constraints:
         i=r"\d+",
     conda:
@@ -21,13 +22,12 @@ rule embed_chunk:
         mem_mb=mem_mb(4000),
         runtime=60,
         gpu=GPU,
+        warn_fraction=WARN,
     params:
         content=chunk_hash,
-        model=MODEL_NAME,
-        dtype=config["model"]["dtype"],
-        source=config["embed"]["source"],
-        layer=config["embed"]["layer"],
-        max_length=config["embed"]["max_length"],
-        chunk_size=config["embed"]["chunk_size"],
+        rows=chunk_rows,
+        device=DEVICE,
+        dtype=DTYPE,
+        embed=EMBED_PARAMS,
     script:
         "../scripts/embed_chunk.py"

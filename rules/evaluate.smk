@@ -5,11 +5,12 @@ rule evaluate_model:
     input:
         unpack(eval_inputs),
     output:
-        EVAL,
+        eval=EVAL,
+        memory=job_files("evaluate_model", ["{model}"])[0],
     log:
         f"{LOGS}/evaluate_{{model}}.log",
     benchmark:
-        f"{BENCH}/evaluate_model_{{model}}.tsv"
+        job_files("evaluate_model", ["{model}"])[1]
     wildcard_constraints:
         model="base|density|uniform",
     conda:
@@ -19,19 +20,24 @@ rule evaluate_model:
         mem_mb=mem_mb(6000),
         runtime=60,
         gpu=GPU,
+        warn_fraction=WARN,
     params:
-        eval=config["eval"],
+        name="{model}",
         seed=config["seed"],
+        device=DEVICE,
+        dtype=DTYPE,
+        eval=config["eval"],
+        rm=RM_SCORING,
     script:
         "../scripts/evaluate.py"
 
 
 rule compare:
     input:
-        expand(EVAL, model=EVAL_MODELS),
+        evals=expand(EVAL, model=EVAL_MODELS),
     output:
         json=COMPARISON,
-        png=report(f"{RES}/eval/comparison.png", caption="../report/comparison.rst", category="Evaluation"),
+        png=report(COMPARISON_PNG, caption="../report/comparison.rst", category="Evaluation"),
     log:
         f"{LOGS}/compare.log",
     conda:

@@ -1,26 +1,29 @@
-# Stage 8: memory report (predicted vs measured), summary and plots, built only from small artifacts
-# (metadata/metrics JSON, parquet weights, benchmark and memory TSVs): deleting Zarr chunks or checkpoints
-# does not stop them from being regenerated (see README, "Reports from frozen artifacts").
+# Stage 8: memory report (predicted vs measured), summary and plots, rendered from the stages' declared summaries
+# and every job's memory record: deleting Zarr chunks or checkpoints does not stop them from being regenerated
+# (see README, "Reports from frozen artifacts").
 
 
 rule build_reports:
     input:
         prompts=PROMPTS,
+        prompts_summary=PROMPTS_SUMMARY,
+        model=MODEL_CARD,
         weights=WEIGHTS,
         meta=WEIGHTS_META,
         rm=RM_METRICS,
         grpo=expand(GRPO_METRICS, sampler=SAMPLERS),
         draws=expand(GRPO_DRAWS, sampler=SAMPLERS),
         comparison=COMPARISON,
+        memory=report_memory,
+        bench=report_bench,
     output:
-        summary=report(f"{REPORTS}/summary.md", caption="../report/summary.rst", category="Summary"),
+        **{
+            name: report(f"{REPORTS}/{png}", caption="../report/plots.rst", category="Plots")
+            for name, png in PLOTS.items()
+        },
+        summary=report(SUMMARY, caption="../report/summary.rst", category="Summary"),
         memory_md=report(f"{REPORTS}/memory.md", caption="../report/memory.rst", category="Memory"),
         memory_json=f"{REPORTS}/memory.json",
-        plots=report(
-            expand(f"{REPORTS}/{{plot}}", plot=REPORT_PLOTS),
-            caption="../report/plots.rst",
-            category="Plots",
-        ),
     log:
         f"{LOGS}/reports.log",
     conda:
@@ -29,5 +32,7 @@ rule build_reports:
     resources:
         mem_mb=mem_mb(2000),
         runtime=10,
+    params:
+        **REPORT_PARAMS,
     script:
         "../scripts/reports.py"

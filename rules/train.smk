@@ -9,10 +9,11 @@ rule reward_model:
     output:
         model=directory(RM_MODEL),
         metrics=RM_METRICS,
+        memory=job_files("reward_model")[0],
     log:
         f"{LOGS}/reward_model.log",
     benchmark:
-        f"{BENCH}/reward_model.tsv"
+        job_files("reward_model")[1]
     conda:
         "../envs/torch.yaml"
     threads: 2
@@ -20,9 +21,12 @@ rule reward_model:
         mem_mb=mem_mb(6000),
         runtime=120,
         gpu=GPU,
+        warn_fraction=WARN,
     params:
-        rm=config["rm"],
         seed=config["seed"],
+        device=DEVICE,
+        dtype=DTYPE,
+        rm=config["rm"],
     script:
         "../scripts/reward_model.py"
 
@@ -34,10 +38,11 @@ rule grpo:
         model=directory(GRPO_MODEL),
         metrics=GRPO_METRICS,
         draws=GRPO_DRAWS,
+        memory=job_files("grpo", ["{sampler}"])[0],
     log:
         f"{LOGS}/grpo_{{sampler}}.log",
     benchmark:
-        f"{BENCH}/grpo_{{sampler}}.tsv"
+        job_files("grpo", ["{sampler}"])[1]
     wildcard_constraints:
         sampler="density|uniform",
     conda:
@@ -47,9 +52,11 @@ rule grpo:
         mem_mb=mem_mb(8000),
         runtime=240,
         gpu=GPU,
+        warn_fraction=WARN,
     params:
-        grpo=config["grpo"],
-        eval_prompts=config["eval"]["prompts"],
+        **GRPO_PARAMS,
         seed=config["seed"],
+        device=DEVICE,
+        dtype=DTYPE,
     script:
         "../scripts/grpo.py"

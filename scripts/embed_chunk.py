@@ -2,8 +2,7 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")  # noqa: F821 (snakemake is injected)
+from density_grpo import embed
 from density_grpo.cli import run_step
-from density_grpo.steps import embed_chunk
 
-smk = snakemake  # noqa: F821
-run_step(smk, lambda: embed_chunk(smk.input.prompts, smk.input.model, int(smk.wildcards.i), smk.config, smk.output[0]))
+run_step(snakemake, embed.run)  # noqa: F821

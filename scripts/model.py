@@ -2,8 +2,7 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")  # noqa: F821 (snakemake is injected)
+from density_grpo import models
 from density_grpo.cli import run_step
-from density_grpo.steps import make_model
 
-smk = snakemake  # noqa: F821
-run_step(smk, lambda: make_model(smk.params.name, smk.output[0]))
+run_step(snakemake, models.run)  # noqa: F821

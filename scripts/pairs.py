@@ -2,8 +2,7 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")  # noqa: F821 (snakemake is injected)
+from density_grpo import pairs
 from density_grpo.cli import run_step
-from density_grpo.steps import make_pairs
 
-smk = snakemake  # noqa: F821
-run_step(smk, lambda: make_pairs(smk.config["data"], smk.output[0]))
+run_step(snakemake, pairs.run)  # noqa: F821

@@ -1,9 +1,8 @@
-"""Snakemake entry point: rule build_reports (memory report, summary, plots from small artifacts)."""
+"""Snakemake entry point: rule build_reports (memory report, summary, plots)."""
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")  # noqa: F821 (snakemake is injected)
+from density_grpo import report
 from density_grpo.cli import run_step
-from density_grpo.report import build_reports
 
-smk = snakemake  # noqa: F821
-run_step(smk, lambda: build_reports(f"results/{smk.config['run']}", smk.config, str(smk.output.summary).rsplit("/", 1)[0]) and None)
+run_step(snakemake, report.run)  # noqa: F821

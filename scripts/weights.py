@@ -2,8 +2,7 @@
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/..")  # noqa: F821 (snakemake is injected)
+from density_grpo import density
 from density_grpo.cli import run_step
-from density_grpo.steps import make_weights
 
-smk = snakemake  # noqa: F821
-run_step(smk, lambda: make_weights(list(smk.input), smk.config, smk.output.weights, smk.output.meta))
+run_step(snakemake, density.run)  # noqa: F821

@@ -74,11 +74,25 @@ def tiny_config(workdir: Path, model: Path, pairs: Path, **extra) -> Path:
     return path
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the repo's workflow in `workdir` (results/ and logs/ go there)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2", *args]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
     if check and res.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-8000:]}")
     return res
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Jobs a dry run (-n) would execute, by rule, from Snakemake's 'Job stats' table ({} when nothing to do)."""
+    lines = output.splitlines()
+    if "Job stats:" not in lines:
+        return {}
+    counts = {}
+    for line in lines[lines.index("Job stats:") + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts

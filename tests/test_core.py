@@ -1,4 +1,4 @@
-"""Atomic writes, the chunk store, device resolution and chunk row ranges."""
+"""Atomic writes, the chunk store and device planning."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from density_grpo.device import resolve_device, resolve_dtype, wants_gpu
+from density_grpo import device as D
 from density_grpo.errors import UserError
 from density_grpo.io import atomic_path, write_json
-from density_grpo.steps import chunk_rows
 from density_grpo.store import ids_to_uint64, read_chunk, uint64_to_ids, write_chunk
 
 
@@ -47,18 +46,26 @@ def test_store_roundtrip(tmp_path):
     assert not (tmp_path / "bad.zarr").exists()
 
 
-def test_device_resolution_on_cpu():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
-    assert wants_gpu("cuda:1") and not wants_gpu("cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="device='cuda'"):
-            resolve_device("cuda")
-        assert not wants_gpu("auto") or torch.cuda.is_available() is False
+def test_device_plan_without_torch(monkeypatch):
+    """auto resolves by what the machine has; explicit values pass through; dtype auto follows the device."""
+    monkeypatch.setattr(D, "_mps_host", lambda: False)
+    monkeypatch.setattr(D, "_cuda_capability", lambda: None)
+    assert D.plan("auto", "auto") == ("cpu", "float32")
+    assert D.plan("cpu", "bfloat16") == ("cpu", "bfloat16")
+    monkeypatch.setattr(D, "_cuda_capability", lambda: (9, 0))
+    assert D.plan("auto", "auto") == ("cuda", "bfloat16")
+    assert D.plan("cuda:1", "auto") == ("cuda:1", "bfloat16") and D.is_gpu("cuda:1") and not D.is_gpu("cpu")
+    monkeypatch.setattr(D, "_cuda_capability", lambda: (7, 5))  # pre-Ampere: no bf16
+    assert D.plan("auto", "auto") == ("cuda", "float16")
+    assert D.plan("auto", "float32") == ("cuda", "float32")
+    monkeypatch.setattr(D, "_cuda_capability", lambda: None)
+    monkeypatch.setattr(D, "_mps_host", lambda: True)
+    assert D.plan("auto", "auto") == ("mps", "float16")
 
 
-@pytest.mark.parametrize("n, size", [(10, 4), (8, 4), (3, 5)])
-def test_chunk_rows_cover_all_prompts(n, size):
-    rows = [chunk_rows(n, size, i) for i in range(-(-n // size))]
-    assert [i for s in rows for i in range(n)[s]] == list(range(n))
+def test_torch_device_checks(monkeypatch):
+    assert D.torch_device("cpu") == torch.device("cpu")
+    assert D.torch_dtype("bfloat16") == torch.bfloat16 and D.torch_dtype("float32") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="config key device: 'cuda'"):
+        D.torch_device("cuda")

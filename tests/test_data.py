@@ -1,4 +1,4 @@
-"""Unit tests for density_grpo.data and the shipped sample (no network)."""
+"""Unit tests for density_grpo.pairs (stages 1-2) and the shipped sample (no network)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,12 @@ import pytest
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import errors as hf_errors
 
-from density_grpo import data
-from density_grpo.data import (
+from density_grpo.pairs import (
     ASSISTANT_TAG,
     PAIR_COLUMNS,
+    SAMPLE_PATH,
     load_hh_rlhf,
     load_pairs,
-    load_sample,
     pair_from_hh,
     prompt_id,
     read_local,
@@ -31,7 +30,6 @@ from density_grpo.data import (
     unique_prompts,
 )
 from density_grpo.errors import UserError
-from density_grpo.sample_data import generate_sample_pairs
 
 SINGLE = "\n\nHuman: How do I boil an egg?\n\nAssistant: Simmer it for 9 minutes."
 MULTI = (
@@ -134,7 +132,7 @@ def test_unique_prompts_first_seen_order_and_counts():
 
 
 def test_appending_pairs_only_appends_prompts():
-    pairs = load_pairs({"source": "sample"})
+    pairs = sample_pairs()
     head, full = unique_prompts(pairs.iloc[:200]), unique_prompts(pairs)
     assert len(full) > len(head)
     cols = ["prompt_id", "text", "topic"]
@@ -221,17 +219,16 @@ def make_mirror(root: Path, split: str = "train") -> Path:
     return root
 
 
+def mirror_files(mirror: Path, subsets: list[str], split: str) -> list[str]:
+    return [str(mirror / s / f"{split}.jsonl.gz") for s in subsets]
+
+
 def test_load_hh_rlhf_from_mirror(tmp_path):
     mirror = make_mirror(tmp_path / "hh")
-    df = load_hh_rlhf(["helpful-base", "harmless-base"], "train", str(mirror))
+    subsets = ["helpful-base", "harmless-base"]
+    df = load_hh_rlhf(subsets, "train", mirror_files(mirror, subsets, "train"))
     assert df["subset"].tolist() == ["helpful-base"] * 3 + ["harmless-base"] * 2
     assert df["prompt"].iloc[0] == "\n\nHuman: helpful-base q0\n\nAssistant:"
-
-
-def test_load_hh_rlhf_mirror_missing_file(tmp_path):
-    mirror = make_mirror(tmp_path / "hh")
-    msg = user_error(load_hh_rlhf, ["helpful-online"], "train", str(mirror))
-    assert "data.mirror" in msg and str(Path("helpful-online") / "train.jsonl.gz") in msg
 
 
 @pytest.mark.parametrize("exc", [hf_errors.LocalEntryNotFoundError("offline"), OSError("network down")])
@@ -240,7 +237,7 @@ def test_load_hh_rlhf_offline_error(monkeypatch, exc):
         raise exc
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fail)
-    msg = user_error(load_hh_rlhf, ["helpful-base"], "train", None)
+    msg = user_error(load_hh_rlhf, ["helpful-base"], "train", [])
     assert "data.mirror" in msg and "unreachable" in msg and "data.source: local" in msg
 
 
@@ -249,15 +246,19 @@ def test_load_hh_rlhf_offline_mode_real_call(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-    assert "data.mirror" in user_error(load_hh_rlhf, ["helpful-base"], "test", None)
+    assert "data.mirror" in user_error(load_hh_rlhf, ["helpful-base"], "test", [])
 
 
 # -----------------------------------------------------------------------------
 # load_pairs
 
 
+def sample_pairs(max_pairs: int | None = None) -> pd.DataFrame:
+    return load_pairs("sample", [str(SAMPLE_PATH)], max_pairs)
+
+
 def test_load_pairs_sample_schema():
-    pairs = load_pairs({"source": "sample"})
+    pairs = sample_pairs()
     assert list(pairs.columns) == PAIR_COLUMNS
     assert pairs["pair_id"].is_unique and pairs["pair_id"].iloc[0] == "sample:sample_pairs:0"
     assert (pairs["source"] == "sample").all() and (pairs["topic"] != "").all()
@@ -266,30 +267,25 @@ def test_load_pairs_sample_schema():
 
 
 def test_load_pairs_max_pairs():
-    full = load_pairs({"source": "sample"})
-    assert len(load_pairs({"source": "sample", "max_pairs": 10})) == 10
-    pd.testing.assert_frame_equal(load_pairs({"source": "sample", "max_pairs": 10}), full.iloc[:10])
-    assert len(load_pairs({"source": "sample", "max_pairs": 10}, max_pairs=4)) == 4
-    assert len(load_pairs({"source": "sample", "max_pairs": None}, max_pairs=7)) == 7
-    assert len(load_pairs({"source": "sample", "max_pairs": 10**9})) == len(full)
-    assert "data.max_pairs" in user_error(load_pairs, {"source": "sample", "max_pairs": 0})
+    full = sample_pairs()
+    pd.testing.assert_frame_equal(sample_pairs(10), full.iloc[:10])
+    assert len(sample_pairs(10**9)) == len(full)
 
 
 def test_load_pairs_local_and_hh(tmp_path):
     path = write_jsonl(tmp_path / "mine.jsonl.gz", [hh_row("q1"), hh_row("q2")], gz=True)
-    local = load_pairs({"source": "local", "path": str(path)})
+    local = load_pairs("local", [str(path)], None)
     assert local["pair_id"].tolist() == ["local:mine:0", "local:mine:1"]
     assert set(local["subset"]) == {"mine"} and set(local["topic"]) == {""}
     mirror = make_mirror(tmp_path / "hh", split="test")
-    cfg = {"source": "hh-rlhf", "subsets": ["harmless-base", "helpful-base"], "split": "test", "mirror": str(mirror)}
-    hh = load_pairs(cfg)
+    subsets = ["harmless-base", "helpful-base"]
+    hh = load_pairs("hh-rlhf", mirror_files(mirror, subsets, "test"), None, subsets=subsets, split="test")
     assert list(hh.columns) == PAIR_COLUMNS and hh["pair_id"].is_unique and len(hh) == 5
     assert hh["pair_id"].iloc[2] == "hh-rlhf:helpful-base/test:0"
 
 
-def test_load_pairs_config_errors():
-    assert "data.path" in user_error(load_pairs, {"source": "local", "path": None})
-    assert "data.source" in user_error(load_pairs, {"source": "reddit"})
+def test_load_pairs_unknown_source():
+    assert "data.source" in user_error(load_pairs, "reddit", [], None)
 
 
 # -----------------------------------------------------------------------------
@@ -297,7 +293,7 @@ def test_load_pairs_config_errors():
 
 
 def test_sample_topic_structure():
-    u = unique_prompts(load_pairs({"source": "sample"}))
+    u = unique_prompts(sample_pairs())
     per_topic = u["topic"].value_counts()
     assert (per_topic >= 50).sum() == 3  # dense topics
     assert (per_topic <= 3).sum() >= 20  # rare topics
@@ -307,7 +303,7 @@ def test_sample_topic_structure():
 
 
 def test_sample_prompts_unique_ish():
-    texts = load_sample()["prompt"].drop_duplicates()
+    texts = sample_pairs()["prompt"].drop_duplicates()
     norm = texts.str.lower().str.replace(r"^\s*human:\s*(quick question:|hi!|hey,)?", "", regex=True)
     norm = norm.str.replace(r"[^a-z0-9]+", " ", regex=True).str.strip()
     assert norm.is_unique
@@ -315,7 +311,7 @@ def test_sample_prompts_unique_ish():
 
 def test_sample_rare_prompts_are_lexically_isolated():
     # a model-free proxy of the embedding experiment: mean cosine distance to the 10 nearest TF-IDF neighbours
-    u = unique_prompts(load_sample())
+    u = unique_prompts(sample_pairs())
     docs = [re.findall(r"[a-z']+", t.lower()) for t in u["text"]]
     vocab = {w: i for i, w in enumerate(sorted({w for d in docs for w in d}))}
     x = np.zeros((len(docs), len(vocab)))
@@ -331,12 +327,7 @@ def test_sample_rare_prompts_are_lexically_isolated():
     assert knn_dist[~dense].min() > np.median(knn_dist[dense])
 
 
-def test_sample_file_matches_generator():
-    shipped = pd.read_json(data.SAMPLE_PATH, lines=True)
-    pd.testing.assert_frame_equal(shipped, generate_sample_pairs(0), check_dtype=False)
-
-
 def test_sample_length_does_not_predict_preference():
-    pairs = load_pairs({"source": "sample"})
+    pairs = sample_pairs()
     chosen_longer = (pairs["chosen"].str.len() > pairs["rejected"].str.len()).mean()
     assert 0.35 <= chosen_longer <= 0.65, f"chosen is longer in {chosen_longer:.1%} of the sample pairs"

@@ -11,6 +11,7 @@ from density_grpo.errors import UserError
 from density_grpo.store import write_chunk
 
 ATTRS = {"model": "test-model", "source": "hidden", "layer": -1}
+DENSITY = {"alpha": 1.0, "eps": 1e-6, "max_ratio": None}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,7 +56,7 @@ def clustered(rng: np.random.Generator, n_clusters: int, per: int, n_rare: int, 
 def test_rare_points_get_more_weight(tmp_path):
     x = clustered(np.random.default_rng(0), 3, 60, 20, 32)
     paths = write_chunks(tmp_path, x, [50, 50, 50, 50])
-    df, meta = compute_weights(paths, {"k": 5, "index": "flat"}, {"alpha": 1.0}, progress=False)
+    df, meta = compute_weights(paths, {"k": 5, "index": "flat"}, DENSITY, progress=False)
     w = df["weight"].to_numpy()
     rare = np.arange(len(x)) >= 180
     assert w[rare].mean() / w[~rare].mean() > 2
@@ -141,12 +142,13 @@ def test_approximate_indexes_report_recall(approx_chunks, small_chunks, index, e
         assert meta["pq_m"] == 4
 
 
-def test_auto_index_choice(small_chunks):
-    _, paths = small_chunks
-    run = lambda **kw: knn_search(paths, k=5, index="auto", recall_sample=50, pq_m=4, progress=False, **kw)[1]
-    assert run(exact_max=320)["index"] == "flat"
-    assert run(exact_max=319)["index"] == "ivf"
-    assert run(exact_max=100, max_index_gb=1e-6)["index"] == "ivfpq"  # 320*16*4 bytes > 1 kB
+def test_auto_index_choice():
+    from density_grpo.index_plan import choose_index
+
+    assert choose_index("auto", 320, 16, exact_max=320, max_index_gb=8.0) == "flat"
+    assert choose_index("auto", 320, 16, exact_max=319, max_index_gb=8.0) == "ivf"
+    assert choose_index("auto", 320, 16, exact_max=100, max_index_gb=1e-6) == "ivfpq"  # 320*16*4 bytes > 1 kB
+    assert choose_index("ivfpq", 10, 16, exact_max=100, max_index_gb=8.0) == "ivfpq"
 
 
 def test_density_weights():
@@ -178,7 +180,7 @@ def test_errors(tmp_path):
     odd = str(tmp_path / "small" / "chunk_odd.zarr")
     write_chunk(odd, [f"{100 + i:016x}" for i in range(3)], rng.standard_normal((3, 6)), ATTRS)
     with pytest.raises(UserError, match="chunk_odd.zarr"):
-        compute_weights(paths + [odd], {"k": 2}, {}, progress=False)
+        compute_weights(paths + [odd], {"k": 2, "index": "flat"}, DENSITY, progress=False)
 
     x = rng.standard_normal((400, 30)).astype(np.float32)
     big = write_chunks(tmp_path / "big", x, [200, 200])
@@ -187,16 +189,16 @@ def test_errors(tmp_path):
 
     dup = write_chunks(tmp_path / "dup", x[:10], [10])
     with pytest.raises(UserError, match="prompt_id"):
-        compute_weights(big + dup, {"k": 2}, {}, progress=False)
+        compute_weights(big + dup, {"k": 2, "index": "flat"}, DENSITY, progress=False)
 
 
 def test_deterministic(approx_chunks):
     _, paths = approx_chunks
-    cfg = {"k": 10, "index": "ivf", "nlist": 16, "nprobe": 2, "recall_sample": 100}
-    runs = [compute_weights(paths, cfg, {"alpha": 1.0, "max_ratio": 5.0}, seed=7, progress=False) for _ in range(2)]
+    cfg = {"k": 10, "index": "ivf", "nlist": 16, "nprobe": 2, "recall_sample": 100, "seed": 7}
+    runs = [compute_weights(paths, cfg, {**DENSITY, "max_ratio": 5.0}, progress=False) for _ in range(2)]
     assert runs[0][0]["weight"].to_numpy().tobytes() == runs[1][0]["weight"].to_numpy().tobytes()
     assert runs[0][1]["recall_at_k"] == runs[1][1]["recall_at_k"]
     flat = [
-        compute_weights(paths, {"k": 10, "index": "flat"}, {}, progress=False)[0]["weight"].to_numpy() for _ in range(2)
+        compute_weights(paths, {"k": 10, "index": "flat"}, DENSITY, progress=False)[0]["weight"].to_numpy() for _ in range(2)
     ]
     assert flat[0].tobytes() == flat[1].tobytes()

@@ -8,7 +8,8 @@ import torch
 import transformers
 
 from density_grpo import store
-from density_grpo.embed import Embedder, embed_chunk, gram_factor, head_is_linear, mean_pool, token_budget_batches
+from density_grpo import embed
+from density_grpo.embed import Embedder, gram_factor, head_is_linear, mean_pool, token_budget_batches
 from density_grpo.errors import UserError
 from tiny_model import build_tiny_model
 
@@ -175,19 +176,29 @@ def test_deterministic_and_input_order(tiny):
     assert attrs["tokens_per_s"] > 0 and attrs["pooling"] == "mean-masked" and attrs["dtype"] == "float32"
 
 
-def test_embed_chunk_writes_store(tiny, tmp_path):
-    model, tokenizer = tiny
-    embedder = Embedder(model, tokenizer)
-    ids = [f"{i:016x}" for i in range(len(TEXTS))]
-    out = tmp_path / "chunk_0.zarr"
-    attrs = embed_chunk(TEXTS, ids, embedder, str(out), {"model": "tiny", "chunk": 0})
-    got_ids, emb, stored = store.read_chunk(out)
-    assert got_ids == ids and emb.shape == (len(TEXTS), model.config.hidden_size)
-    np.testing.assert_allclose(emb, embedder.embed(TEXTS, progress=False), atol=1e-6)
-    assert stored["model"] == "tiny" and stored["source"] == "hidden" and stored["transform"] == "none"
-    assert {k: stored[k] for k in attrs} == attrs
-    with pytest.raises(ValueError):
-        embed_chunk([], [], embedder, str(tmp_path / "empty.zarr"), {})
+def test_embed_step_writes_the_chunk_store(tmp_path):
+    import pandas as pd
+
+    from density_grpo.pairs import prompt_id, texts_hash
+
+    model_dir = build_tiny_model(tmp_path / "model")
+    prompts = tmp_path / "prompts.parquet"
+    pd.DataFrame({"prompt_id": [prompt_id(t) for t in TEXTS], "text": TEXTS}).to_parquet(prompts)
+    params = {
+        "content": texts_hash(TEXTS[2:6]), "rows": [2, 6], "device": "cpu", "dtype": "float32",
+        "embed": {"source": "hidden", "layer": -1, "max_length": 64, "batch_tokens": 128},
+    }  # fmt: skip
+    out = {"chunk": str(tmp_path / "chunk_1.zarr")}
+    figures = embed.run({"prompts": str(prompts), "model": str(model_dir)}, out, params)
+    ids, emb, attrs = store.read_chunk(out["chunk"])
+    assert ids == [prompt_id(t) for t in TEXTS[2:6]] and emb.shape == (4, 32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    np.testing.assert_allclose(emb, Embedder(model, tokenizer).embed(TEXTS[2:6], progress=False), atol=1e-6)
+    assert attrs["rows"] == [2, 6] and attrs["content_hash"] == params["content"] and attrs["transform"] == "none"
+    assert figures["n_prompts"] == 4 and figures["tokens_per_s"] > 0
+    with pytest.raises(UserError, match="changed since the workflow was planned"):
+        embed.run({"prompts": str(prompts), "model": str(model_dir)}, out, {**params, "rows": [1, 5]})
 
 
 def test_oom_split_and_give_up(tiny, monkeypatch):

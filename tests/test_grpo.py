@@ -13,7 +13,8 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl.trainer.utils import RepeatSampler
 
-from density_grpo.data import prompt_id
+from density_grpo import grpo
+from density_grpo.pairs import prompt_id
 from density_grpo.errors import UserError
 from density_grpo.grpo import (
     WeightedRepeatSampler,
@@ -22,7 +23,6 @@ from density_grpo.grpo import (
     self_certainty,
     self_certainty_naive,
     set_pad_token,
-    train_grpo,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -219,55 +219,60 @@ def test_rm_reward_scores_prompt_completion_eos(tiny_rm):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def tiny_cfg(reward: str) -> dict:
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["device"] = "cpu"
-    cfg["model"]["dtype"] = "float32"
-    cfg["rm"]["max_length"] = 64
-    cfg["grpo"].update(reward=reward, steps=2, prompts_per_step=2, num_generations=2, max_completion_length=6)
-    return cfg
+def tiny_params(reward: str) -> dict:
+    """The grpo rule's params for a 2-step run (what rules/common.smk builds from config.yaml)."""
+    g = yaml.safe_load((REPO / "config.yaml").read_text())["grpo"]
+    g.update(reward=reward, steps=2, prompts_per_step=2, num_generations=2, max_completion_length=6)
+    del g["samplers"]
+    if reward == "rm":
+        del g["token_chunk"]
+    params = {"seed": 0, "device": "cpu", "dtype": "float32", "grpo": g, "eval": {"prompts": 2}}
+    return {**params, "rm": {"max_length": 64}} if reward == "rm" else params
 
 
-def check_outputs(out: Path, summary: dict, n_prompts: int) -> pd.DataFrame:
+def check_outputs(out: Path, summary: dict, rows: list[dict], draws: pd.DataFrame, n_prompts: int) -> None:
     assert (out / "model.safetensors").exists() and (out / "config.json").exists()
     assert (out / "tokenizer.json").exists() or (out / "tokenizer_config.json").exists()
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         assert {"reward", "reward_std", "kl", "entropy", "completions/mean_length", "step_wall_s"} <= r.keys()
         assert np.isfinite(r["reward"]) and r["step_wall_s"] > 0
-    draws = pd.read_parquet(out / "draws.parquet")
     assert list(draws.columns) == ["prompt_id", "draws"] and len(draws) == n_prompts
     assert draws["draws"].sum() == 2 * 2  # steps x prompts_per_step
     assert summary["steps"] == 2 and summary["n_draws"] == 4 and summary["final_reward"] == rows[-1]["reward"]
     assert not list(out.parent.glob(f".{out.name}.tmp-*"))  # atomic: no temporary left
-    return draws
 
 
-def test_train_grpo_density_and_uniform_arms(tiny_model, tiny_rm, prompts, tmp_path):
-    cfg = tiny_cfg("rm")
+def test_train_grpo_density_arm_draws_by_weight(tiny_model, tiny_rm, prompts, tmp_path):
     weights = np.full(len(prompts), 0.03 / (len(prompts) - 2))
     weights[-2:] = 0.485  # the two rare prompts carry 97% of the mass
-    summary = train_grpo(str(tiny_model), prompts, weights, cfg, str(tmp_path / "density"), rm_dir=str(tiny_rm))
-    draws = check_outputs(tmp_path / "density", summary, len(prompts))
+    out = tmp_path / "density"
+    summary, rows, draws = grpo.train_grpo(str(tiny_model), prompts, weights, tiny_params("rm"), str(out), str(tiny_rm))
+    check_outputs(out, summary, rows, draws, len(prompts))
     assert draws["draws"].iloc[-2:].sum() > draws["draws"].iloc[:-2].sum()
 
-    summary = train_grpo(str(tiny_model), prompts, None, cfg, str(tmp_path / "uniform"), rm_dir=str(tiny_rm))
-    check_outputs(tmp_path / "uniform", summary, len(prompts))
-    # the saved policy loads back, with its pad token
-    tok = AutoTokenizer.from_pretrained(tmp_path / "uniform")
+
+def test_grpo_step_uniform_arm(tiny_model, tiny_rm, prompts, tmp_path):
+    """The rule's step: held-out prompts removed, files written, the saved policy loads back with its pad token."""
+    prompts.to_parquet(tmp_path / "prompts.parquet")
+    out = {k: str(tmp_path / name) for k, name in (("model", "model"), ("metrics", "metrics.jsonl"), ("draws", "draws.parquet"))}
+    inputs = {"prompts": str(tmp_path / "prompts.parquet"), "model": str(tiny_model), "rm": str(tiny_rm)}
+    grpo.run(inputs, out, tiny_params("rm"))
+    rows = [json.loads(line) for line in Path(out["metrics"]).read_text().splitlines()]
+    draws = pd.read_parquet(out["draws"])
+    check_outputs(Path(out["model"]), {"steps": 2, "n_draws": 4, "final_reward": rows[-1]["reward"]}, rows, draws, len(prompts) - 2)
+    tok = AutoTokenizer.from_pretrained(out["model"])
     assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
 
 
 def test_train_grpo_self_certainty(tiny_model, prompts, tmp_path):
-    summary = train_grpo(str(tiny_model), prompts, None, tiny_cfg("self_certainty"), str(tmp_path / "sc"))
-    check_outputs(tmp_path / "sc", summary, len(prompts))
+    out = tmp_path / "sc"
+    summary, rows, draws = grpo.train_grpo(str(tiny_model), prompts, None, tiny_params("self_certainty"), str(out))
+    check_outputs(out, summary, rows, draws, len(prompts))
     assert summary["final_reward"] > np.log(320) - 1  # self-certainty is >= log V (V ~ 320 here)
 
 
-def test_train_grpo_config_errors(tiny_model, prompts, tmp_path):
+def test_train_grpo_rm_reward_needs_a_reward_model(tiny_model, prompts, tmp_path):
     with pytest.raises(UserError, match="grpo.reward"):
-        train_grpo(str(tiny_model), prompts, None, tiny_cfg("rm"), str(tmp_path / "x"))  # rm without rm_dir
-    with pytest.raises(UserError, match="grpo.reward"):
-        train_grpo(str(tiny_model), prompts, None, tiny_cfg("bleu"), str(tmp_path / "x"))
+        grpo.train_grpo(str(tiny_model), prompts, None, tiny_params("rm"), str(tmp_path / "x"))  # rm without rm_dir
     assert not (tmp_path / "x").exists()

@@ -1,4 +1,4 @@
-"""Analytic memory model on hand-computed cases, per-rule predictions, device helpers and the sampling monitor."""
+"""Analytic memory model on hand-computed cases, FAISS sizing, the stages' predictions and the sampling monitor."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from density_grpo import index_plan as ip
 from density_grpo import memory as M
 from density_grpo.memory import MiB
+from density_grpo.monitor import MemoryMonitor, _cuda, expect, note
 
 REPO_CONFIG = yaml.safe_load(open(__file__.rsplit("/tests/", 1)[0] + "/config.yaml"))
 
@@ -67,14 +69,13 @@ def test_logit_and_embedding_sizes():
 
 def test_faiss_index_bytes():
     n, d = 10_000, 576
-    assert M.faiss_index_bytes(n, d, "flat") == n * d * 4
-    assert M.faiss_index_bytes(n, d, "ivf", nlist=100) == n * (d * 4 + 8) + 100 * d * 4
-    assert M.faiss_index_bytes(n, d, "ivfpq", nlist=100, pq_m=16) == n * (16 + 8) + 100 * d * 4 + 256 * d * 4
-    assert M.default_nlist(1_000_000) == 4000 and M.default_nlist(10_000) == 256  # >= 39 points per list
-    knn = {"index": "auto", "exact_max": 100_000, "max_index_gb": 8.0}
-    assert M.choose_index(1000, d, knn) == "flat"
-    assert M.choose_index(200_000, d, knn) == "ivf"
-    assert M.choose_index(10_000_000, d, knn) == "ivfpq"
+    assert ip.index_bytes(n, d, "flat") == n * d * 4
+    assert ip.index_bytes(n, d, "ivf", nlist=100) == n * (d * 4 + 8) + 100 * d * 4
+    assert ip.index_bytes(n, d, "ivfpq", nlist=100, pq_m=16) == n * (16 + 8) + 100 * d * 4 + 256 * d * 4
+    assert ip.default_nlist(1_000_000) == 4000 and ip.default_nlist(10_000) == 256  # >= 39 points per list
+    assert ip.choose_index("auto", 1000, d, 100_000, 8.0) == "flat"
+    assert ip.choose_index("auto", 200_000, d, 100_000, 8.0) == "ivf"
+    assert ip.choose_index("auto", 10_000_000, d, 100_000, 8.0) == "ivfpq"
 
 
 def test_kv_cache_and_training():
@@ -101,101 +102,82 @@ def test_ppo_vs_intuitor():
     assert r["intuitor_total_chunked"] < r["ppo_total"] < r["intuitor_total_naive"]
 
 
-@pytest.mark.parametrize("rule", ["embed_chunk", "knn_weights", "model", "reward_model", "grpo", "evaluate_model"])
-def test_predict_rule(rule):
-    p = M.predict_rule(rule, REPO_CONFIG, None, n_prompts=270, prompt_tokens=72, device="cpu")
-    assert p["total_bytes"] > M.BASELINE_BYTES["python"]
-    assert p["components"]["baseline"] > 0
-    assert all(v >= 0 for v in p["components"].values())
-    assert p["params"] == 134_515_008
+def test_stage_predictions_use_their_shapes():
+    """Each stage predicts from the batch numbers it runs: bigger batches, more bytes; dtype halves the weights."""
+    from density_grpo import density, embed, evaluate, grpo, reward
 
+    cfg = M.SMOLLM2_135M
+    lengths = [100, 90, 80, 20]
+    small = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 200), "hidden", False, "cpu", "float32")
+    big = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 4096), "hidden", False, "cpu", "float32")
+    assert big["total_bytes"] > small["total_bytes"] and big["assumptions"]["batch"] == 4
+    bf16 = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 4096), "hidden", False, "cpu", "bfloat16")
+    assert bf16["components"]["weights"] == 2 * 134_515_008 and big["components"]["weights"] == 4 * 134_515_008
+    gpu = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 4096), "hidden", False, "cuda", "bfloat16")
+    assert "baseline" not in gpu["components"] and gpu["device"] == "cuda"
 
-def test_predict_rule_details():
-    cfg = REPO_CONFIG
-    assert M.predict_rule("pairs", cfg, device="cpu") is None
-    e = M.predict_rule("embed_chunk", cfg, device="cpu")
-    c = e["components"]
-    assert c["weights"] == 4 * 134_515_008  # fp32 on CPU (model.dtype auto)
-    assert e["total_bytes"] == sum(c.values())
-    bf16 = M.predict_rule("embed_chunk", {**cfg, "model": {**cfg["model"], "dtype": "bfloat16"}}, device="cpu")
-    assert bf16["components"]["weights"] == 2 * 134_515_008
-    assert bf16["assumptions"]["load_copy_bytes"] == 4 * 134_515_008  # fp32 file loaded, then cast
-    gpu = M.predict_rule("embed_chunk", cfg, device="cuda")
-    assert gpu["precision"] == "bf16" and gpu["host_bytes"] > M.CUDA_CONTEXT_BYTES
-    k = M.predict_rule("knn_weights", cfg, n_prompts=1_000_000, device="cpu")
-    assert k["assumptions"]["index"] == "ivf" and k["components"]["index"] == M.faiss_index_bytes(1_000_000, 576, "ivf")
-    sc = M.predict_rule("grpo", {**cfg, "grpo": {**cfg["grpo"], "reward": "self_certainty"}}, device="cpu")
+    k = density.predict(1_000_000, 576, 128, {"k": 10, "index": "ivf", "nlist": None, "recall_sample": 1000})
+    assert k["components"]["index"] == ip.index_bytes(1_000_000, 576, "ivf", ip.default_nlist(1_000_000))
+
+    g = {**REPO_CONFIG["grpo"], "reward": "self_certainty"}
+    sc = grpo.predict(cfg, {"grpo": g, "dtype": "float32"}, 72, "cpu")
     assert "reward_model" not in sc["components"] and "self_certainty_logits" in sc["components"]
+    rm = grpo.predict(cfg, {"grpo": REPO_CONFIG["grpo"], "dtype": "float32"}, 72, "cpu")
+    assert "reward_model" in rm["components"] and rm["assumptions"]["batch"] == 8
+
+    e = {"eval": REPO_CONFIG["eval"], "rm": REPO_CONFIG["rm"], "dtype": "float32"}
+    ev = evaluate.predict(cfg, e, 72, "cpu")
+    assert ev["assumptions"]["generation_batch"] == evaluate.generation_batch(4) * 4 == 64  # what generate() runs
+    r = reward.predict(cfg, REPO_CONFIG["rm"], 256, "cpu", "float32")
+    assert r["assumptions"]["batch"] == 16 and r["total_bytes"] == sum(r["components"].values())
 
 
-def test_device_helpers():
+def test_free_memory_warning():
     free = M.free_memory_bytes("cpu")
-    assert free > 0
-    assert M.can_allocate(1, "cpu") and not M.can_allocate(10 * free, "cpu")
-    assert M.warn_if_too_big(1, "cpu", 0.9, "grpo") is None
-    msg = M.warn_if_too_big(10 * free, "cpu", 0.9, "grpo")
-    assert msg is not None and "grpo.prompts_per_step" in msg
-    assert "embed.batch_tokens" in M.warn_if_too_big(10 * free, "cpu", 0.9, "embed_chunk")
+    small = M.prediction("cpu", {"x": 1}, "x", "grpo.prompts_per_step")
+    big = M.prediction("cpu", {"x": 10 * free}, "x", "grpo.prompts_per_step")
+    assert M.warn_if_too_big(small) is None
+    assert "grpo.prompts_per_step" in M.warn_if_too_big(big)
 
 
 def test_monitor_sees_a_400mb_block(tmp_path):
-    pred = M.predict_rule("knn_weights", REPO_CONFIG, n_prompts=100, device="cpu")
-    with M.MemoryMonitor(tmp_path, "alloc_1", rule="alloc", wildcards={"i": 1}, predicted_bytes=pred, interval=0.02) as mon:
+    pred = M.prediction("cpu", {"baseline": 100 * MiB, "block": 400 * MiB}, "test", "none")
+    with MemoryMonitor(tmp_path / "alloc_1.json", rule="alloc", wildcards={"i": 1}, interval=0.02):
+        expect(pred)
         block = np.ones(400 * MiB // 8)  # touched: every page resident
         time.sleep(0.3)
-        mon.extra["note"] = "test"
+        note(tokens_per_s=12.5)
         del block
     rec = json.loads((tmp_path / "alloc_1.json").read_text())
     assert rec["peak_rss_mb"] - rec["baseline_rss_mb"] >= 0.8 * 400
-    assert rec["rule"] == "alloc" and rec["wildcards"] == {"i": "1"} and rec["status"] == "ok"
-    assert rec["note"] == "test" and rec["peak_cuda_mb"] is None
-    assert rec["predicted_mb"] == pytest.approx(pred["total_bytes"] / MiB, abs=0.01)
-    assert set(rec["predicted_components_mb"]) == set(pred["components"])
-    tsv = pd.read_csv(tmp_path / "alloc_1.tsv", sep="\t")
-    assert list(tsv.columns) == ["t_s", "rss_mb"] and len(tsv) >= 5
-    assert tsv["rss_mb"].max() == pytest.approx(rec["peak_rss_mb"], abs=0.01)
+    assert rec["job"] == "alloc_1" and rec["wildcards"] == {"i": "1"} and rec["status"] == "ok"
+    assert rec["extra"] == {"tokens_per_s": 12.5} and rec["peak_cuda_mb"] is None
+    assert rec["predicted_mb"] == 500 and rec["measured_mb"] == rec["peak_rss_mb"]
+    assert rec["measured_over_predicted"] == pytest.approx(rec["peak_rss_mb"] / 500, abs=1e-3)
+    assert set(rec["prediction"]["components_mb"]) == {"baseline", "block"}
+    tl = rec["timeline"]
+    assert set(tl) == {"t_s", "rss_mb"} and len(tl["t_s"]) >= 5
+    assert max(tl["rss_mb"]) == pytest.approx(rec["peak_rss_mb"], abs=0.01)
+    expect(pred)  # outside a job: nothing to record, no error
+    note(x=1)
 
 
 def test_monitor_writes_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
-        with M.MemoryMonitor(tmp_path, "boom", predicted_bytes=100 * MiB):
+        with MemoryMonitor(tmp_path / "boom.json", rule="boom"):
             raise RuntimeError("boom")
     rec = json.loads((tmp_path / "boom.json").read_text())
-    assert rec["status"] == "failed" and rec["predicted_mb"] == 100 and rec["rule"] == "boom"
+    assert rec["status"] == "failed" and rec["predicted_mb"] is None and rec["rule"] == "boom"
 
 
 def test_cuda_probe_tolerates_a_half_imported_torch(monkeypatch):
     import types
 
     monkeypatch.setitem(__import__("sys").modules, "torch", types.ModuleType("torch"))  # no .cuda yet
-    assert M._cuda() is None
+    assert _cuda() is None
 
 
 def test_monitor_accepts_snakemake_wildcards(tmp_path):
-    with M.MemoryMonitor(tmp_path, "w", wildcards=FakeWildcards({"i": "7"})) as mon:
+    with MemoryMonitor(tmp_path / "w.json", rule="w", wildcards=FakeWildcards({"i": "7"})) as mon:
         pass
-    assert mon.record()["wildcards"] == {"i": "7"}
-
-
-def test_monitor_job_from_a_snakemake_object(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "results/r/data").mkdir(parents=True)
-    texts = ["short"] * 130 + ["x" * 350]  # chunk 1 holds the 3 last prompts, the longest ~100 tokens
-    pd.DataFrame({"prompt_id": [str(i) for i in range(len(texts))], "text": texts}).to_parquet(tmp_path / "results/r/data/prompts.parquet")
-    assert M.prompt_stats(tmp_path / "results/r/data/prompts.parquet") == (131, 100)
-    assert M.prompt_stats(tmp_path / "results/r/data/prompts.parquet", slice(0, 128)) == (128, 2)
-
-    cfg = {**REPO_CONFIG, "run": "r", "device": "cpu"}
-    smk = SimpleNamespace(rule="embed_chunk", wildcards=FakeWildcards({"i": "1"}), config=cfg)
-    with M.monitor_job(smk, interval=0.01):
-        pass
-    rec = json.loads((tmp_path / "results/r/memory/embed_chunk_1.json").read_text())
-    expected = M.predict_rule("embed_chunk", cfg, None, 3, 100, device="cpu")
-    assert rec["predicted_mb"] == pytest.approx(expected["total_bytes"] / MiB, abs=0.01)
-    assert rec["wildcards"] == {"i": "1"}
-    smk = SimpleNamespace(rule="pairs", wildcards=FakeWildcards({}), config=cfg)
-    with M.monitor_job(smk):
-        pass
-    assert json.loads((tmp_path / "results/r/memory/pairs.json").read_text())["predicted_mb"] is None
+    assert mon.record()["wildcards"] == {"i": "7"} and mon.job == "w_7"

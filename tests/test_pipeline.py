@@ -58,7 +58,7 @@ def test_full_run_artifacts(tiny_run):
     assert weights["weight"].sum() == pytest.approx(1.0)
     meta = yaml.safe_load((workdir / RES / "density/metadata.json").read_text())
     assert meta["n"] == 30 and meta["k"] == 3 and meta["index"] == "flat"
-    assert meta["provenance"]["config"]["knn"]["k"] == 3
+    assert meta["provenance"]["params"]["knn"] == {"k": 3, "index": "flat"}
     chunks = sorted((workdir / RES / "embed").glob("chunk_*.zarr"))
     assert [c.name for c in chunks] == [f"chunk_{i}.zarr" for i in range(4)]
     ids, emb, attrs = read_chunk(chunks[-1])

@@ -1,4 +1,4 @@
-"""Preference pairs in the Anthropic HH-RLHF format, and the unique prompts derived from them.
+"""Stages 1-2: preference pairs in the Anthropic HH-RLHF format, and the unique prompts derived from them.
 
 An HH pair is two full dialogues, "\\n\\nHuman: ...\\n\\nAssistant: ...", that share every turn but the last
 Assistant reply. We split them TRL-style into an explicit prompt (the dialogue up to and including the last
@@ -19,12 +19,12 @@ from typing import Any, Iterable, Iterator
 import pandas as pd
 
 from density_grpo.errors import UserError
+from density_grpo.io import write_json, write_parquet
 
 ASSISTANT_TAG = "\n\nAssistant:"
 HUMAN_TAG = "\n\nHuman:"
 
 HH_REPO = "Anthropic/hh-rlhf"
-HH_SUBSETS = ["harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"]
 SAMPLE_PATH = Path(__file__).parent / "data" / "sample_pairs.jsonl"
 PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "source", "subset", "topic"]
 SOURCES = ("sample", "hh-rlhf", "local")
@@ -183,22 +183,14 @@ def read_local(path: str | os.PathLike) -> pd.DataFrame:
 # sources
 
 
-def load_hh_rlhf(subsets: list[str], split: str, mirror: str | os.PathLike | None) -> pd.DataFrame:
-    """Anthropic HH-RLHF `<subset>/<split>.jsonl.gz` files, from `mirror` (a local copy of the tree) or the hub."""
+def load_hh_rlhf(subsets: list[str], split: str, files: list[str]) -> pd.DataFrame:
+    """Anthropic HH-RLHF `<subset>/<split>.jsonl.gz` files: `files` (a mirror's copies, in `subsets` order) or the hub."""
     frames = []
-    for subset in dict.fromkeys(subsets):  # a subset listed twice is read once
-        filename = f"{subset}/{split}.jsonl.gz"
-        if mirror is not None:
-            path = Path(mirror) / filename
-            if not path.is_file():
-                raise UserError(f"{path}: not found (data.mirror must hold the hub tree <subset>/<split>.jsonl.gz)")
-        else:
-            path = _hub_download(filename)
+    for i, subset in enumerate(subsets):
+        path = Path(files[i]) if files else _hub_download(f"{subset}/{split}.jsonl.gz")
         df = read_local(path)
         df["subset"] = subset
         frames.append(df)
-    if not frames:
-        raise UserError("data.subsets: empty list")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -221,53 +213,28 @@ def _hub_download(filename: str) -> Path:
         ) from None
 
 
-def load_sample() -> pd.DataFrame:
-    """The shipped sample pairs (see density_grpo/sample_data.py): prompt, chosen, rejected, topic."""
-    return read_local(SAMPLE_PATH)
+def load_pairs(source: str, files: list[str], max_pairs: int | None, subsets: list[str] | None = None, split: str | None = None) -> pd.DataFrame:
+    """Pairs of one source -> columns PAIR_COLUMNS, in that order; the first `max_pairs` kept (None: all).
 
-
-def _check_max_pairs(value: Any, key: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{key}: must be a positive integer or null, got {value!r}")
-    return value
-
-
-def load_pairs(data_cfg: dict, max_pairs: int | None = None) -> pd.DataFrame:
-    """Load pairs for the `data` config section -> columns PAIR_COLUMNS, in that order.
-
-    pair_id = "{source}:{name}:{row}", name = file stem (sample, local) or "<subset>/<split>" (hh-rlhf), row = the
-    0-based row in that file: unique, and stable when a file is appended to. `max_pairs` (argument) and
-    `data.max_pairs` both cap the count: the first min(...) pairs are kept. Pairs with identical responses are kept.
+    files: the sample file, the local file, or hh-rlhf's `<subset>/<split>.jsonl.gz` files of a mirror in
+    `subsets` order (none: download them from the hub). pair_id = "{source}:{name}:{row}", name = file stem
+    (sample, local) or "<subset>/<split>" (hh-rlhf), row = the 0-based row in that file: unique, and stable when
+    a file is appended to. Pairs with identical responses are kept.
     """
-    source = data_cfg.get("source", "sample")
-    if source == "sample":
-        df = load_sample()
-        df["subset"] = _stem(SAMPLE_PATH)
-        df["pair_id"] = [f"sample:{_stem(SAMPLE_PATH)}:{i}" for i in range(len(df))]
-    elif source == "hh-rlhf":
-        split = data_cfg.get("split", "train")
-        if split not in ("train", "test"):
-            raise UserError(f"data.split: must be train or test, got {split!r}")
-        df = load_hh_rlhf(list(data_cfg.get("subsets") or HH_SUBSETS), split, data_cfg.get("mirror"))
-        row = df.groupby("subset", sort=False).cumcount()
-        df["pair_id"] = [f"hh-rlhf:{s}/{split}:{i}" for s, i in zip(df["subset"], row)]
-    elif source == "local":
-        if not data_cfg.get("path"):
-            raise UserError("data.path: required when data.source is 'local' (a .jsonl, .jsonl.gz or .parquet file)")
-        path = Path(data_cfg["path"])
+    if source in ("sample", "local"):
+        path = Path(files[0])
         df = read_local(path)
         if "subset" not in df.columns:
             df["subset"] = _stem(path)
-        df["pair_id"] = [f"local:{_stem(path)}:{i}" for i in range(len(df))]
+        df["pair_id"] = [f"{source}:{_stem(path)}:{i}" for i in range(len(df))]
+    elif source == "hh-rlhf":
+        df = load_hh_rlhf(subsets, split, files)
+        row = df.groupby("subset", sort=False).cumcount()
+        df["pair_id"] = [f"hh-rlhf:{s}/{split}:{i}" for s, i in zip(df["subset"], row)]
     else:
-        raise UserError(f"data.source: unknown source {source!r} (expected one of {', '.join(SOURCES)})")
-
-    caps = [_check_max_pairs(data_cfg.get("max_pairs"), "data.max_pairs"), _check_max_pairs(max_pairs, "max_pairs")]
-    caps = [c for c in caps if c is not None]
-    if caps:
-        df = df.iloc[: min(caps)]
+        raise UserError(f"config key data.source: unknown source {source!r} (expected one of {', '.join(SOURCES)})")
+    if max_pairs is not None:
+        df = df.iloc[:max_pairs]
     df = df.assign(source=source)
     if "topic" not in df.columns:
         df["topic"] = ""
@@ -306,3 +273,56 @@ def eval_split(prompts: pd.DataFrame, n_eval: int, seed: int = 0) -> tuple[pd.Da
     held = keys.sort_values(kind="stable").index[:n_eval]
     mask = prompts.index.isin(held)
     return prompts[~mask].reset_index(drop=True), prompts[mask].reset_index(drop=True)
+
+
+def topic_groups(topics: pd.Series) -> dict[str, str] | None:
+    """topic -> 'dense' (>= 5% of prompts and >= 5 prompts) or 'rare'; None when the prompts carry no topics."""
+    topics = topics.astype(str)
+    if not (topics != "").any():
+        return None
+    counts = topics.value_counts()
+    cut = max(5, 0.05 * len(topics))
+    return {t: ("dense" if c >= cut else "rare") for t, c in counts.items() if t}
+
+
+def n_turns(texts: pd.Series) -> pd.Series:
+    """Number of Human turns of each HH prompt."""
+    return texts.str.count(HUMAN_TAG).clip(lower=1)
+
+
+# -----------------------------------------------------------------------------
+# steps
+
+
+def run(input: dict, output: dict, params: dict) -> dict:
+    """Rule pairs: the configured source -> pairs.parquet."""
+    source = params["source"]
+    hh = {"subsets": params["subsets"], "split": params["split"]} if source == "hh-rlhf" else {}
+    pairs = load_pairs(source, input["files"], params["max_pairs"], **hh)
+    write_parquet(pairs, output["pairs"])
+    return {"n_pairs": len(pairs)}
+
+
+def run_prompts(input: dict, output: dict, params: dict) -> dict:
+    """Checkpoint unique_prompts: unique prompts in first-seen order -> prompts.parquet and its summary JSON."""
+    pairs = pd.read_parquet(input["pairs"])
+    prompts = unique_prompts(pairs)
+    groups = topic_groups(prompts["topic"])
+    chars = prompts["text"].str.len()
+    summary = {
+        "n_pairs": len(pairs),
+        "n_prompts": len(prompts),
+        "n_multi_turn": int((n_turns(prompts["text"]) > 1).sum()),
+        "chars_mean": float(chars.mean()) if len(chars) else 0.0,
+        "chars_max": int(chars.max()) if len(chars) else 0,
+        "sources": pairs["source"].value_counts().to_dict(),
+        "topics": None if groups is None else {
+            "dense": sorted(t for t, g in groups.items() if g == "dense"),
+            "n_rare": sum(g == "rare" for g in groups.values()),
+            "n_prompts_dense": int(prompts["topic"].map(groups).eq("dense").sum()),
+            "n_prompts_rare": int(prompts["topic"].map(groups).eq("rare").sum()),
+        },
+    }  # fmt: skip
+    write_parquet(prompts, output["prompts"])
+    write_json(summary, output["summary"])
+    return {"n_prompts": len(prompts)}

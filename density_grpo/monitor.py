@@ -1,0 +1,203 @@
+"""Measure a job's memory: a sampling monitor, and the hooks a stage uses to record its prediction.
+
+    with MemoryMonitor("results/run/memory/embed_chunk_3.json", rule="embed_chunk", wildcards={"i": "3"}):
+        expect(prediction)          # the stage's own predicted peak (memory.prediction), once it knows its shapes
+        ...
+        note(tokens_per_s=812.0)    # any figure worth keeping beside the measurement
+
+On exit (also on an exception, then status "failed") the JSON holds peak RSS of the process tree (sampled every
+`interval` s), CUDA peaks (torch.cuda.max_memory_allocated/reserved, exact) when CUDA was used, the prediction and
+measured/predicted, the notes, and the timeline. Units: MiB (2^20 bytes, what Snakemake's benchmark max_rss calls MB).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import psutil
+
+from density_grpo.io import write_json
+
+log = logging.getLogger(__name__)
+
+MiB = 2**20
+_current: contextvars.ContextVar["MemoryMonitor | None"] = contextvars.ContextVar("memory_monitor", default=None)
+
+
+def expect(prediction: Mapping[str, Any]) -> None:
+    """Record the running job's predicted peak (a memory.prediction dict); warn when it may not fit. No-op outside a job."""
+    from density_grpo.memory import warn_if_too_big
+
+    mon = _current.get()
+    if mon is None:
+        return
+    mon.predicted = dict(prediction)
+    try:
+        warn_if_too_big(prediction, mon.warn_fraction)
+    except Exception as e:  # a failed free-memory query must not fail the job
+        log.debug("free memory check failed: %s", e)
+
+
+def note(**figures: Any) -> None:
+    """Keep figures (throughput, token counts) in the running job's memory record. No-op outside a job."""
+    mon = _current.get()
+    if mon is not None:
+        mon.extra.update(figures)
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    """RSS of a process and all its children (shared pages are counted once per process)."""
+    total = 0
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        procs = [proc]
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:  # a child exited between listing and reading
+            pass
+    return total
+
+
+def _cuda():
+    """torch.cuda when this process has already initialised CUDA (never initialises it), else None."""
+    # the job may be importing torch on the main thread right now: a partially initialised module has no .cuda
+    cuda = getattr(sys.modules.get("torch"), "cuda", None)
+    try:
+        return cuda if cuda is not None and cuda.is_initialized() else None
+    except Exception:
+        return None
+
+
+class MemoryMonitor:
+    """Sample the RSS of this process and its children (and CUDA memory) on a daemon thread; write one JSON."""
+
+    MAX_SAMPLES = 10_000  # beyond this, every other sample is dropped and the interval doubled
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        rule: str,
+        wildcards: Mapping | None = None,
+        interval: float = 0.1,
+        warn_fraction: float = 0.9,
+    ):
+        self.path, self.rule = Path(path), rule
+        # Snakemake's Wildcards is a list with .items(), not a dict
+        items = wildcards.items() if hasattr(wildcards, "items") else (wildcards or {})
+        self.wildcards = {str(k): str(v) for k, v in dict(items).items()}
+        self.job = "_".join([rule, *self.wildcards.values()])
+        self.interval, self.warn_fraction = interval, warn_fraction
+        self.predicted: dict[str, Any] | None = None
+        self.extra: dict[str, Any] = {}
+        self.samples: list[tuple[float, float, float, float]] = []  # t_s, rss, cuda alloc, cuda reserved (bytes)
+        self.peak_rss = 0
+        self._proc = psutil.Process()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._cuda_seen = False
+        self._token: contextvars.Token | None = None
+
+    def sample(self) -> None:
+        """Take one sample now (the thread calls this every `interval` seconds)."""
+        rss = _tree_rss(self._proc)
+        alloc = reserved = 0.0
+        cuda = _cuda()
+        if cuda is not None:
+            self._cuda_seen = True
+            alloc, reserved = cuda.memory_allocated(), cuda.memory_reserved()
+        with self._lock:
+            self.peak_rss = max(self.peak_rss, rss)
+            self.samples.append((time.perf_counter() - self._t0, rss, alloc, reserved))
+            if len(self.samples) > self.MAX_SAMPLES:
+                self.samples = self.samples[::2]
+                self.interval *= 2
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sample()
+            except Exception as e:  # keep sampling: one failed read must not end the timeline
+                log.debug("memory sample failed: %s", e)
+
+    def __enter__(self) -> "MemoryMonitor":
+        self._t0 = time.perf_counter()
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        cuda = _cuda()
+        if cuda is not None:
+            cuda.reset_peak_memory_stats()
+        self.sample()
+        self.baseline_rss = self.samples[0][1]
+        self._thread = threading.Thread(target=self._run, name=f"memory-monitor-{self.job}", daemon=True)
+        self._thread.start()
+        self._token = _current.set(self)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()
+        self.wall_s = time.perf_counter() - self._t0
+        try:
+            write_json(self.record("ok" if exc_type is None else "failed"), self.path)
+        except Exception:  # never mask the job's own error (or success) with a reporting failure
+            log.exception("could not write the memory record of %s", self.job)
+
+    def record(self, status: str = "ok") -> dict[str, Any]:
+        """The JSON record (MiB)."""
+        cuda = _cuda()
+        peak_cuda = peak_cuda_reserved = None
+        if cuda is not None:
+            peak_cuda, peak_cuda_reserved = cuda.max_memory_allocated() / MiB, cuda.max_memory_reserved() / MiB
+        elif self._cuda_seen:
+            peak_cuda = max(s[2] for s in self.samples) / MiB
+            peak_cuda_reserved = max(s[3] for s in self.samples) / MiB
+        pred = self.predicted
+        on_gpu = pred is not None and pred["device"] != "cpu" and peak_cuda is not None
+        measured = peak_cuda if on_gpu else self.peak_rss / MiB
+        rec: dict[str, Any] = {
+            "job": self.job,
+            "rule": self.rule,
+            "wildcards": self.wildcards,
+            "status": status,
+            "peak_rss_mb": round(self.peak_rss / MiB, 2),
+            "baseline_rss_mb": round(self.baseline_rss / MiB, 2),
+            "peak_cuda_mb": None if peak_cuda is None else round(peak_cuda, 2),
+            "peak_cuda_reserved_mb": None if peak_cuda_reserved is None else round(peak_cuda_reserved, 2),
+            "measured_mb": round(measured, 2),
+            "measured_what": "cuda max_memory_allocated" if on_gpu else "peak RSS of the job's process tree",
+            "wall_s": round(self.wall_s, 3),
+            "started_at": self.started_at,
+            "host": platform.node(),
+            "total_ram_mb": round(psutil.virtual_memory().total / MiB, 1),
+            "predicted_mb": None,
+            "measured_over_predicted": None,
+            "prediction": None,
+            "extra": self.extra,
+        }
+        if pred is not None:
+            rec["predicted_mb"] = round(pred["total_bytes"] / MiB, 2)
+            rec["measured_over_predicted"] = round(measured / rec["predicted_mb"], 3) if rec["predicted_mb"] else None
+            rec["prediction"] = {**pred, "components_mb": {k: round(v / MiB, 2) for k, v in pred["components"].items()}}
+        timeline: dict[str, list[float]] = {
+            "t_s": [round(s[0], 3) for s in self.samples],
+            "rss_mb": [round(s[1] / MiB, 2) for s in self.samples],
+        }
+        if self._cuda_seen:
+            timeline["cuda_alloc_mb"] = [round(s[2] / MiB, 2) for s in self.samples]
+            timeline["cuda_reserved_mb"] = [round(s[3] / MiB, 2) for s in self.samples]
+        rec["timeline"] = timeline
+        return rec

@@ -1,0 +1,124 @@
+"""Params are the contract: every step reads exactly the params its rule declares, and a config change reruns
+exactly the jobs whose code reads it (dry runs on a finished tiny run)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import planned_jobs, snakemake, tiny_config, tiny_pairs, write_jsonl
+
+pytestmark = pytest.mark.e2e
+STEP_RULES = {
+    "pairs", "unique_prompts", "model_card", "embed_chunk", "knn_weights", "reward_model", "grpo", "evaluate_model",
+    "compare", "build_reports",
+}  # fmt: skip
+DOWNSTREAM = {"compare": 1, "build_reports": 1, "all": 1}
+
+
+@pytest.fixture(scope="module")
+def audited_run(tmp_path_factory, tiny_model):
+    """A finished tiny run whose steps recorded the params they read (DENSITY_GRPO_AUDIT_PARAMS)."""
+    workdir = tmp_path_factory.mktemp("contract")
+    pairs = write_jsonl(tiny_pairs(), workdir / "pairs.jsonl")
+    config = tiny_config(workdir, tiny_model, pairs)
+    audit = workdir / "audit"
+    snakemake(workdir, "--configfile", str(config), env={"DENSITY_GRPO_AUDIT_PARAMS": str(audit)})
+    return workdir, config, audit
+
+
+def audits(folder: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+def assert_read_equals_declared(records: dict[str, dict]) -> None:
+    for job, rec in records.items():
+        assert rec["read"] == rec["declared"], f"{job}: declared but not read {sorted(set(rec['declared']) - set(rec['read']))}"
+
+
+def test_every_step_reads_exactly_its_params(audited_run):
+    _, _, audit = audited_run
+    records = audits(audit)
+    assert {r["rule"] for r in records.values()} == STEP_RULES
+    assert len([r for r in records.values() if r["rule"] == "embed_chunk"]) == 4
+    assert_read_equals_declared(records)
+    assert "knn.index" in records["knn_weights"]["declared"] and "knn.seed" not in records["knn_weights"]["declared"]
+    assert "grpo.token_chunk" not in records["grpo_density"]["declared"]  # rm reward: never reads it
+    assert "device" in records["evaluate_model_base"]["declared"] and "dtype" in records["reward_model"]["declared"]
+
+
+def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
+    """The IVF index, the self-certainty reward and the hh-rlhf source declare (and read) other keys."""
+    workdir, config, _ = audited_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("audit"))
+    branch = copy / "branch.yaml"
+    branch.write_text(yaml.safe_dump({
+        "knn": {"index": "ivf", "nlist": 2, "nprobe": 1, "recall_sample": 10},
+        "grpo": {"reward": "self_certainty"},
+    }))  # fmt: skip
+    audit = copy / "audit"
+    env = {"DENSITY_GRPO_AUDIT_PARAMS": str(audit)}
+    snakemake(copy, "weights", "results/tiny/grpo/uniform/metrics.jsonl", "--configfile", str(config), str(branch), env=env)
+    records = audits(audit)
+    assert set(records) == {"knn_weights", "grpo_uniform"}
+    assert {"knn.nlist", "knn.nprobe", "knn.recall_sample", "knn.seed"} <= set(records["knn_weights"]["declared"])
+    assert "grpo.token_chunk" in records["grpo_uniform"]["declared"] and "rm.max_length" not in records["grpo_uniform"]["declared"]
+    assert_read_equals_declared(records)
+
+    mirror = tmp_path / "hh" / "helpful-base"
+    mirror.mkdir(parents=True)
+    write_jsonl(tiny_pairs(n_dense=8), mirror / "train.jsonl")
+    import gzip
+
+    (mirror / "train.jsonl.gz").write_bytes(gzip.compress((mirror / "train.jsonl").read_bytes()))
+    hh = tmp_path / "hh.yaml"
+    hh.write_text(yaml.safe_dump({"data": {"source": "hh-rlhf", "subsets": ["helpful-base"], "mirror": str(tmp_path / "hh")}}))
+    snakemake(copy, "prompts", "--configfile", str(config), str(hh), env=env)
+    pairs = audits(audit)["pairs"]
+    assert pairs["declared"] == ["max_pairs", "source", "split", "subsets"]
+    assert_read_equals_declared({"pairs": pairs})
+
+
+# a finished run, one config change at a time: the jobs a dry run plans (4 chunks; arms density, uniform)
+RERUN_MATRIX = [
+    ({"model": {"dtype": "bfloat16"}}, {"embed_chunk": 4, "knn_weights": 1, "reward_model": 1, "grpo": 2, "evaluate_model": 3}),
+    ({"embed": {"layer": 1}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 1, "evaluate_model": 1}),
+    ({"knn": {"k": 4}}, {"knn_weights": 1, "grpo": 1, "evaluate_model": 1}),
+    ({"density": {"alpha": 2.0}}, {"knn_weights": 1, "grpo": 1, "evaluate_model": 1}),
+    ({"rm": {"max_steps": 3}}, {"reward_model": 1, "grpo": 2, "evaluate_model": 3}),
+    ({"grpo": {"steps": 2}}, {"grpo": 2, "evaluate_model": 2}),
+    ({"grpo": {"reward": "self_certainty"}}, {"grpo": 2, "evaluate_model": 2}),
+    ({"eval": {"samples": 3}}, {"evaluate_model": 3}),
+    ({"seed": 1}, {"reward_model": 1, "grpo": 2, "evaluate_model": 3}),
+    ({"device": "cuda"}, {"embed_chunk": 4, "knn_weights": 1, "reward_model": 1, "grpo": 2, "evaluate_model": 3}),
+]
+
+
+@pytest.mark.parametrize("change, expected", RERUN_MATRIX, ids=[json.dumps(c) for c, _ in RERUN_MATRIX])
+def test_rerun_matrix(audited_run, tmp_path, change, expected):
+    workdir, config, _ = audited_run
+    override = tmp_path / "change.yaml"
+    override.write_text(yaml.safe_dump(change))
+    res = snakemake(workdir, "-n", "--configfile", str(config), str(override))
+    assert planned_jobs(res.stdout) == {**expected, **DOWNSTREAM}, res.stdout[-3000:]
+
+
+def test_nothing_to_do_without_a_change(audited_run):
+    workdir, config, _ = audited_run
+    res = snakemake(workdir, "-n", "--configfile", str(config))
+    assert planned_jobs(res.stdout) == {}, res.stdout[-3000:]
+
+
+def test_knn_change_reruns_the_density_arm_only(audited_run, tmp_path):
+    workdir, config, _ = audited_run
+    override = tmp_path / "k.yaml"
+    override.write_text(yaml.safe_dump({"knn": {"k": 4}}))
+    res = snakemake(workdir, "-n", "--configfile", str(config), str(override))
+    outputs = {p.strip() for line in re.findall(r"^\s+output: (.+)$", res.stdout, re.M) for p in line.split(",")}
+    assert "results/tiny/grpo/density/model" in outputs and "results/tiny/grpo/uniform/model" not in outputs
+    assert "results/tiny/eval/density.json" in outputs and "results/tiny/eval/uniform.json" not in outputs

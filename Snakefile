@@ -37,7 +37,7 @@ rule all:
     input:
         WEIGHTS,
         RM_METRICS,
-        expand(GRPO_METRICS, sampler=SAMPLERS),
+        runs(GRPO_METRICS),
         COMPARISON,
         SUMMARY,
 
@@ -60,7 +60,7 @@ rule weights:
 rule train:
     input:
         RM_METRICS,
-        expand(GRPO_METRICS, sampler=SAMPLERS),
+        runs(GRPO_METRICS),
 
 
 rule evaluate:

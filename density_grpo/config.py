@@ -42,6 +42,10 @@ def validate_config(cfg: dict, schema_path: str | os.PathLike = SCHEMA) -> None:
         e = errors[0]
         key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
         raise UserError(f"config key {key}: {e.message}")
+    ev = cfg["eval"]
+    for key in ("prompts", "curve_prompts"):
+        if ev[key] > ev["pool"]:
+            raise UserError(f"config key eval.{key}: {ev[key]} is more than the held-out pool eval.pool = {ev['pool']}")
     data = cfg["data"]
     if data["source"] == "local":
         if not data["path"]:

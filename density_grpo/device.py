@@ -66,6 +66,19 @@ def plan_dtype(spec: str, device: str) -> str:
     return "float16" if device == "mps" else "float32"
 
 
+def plan_train_precision(device: str) -> str:
+    """Autocast precision for training (weights and optimizer state always stay fp32): bf16 on CUDA with compute
+    capability >= 8, fp16 (with a grad scaler) on older CUDA GPUs, fp32 on CPU and MPS.
+
+    Independent of model.dtype, the inference precision: training directly in bf16 weights loses small updates
+    (a 1e-5 step is below bf16's resolution for most weights).
+    """
+    if device.startswith("cuda"):
+        cap = _cuda_capability()
+        return "bf16" if cap is None or cap[0] >= 8 else "fp16"
+    return "fp32"
+
+
 def plan(device: str, dtype: str) -> tuple[str, str]:
     """(device, dtype) strings for the config values `device` and `model.dtype`."""
     d = plan_device(device)

@@ -1,18 +1,20 @@
-"""Stage 7, diversity evaluation: sample completions on held-out prompts and measure how varied they are.
+"""Stage 7a, evaluation: sample completions of one model on the evaluated held-out prompts, score and embed them.
 
-Lexical diversity: distinct-n (unique / total whitespace n-grams). Semantic diversity: mean pairwise cosine distance
-and the Vendi score of response embeddings. Every policy's responses are embedded with the BASE model (mean-pooled
-last hidden state), so all policies are compared in one space.
+The evaluated prompts are drawn from the held-out pool (never trained on) stratified by density weight (pairs.py:
+holdout_split, stratified_eval). Every model's responses are embedded with the BASE model (mean-pooled last hidden
+state), so all models can be compared in one space; the diversity metrics, their centring and the intervals are
+computed by the comparison (compare.py). The base model is evaluated with two independent sample sets: their
+difference is the noise floor.
 
-"within" = among the samples of one prompt, averaged over prompts (does a prompt get varied answers?);
-"across" = all responses of all prompts pooled (does the policy say the same thing to every prompt?).
+Metrics: lexical diversity distinct-n (unique / total whitespace n-grams); semantic diversity, the mean pairwise
+cosine distance and the Vendi score of response embeddings; "within" = among the samples of one prompt, averaged
+over prompts; "across" = all responses of all prompts pooled.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,21 +25,6 @@ from density_grpo.pairs import HUMAN_TAG
 
 log = logging.getLogger(__name__)
 
-# (metric, label, higher means more diverse); the order of tables and plots
-METRICS = [
-    ("distinct_1_within", "distinct-1 within prompt", True),
-    ("distinct_2_within", "distinct-2 within prompt", True),
-    ("cosine_distance_within", "cosine distance within prompt", True),
-    ("vendi_within", "Vendi score within prompt", True),
-    ("distinct_1_across", "distinct-1 across prompts", True),
-    ("distinct_2_across", "distinct-2 across prompts", True),
-    ("cosine_distance_across", "cosine distance across prompts", True),
-    ("vendi_across", "Vendi score across prompts", True),
-    ("reward_mean", "mean RM reward", None),
-    ("reward_std", "RM reward std", None),
-    ("length_tokens", "mean length (tokens)", None),
-    ("length_words", "mean length (words)", None),
-]
 GENERATE_SEQUENCES = 64  # sequences per generate() call: fewer decode loops, which dominate on CPU
 EMBED_BATCH_TOKENS = 4096  # responses are embedded in token-budget batches of this size
 
@@ -67,12 +54,15 @@ def pairwise_cosine_distance(emb: np.ndarray) -> float:
 
 
 def vendi_score(emb: np.ndarray) -> float:
-    """exp(Shannon entropy of the eigenvalues of K/n), K the cosine-similarity kernel: 1 (all alike) .. n (orthogonal)."""
+    """exp(Shannon entropy of the eigenvalues of K/n), K the cosine-similarity kernel: 1 (all alike) .. n (orthogonal).
+
+    K/n = X X^T / n has the nonzero eigenvalues of X^T X / n, whichever of n and dim is smaller is decomposed.
+    """
     n = len(emb)
     if n == 0:
         return 0.0
     x = _unit_rows(emb)
-    lam = np.clip(np.linalg.eigvalsh(x @ x.T / n), 0.0, None)
+    lam = np.clip(np.linalg.eigvalsh((x @ x.T if n <= x.shape[1] else x.T @ x) / n), 0.0, None)
     lam = lam[lam > 1e-12] / lam.sum()
     return float(np.exp(-np.sum(lam * np.log(lam))))
 
@@ -142,21 +132,6 @@ def generate(
 # evaluation
 
 
-def diversity_metrics(completions: list[list[str]], emb: np.ndarray) -> dict[str, float]:
-    """Lexical and embedding diversity of completions[prompt][sample] with emb (prompts, samples, dim)."""
-    pooled = [c for cs in completions for c in cs]
-    return {
-        "distinct_1_within": float(np.mean([distinct_n(cs, 1) for cs in completions])),
-        "distinct_2_within": float(np.mean([distinct_n(cs, 2) for cs in completions])),
-        "distinct_1_across": distinct_n(pooled, 1),
-        "distinct_2_across": distinct_n(pooled, 2),
-        "cosine_distance_within": float(np.mean([pairwise_cosine_distance(e) for e in emb])),
-        "cosine_distance_across": pairwise_cosine_distance(emb.reshape(-1, emb.shape[-1])),
-        "vendi_within": float(np.mean([vendi_score(e) for e in emb])),
-        "vendi_across": vendi_score(emb.reshape(-1, emb.shape[-1])),
-    }
-
-
 def generation_batch(samples: int) -> int:
     """Prompts per generate() call (each with `samples` completions)."""
     return max(1, GENERATE_SEQUENCES // samples)
@@ -184,10 +159,12 @@ def predict(model_cfg: dict, params: dict, prompt_tokens: int, device: str) -> d
     )  # fmt: skip
 
 
-def evaluate_policy(policy_dir: str, base_dir: str, prompts: list[str], params: dict, rm_dir: str, name: str) -> dict:
-    """Sample `eval.samples` completions per held-out prompt and measure diversity, reward and length.
+def evaluate_policy(policy_dir: str, base_dir: str, prompts: list[str], params: dict, rm_dir: str, sets: int = 1) -> dict:
+    """`sets` independent sets of `eval.samples` completions per prompt: texts, RM rewards, token lengths and
+    base-model embeddings (array `embeddings`: sets x prompts x samples x dim).
 
-    params: eval (samples, max_new_tokens, temperature), rm (max_length, batch_size: scoring), seed, device, dtype.
+    params: eval (samples, max_new_tokens, temperature), rm (max_length, batch_size: scoring), seed (set k samples
+    with seed + k: every model sees the same sampling seeds), device, dtype.
     """
     from density_grpo.device import torch_device, torch_dtype
     from density_grpo.embed import Embedder
@@ -198,19 +175,18 @@ def evaluate_policy(policy_dir: str, base_dir: str, prompts: list[str], params: 
     e, rm_cfg = params["eval"], params["rm"]
     device = torch_device(params["device"])
     dtype = torch_dtype(params["dtype"], device)
-    prompts = list(prompts)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
     policy, tok = load_causal_lm(policy_dir, dtype=dtype, device=device)
     longest = max(len(x) for x in tok(prompts)["input_ids"])
     expect(predict(memory.model_config(policy_dir), params, longest, params["device"]))
-    completions = generate(
-        policy, tok, prompts, e["samples"], e["max_new_tokens"], e["temperature"], params["seed"],
-        batch_size=generation_batch(e["samples"]),
-    )  # fmt: skip
-    flat = [c for cs in completions for c in cs]
-    n_tokens = [len(ids) for ids in tok(flat, add_special_tokens=False)["input_ids"]]
+    completions = [
+        generate(policy, tok, prompts, e["samples"], e["max_new_tokens"], e["temperature"], params["seed"] + k, generation_batch(e["samples"]))
+        for k in range(sets)
+    ]  # fmt: skip
+    flat = [c for cs in completions for c_p in cs for c in c_p]
+    n_tokens = np.array([len(ids) for ids in tok(flat, add_special_tokens=False)["input_ids"]])
     timings["generate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -221,75 +197,58 @@ def evaluate_policy(policy_dir: str, base_dir: str, prompts: list[str], params: 
         base, base_tok = policy, tok
     # responses are at most max_new_tokens long; re-tokenized text may differ a little, hence the margin
     embedder = Embedder(base, base_tok, source="hidden", layer=-1, max_length=4 * e["max_new_tokens"], batch_tokens=EMBED_BATCH_TOKENS)
-    emb = embedder.embed(flat, progress=False).reshape(len(prompts), e["samples"], -1)
+    shape = (sets, len(prompts), e["samples"])
+    emb = embedder.embed(flat, progress=False).reshape(*shape, -1)
     del base, embedder
     timings["embed_s"] = time.perf_counter() - t
 
-    metrics = diversity_metrics(completions, emb)
-    metrics["length_tokens"] = float(np.mean(n_tokens))
-    metrics["length_words"] = float(np.mean([len(c.split()) for c in flat]))
     t = time.perf_counter()
     rm, rm_tok = load_reward_model(rm_dir, device=device, dtype=dtype)
-    prompt_per_sample = [p for p in prompts for _ in range(e["samples"])]
-    rewards = score(rm, rm_tok, prompt_per_sample, flat, rm_cfg["max_length"], rm_cfg["batch_size"])
-    metrics["reward_mean"], metrics["reward_std"] = float(rewards.mean()), float(rewards.std())
+    per_sample = [p for _ in range(sets) for p in prompts for _ in range(e["samples"])]
+    rewards = score(rm, rm_tok, per_sample, flat, rm_cfg["max_length"], rm_cfg["batch_size"]).reshape(shape)
     timings["reward_s"] = time.perf_counter() - t
-
-    log.info(
-        "%s: distinct-2 within %.3f across %.3f, Vendi within %.2f across %.2f, reward %.3f",
-        name, metrics["distinct_2_within"], metrics["distinct_2_across"], metrics["vendi_within"],
-        metrics["vendi_across"], metrics["reward_mean"],
-    )  # fmt: skip
+    log.info("%d sets x %d prompts x %d samples: mean reward %.3f, mean length %.1f tokens", *shape, rewards.mean(), n_tokens.mean())
     return {
-        "model": name,
-        "n_prompts": len(prompts),
-        "samples": e["samples"],
-        "max_new_tokens": e["max_new_tokens"],
-        "temperature": e["temperature"],
-        "seed": params["seed"],
-        "embedding": "base model, mean-pooled last hidden state; across = all responses pooled",
-        "metrics": metrics,
-        "examples": [{"prompt": p, "completions": cs[:2]} for p, cs in zip(prompts[:3], completions[:3])],
+        "completions": completions,
+        "rewards": rewards.tolist(),
+        "lengths": n_tokens.reshape(shape).tolist(),
+        "embeddings": emb.astype(np.float32),
         "time_s": timings,
     }
 
 
 def run(input: dict, output: dict, params: dict) -> None:
-    """Rule evaluate_model: diversity and reward of one model's samples on the held-out prompts."""
+    """Rule evaluate_model: one model on the evaluated prompts -> eval JSON (texts, rewards, lengths) + embeddings NPZ.
+
+    params: name, sets (2 for the base model: the noise floor), seed, device, dtype, eval (pool, prompts,
+    rare_fraction, rare_quantile, samples, max_new_tokens, temperature), rm (max_length, batch_size).
+    """
     import pandas as pd
 
-    from density_grpo.pairs import eval_split
+    from density_grpo.io import atomic_path
+    from density_grpo.pairs import holdout_split, stratified_eval
 
-    _, held = eval_split(pd.read_parquet(input["prompts"]), params["eval"]["prompts"], params["seed"])
-    result = evaluate_policy(input["policy"], input["base"], held["text"].tolist(), params, input["rm"], params["name"])
-    write_json(result, output["eval"])
-
-
-def compare(results: dict[str, dict]) -> dict:
-    """Models side by side: per metric, each model's value and density - uniform (when both are present)."""
-    names = list(results)
-    table: dict[str, dict[str, Any]] = {}
-    for key, label, higher_is_diverse in METRICS:
-        row: dict[str, Any] = {name: results[name]["metrics"].get(key) for name in names}
-        d, u = row.get("density"), row.get("uniform")
-        row["density_minus_uniform"] = d - u if d is not None and u is not None else None
-        table[key] = row
-    first = results[names[0]] if names else {}
-    return {
-        "models": names,
-        "n_prompts": first.get("n_prompts"),
-        "samples": first.get("samples"),
-        "metrics": table,
-        "labels": {key: label for key, label, _ in METRICS},
-    }
-
-
-def run_compare(input: dict, output: dict, params: dict) -> None:
-    """Rule compare: base vs density vs uniform side by side (JSON + PNG)."""
-    from density_grpo.io import read_json
-    from density_grpo.plots import plot_diversity
-
-    results = {r["model"]: r for r in map(read_json, input["evals"])}
-    comparison = compare(results)
-    write_json(comparison, output["json"])
-    plot_diversity(comparison, output["png"])
+    e = params["eval"]
+    _, pool = holdout_split(pd.read_parquet(input["prompts"]), e["pool"], params["seed"])
+    weights = pd.read_parquet(input["weights"]).set_index("prompt_id")["weight"]
+    chosen = stratified_eval(pool, weights, e["prompts"], e["rare_fraction"], e["rare_quantile"], params["seed"])
+    result = evaluate_policy(input["policy"], input["base"], chosen["text"].tolist(), params, input["rm"], params["sets"])
+    with atomic_path(output["embeddings"]) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, embeddings=result.pop("embeddings"))
+    write_json(
+        {
+            "model": params["name"],
+            "prompt_ids": chosen["prompt_id"].tolist(),
+            "prompts": chosen["text"].tolist(),
+            "strata": chosen["stratum"].tolist(),
+            "samples": e["samples"],
+            "sets": params["sets"],
+            "max_new_tokens": e["max_new_tokens"],
+            "temperature": e["temperature"],
+            "seed": params["seed"],
+            "embedding": "base model, mean-pooled last hidden state",
+            **result,
+        },
+        output["eval"],
+    )

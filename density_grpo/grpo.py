@@ -270,9 +270,110 @@ def make_self_certainty_reward(
 
 
 # -----------------------------------------------------------------------------
+# collapse curves
+
+
+@torch.no_grad()
+def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int, token_chunk: int = 256) -> torch.Tensor:
+    """log p(token) of the last `n_completion` positions of each row, (B, n_completion) float32.
+
+    Through the backbone's hidden states and the LM head in chunks of `token_chunk` positions, so the B x T x V
+    logits never exist (as `self_certainty`).
+    """
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
+    hidden = model.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
+    ).last_hidden_state
+    h = hidden[:, -n_completion - 1 : -1]  # position t predicts token t + 1
+    targets = input_ids[:, -n_completion:]
+    flat_h, flat_t = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+    out = torch.empty(flat_t.shape, dtype=torch.float32, device=input_ids.device)
+    head = model.get_output_embeddings()
+    for start in range(0, flat_t.numel(), token_chunk):
+        z = head(flat_h[start : start + token_chunk]).float()
+        out[start : start + token_chunk] = z.gather(1, flat_t[start : start + token_chunk, None])[:, 0] - torch.logsumexp(z, -1)
+    return out.view_as(targets)
+
+
+class CollapseCurves(TrainerCallback):
+    """Every `every` optimizer steps (and at step 0): sample completions of a fixed set of held-out prompts with the
+    current policy and record their reward, lexical diversity, length and KL to the base policy, and keep their
+    embeddings (base model, mean-pooled last hidden state) for the diversity measured later in one shared space.
+
+    KL(policy || base) per token is estimated on the policy's own samples: mean over completion tokens of
+    log p_policy(y_t) - log p_base(y_t). Sampling uses the same seed at every point (common random numbers), so the
+    step-0 point is identical for every run.
+    """
+
+    def __init__(
+        self, prompts: list[str], tokenizer, base, reward_func, embedder, every: int, samples: int,
+        max_new_tokens: int, temperature: float, seed: int, autocast: dict,
+    ):  # fmt: skip
+        self.prompts, self.tok, self.base, self.reward_func, self.embedder = prompts, tokenizer, base, reward_func, embedder
+        self.every, self.samples, self.max_new_tokens, self.temperature = every, samples, max_new_tokens, temperature
+        self.seed, self.autocast = seed, autocast
+        self.rows: list[dict] = []
+        self.embeddings: list[np.ndarray] = []  # (prompts, samples, dim) per point
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.measure(0, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self.measure(state.global_step, model)
+
+    def measure(self, step: int, model) -> None:
+        from density_grpo.evaluate import cut_at, distinct_n
+        from density_grpo.pairs import HUMAN_TAG
+
+        t0 = time.perf_counter()
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        side, self.tok.padding_side = self.tok.padding_side, "left"
+        try:
+            enc = self.tok(self.prompts, return_tensors="pt", padding=True).to(device)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.autocast(**self.autocast):
+                torch.manual_seed(self.seed)
+                seqs = model.generate(
+                    **enc, do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0,
+                    max_new_tokens=self.max_new_tokens, num_return_sequences=self.samples,
+                    pad_token_id=self.tok.pad_token_id, eos_token_id=eos_token_ids(model, self.tok),
+                )  # fmt: skip
+                attention = enc["attention_mask"].repeat_interleave(self.samples, 0)
+                completion = seqs[:, enc["input_ids"].shape[1] :]
+                done = torch.zeros(len(completion), dtype=torch.bool, device=device)
+                keep = torch.ones_like(completion, dtype=torch.bool)
+                for j in range(completion.shape[1]):  # tokens up to and including the first EOS
+                    keep[:, j] = ~done
+                    done |= torch.isin(completion[:, j], torch.tensor(eos_token_ids(model, self.tok), device=device))
+                mask = torch.cat([attention, keep.long()], 1)
+                lp = completion_logprobs(model, seqs, mask, completion.shape[1])
+                lb = completion_logprobs(self.base, seqs, mask, completion.shape[1])
+            kl = float(((lp - lb) * keep).sum() / keep.sum().clamp(min=1))
+        finally:
+            self.tok.padding_side = side
+            model.train(was_training)
+        texts = [cut_at(t, HUMAN_TAG) for t in self.tok.batch_decode(completion, skip_special_tokens=True)]
+        prompts = [p for p in self.prompts for _ in range(self.samples)]
+        rewards = self.reward_func(prompts=prompts, completions=texts, completion_ids=completion.tolist())
+        groups = [texts[i : i + self.samples] for i in range(0, len(texts), self.samples)]
+        self.embeddings.append(self.embedder.embed(texts, progress=False).reshape(len(groups), self.samples, -1))
+        self.rows.append({
+            "step": step,
+            "reward_mean": float(np.mean(rewards)),
+            "kl_to_base": kl,
+            "length_tokens": float(keep.sum(1).float().mean()),
+            "distinct_1_within": float(np.mean([distinct_n(g, 1) for g in groups])),
+            "distinct_2_within": float(np.mean([distinct_n(g, 2) for g in groups])),
+            "distinct_2_across": distinct_n(texts, 2),
+            "wall_s": time.perf_counter() - t0,
+        })  # fmt: skip
+        log.info("curve point at step %d: reward %.3f, KL to base %.4f", step, self.rows[-1]["reward_mean"], kl)
+
+
+# -----------------------------------------------------------------------------
 # training
-
-
 
 
 class StepMetrics(TrainerCallback):
@@ -296,13 +397,13 @@ class StepMetrics(TrainerCallback):
             self.rows.append(row)
 
 
-def grpo_config(params: dict, output_dir: str, device: torch.device, dtype: torch.dtype) -> GRPOConfig:
+def grpo_config(params: dict, output_dir: str, device: torch.device) -> GRPOConfig:
     """trl.GRPOConfig from the `grpo` params: each optimizer step = prompts_per_step prompts x num_generations."""
     from density_grpo.training import trainer_args
 
     g = params["grpo"]
     return trainer_args(
-        GRPOConfig, output_dir, device, dtype, params["seed"], g["gradient_checkpointing"],
+        GRPOConfig, output_dir, device, params["train_precision"], params["seed"], g["gradient_checkpointing"],
         max_steps=g["steps"],
         # one generation per optimizer step, no accumulation: per_device_train_batch_size = generation batch
         per_device_train_batch_size=g["prompts_per_step"] * g["num_generations"],
@@ -320,47 +421,54 @@ def grpo_config(params: dict, output_dir: str, device: torch.device, dtype: torc
 
 
 def predict(model_cfg: dict, params: dict, prompt_tokens: int, device: str) -> dict:
-    """Peak memory of one GRPO step: policy weights + grads + AdamW, the larger of training activations + logits and
-    the generation KV cache, plus the reward model (rm) or the chunked self-certainty logits."""
+    """Peak memory of one GRPO step: fp32 policy weights + grads + AdamW, the larger of training activations + logits
+    and the generation KV cache, the frozen base model (KL and embeddings of the collapse curves), plus the reward
+    model (rm) or the chunked self-certainty logits."""
     g = params["grpo"]
-    prec = memory.precision_key(params["dtype"])
+    infer = memory.precision_key(params["dtype"])
+    act = memory.precision_key(params["train_precision"])
     B = g["prompts_per_step"] * g["num_generations"]
     C = g["max_completion_length"]
     S = prompt_tokens + C
     n_params = memory.param_count(model_cfg)
     V = memory.dims(model_cfg)["V"]
-    train_prec = "fp32" if prec == "fp16" else prec  # fp16 trains as autocast over fp32 weights
-    tc = memory.training_components(model_cfg, B, S, train_prec, "adamw", g["gradient_checkpointing"], C, prec)
-    gen = memory.kv_cache_bytes(model_cfg, B, S, prec) + B * V * 4
+    tc = memory.training_components(model_cfg, B, S, "fp32", "adamw", g["gradient_checkpointing"], C, act)
+    gen = memory.kv_cache_bytes(model_cfg, B, S, act) + B * V * 4
     train = tc["activations"] + tc["logits"]
     c = {**memory.baseline("trl", device), **{k: tc[k] for k in ("weights", "grads", "optimizer")}}
     c["max(train activations + logits, generation KV cache)"] = max(train, gen)
+    c["base model (curves)"] = memory.weights_bytes(n_params, infer)
     if g["beta"] > 0:
-        c["reference"] = memory.weights_bytes(n_params, prec)
+        c["reference"] = memory.weights_bytes(n_params, infer)
     if g["reward"] == "rm":
-        c["reward_model"] = memory.weights_bytes(n_params, prec) + memory.inference_activation_bytes(model_cfg, min(B, RM_BATCH), S, prec)
+        c["reward_model"] = memory.weights_bytes(n_params, infer) + memory.inference_activation_bytes(model_cfg, min(B, RM_BATCH), S, infer)
     else:
         c["self_certainty_logits"] = memory.grpo_logits_bytes(B, C, V, g["token_chunk"])
     return memory.prediction(
-        device, c, "baseline + weights + grads + AdamW + max(train activations + logits, KV cache) + reward model or chunked self-certainty",
-        "grpo.prompts_per_step (or grpo.num_generations, grpo.max_completion_length, model.dtype, grpo.gradient_checkpointing)",
+        device, c, "baseline + fp32 weights + grads + AdamW + max(train activations + logits, KV cache) + base model + reward model or chunked self-certainty",
+        "grpo.prompts_per_step (or grpo.num_generations, grpo.max_completion_length, grpo.gradient_checkpointing)",
         batch=B, seq=S, completion=C,
     )  # fmt: skip
 
 
 def train_grpo(
-    model_dir: str, prompts: pd.DataFrame, weights: np.ndarray | None, params: dict, out_model: str, rm_dir: str | None = None
-) -> tuple[dict, list[dict], pd.DataFrame]:
-    """Train one GRPO policy from `model_dir`, save it to `out_model` atomically; return (summary, step rows, draws).
+    model_dir: str, prompts: pd.DataFrame, weights: np.ndarray | None, params: dict, out_model: str,
+    rm_dir: str | None = None, curve_prompts: list[str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Train one GRPO policy from `model_dir`, save it to `out_model` atomically.
 
-    prompts: the training prompts (prompt_id, text; held-out eval prompts already removed). weights: aligned with
-    `prompts` rows (density arm), or None for the uniform arm. params: grpo, seed, device, dtype (planned strings)
-    and, for the rm reward, rm.max_length. Step rows: one per optimizer step; draws: prompt_id, draws.
+    prompts: the training prompts (prompt_id, text; held-out prompts already removed). weights: aligned with
+    `prompts` rows (density arm), or None for the uniform arm. params: the grpo rule's params (grpo, seed,
+    train_precision, device, dtype, eval (pool, every, curve_prompts, curve_samples), split_seed, rm.max_length for
+    the rm reward). curve_prompts: the held-out prompts of the collapse curves (None: no curves). The policy
+    trains in fp32 master weights (autocast in train_precision); the base model, the reward model and the curves'
+    embeddings run in `dtype`. Returns summary, step rows, draws (prompt_id, draws), curve rows and curve embeddings.
     """
     from datasets import Dataset
     from transformers import set_seed
 
     from density_grpo.device import torch_device, torch_dtype
+    from density_grpo.embed import Embedder
     from density_grpo.models import load_causal_lm
     from density_grpo.monitor import expect
 
@@ -379,8 +487,7 @@ def train_grpo(
     device = torch_device(params["device"])
     dtype = torch_dtype(params["dtype"], device)
     set_seed(params["seed"])
-    # fp16 trains as autocast over fp32 master weights (the grad scaler refuses fp16 params); bf16 as bf16 params
-    model, tokenizer = load_causal_lm(model_dir, torch.float32 if dtype == torch.float16 else dtype, device)
+    model, tokenizer = load_causal_lm(model_dir, torch.float32, device)  # fp32 master weights
     set_pad_token(tokenizer, model)
     longest = max(len(x) for x in tokenizer(prompts["text"].astype(str).tolist())["input_ids"])
     expect(predict(memory.model_config(model_dir), params, longest, params["device"]))
@@ -390,14 +497,28 @@ def train_grpo(
         reward_func = make_self_certainty_reward(model, tokenizer, g["token_chunk"], g["temperature"])
 
     metrics = StepMetrics()
+    callbacks: list[TrainerCallback] = [metrics]
+    curves = None
+    if curve_prompts:
+        base, base_tok = load_causal_lm(model_dir, dtype, device)
+        base.requires_grad_(False)
+        e, C = params["eval"], g["max_completion_length"]
+        embedder = Embedder(base, base_tok, source="hidden", layer=-1, max_length=4 * C, batch_tokens=4096)
+        tp = params["train_precision"]
+        autocast = {"device_type": device.type, "dtype": torch.float16 if tp == "fp16" else torch.bfloat16, "enabled": tp != "fp32"}
+        curves = CollapseCurves(
+            curve_prompts, tokenizer, base, reward_func, embedder, e["every"], e["curve_samples"], C, g["temperature"],
+            params["split_seed"], autocast,
+        )  # fmt: skip
+        callbacks.append(curves)
     with tempfile.TemporaryDirectory() as trainer_dir:  # the Trainer's own output_dir: nothing kept from it
         trainer = WeightedGRPOTrainer(
             model=model,
             reward_funcs=reward_func,
-            args=grpo_config(params, trainer_dir, device, dtype),
+            args=grpo_config(params, trainer_dir, device),
             train_dataset=Dataset.from_dict({"prompt": prompts["text"].astype(str).tolist()}),
             processing_class=tokenizer,
-            callbacks=[metrics],
+            callbacks=callbacks,
             prompt_weights=weights,
         )
         trainer.train()
@@ -413,6 +534,7 @@ def train_grpo(
     rewards = [r["reward"] for r in metrics.rows if r["reward"] is not None]
     summary = {
         "reward": reward,
+        "seed": params["seed"],
         "steps": len(metrics.rows),
         "wall_s": wall_s,
         "final_reward": rewards[-1] if rewards else None,
@@ -421,16 +543,26 @@ def train_grpo(
         "n_draws": int(counts.sum()),
         "unique_prompts_drawn": int((counts > 0).sum()),
     }
-    log.info("GRPO (%s reward): %d steps in %.1fs, final reward %s", reward, summary["steps"], wall_s, summary["final_reward"])
-    return summary, metrics.rows, draws
+    log.info("GRPO (%s reward, seed %d): %d steps in %.1fs, final reward %s", reward, params["seed"], summary["steps"], wall_s, summary["final_reward"])
+    return {
+        "summary": summary,
+        "rows": metrics.rows,
+        "draws": draws,
+        "curves": curves.rows if curves else [],
+        "curve_embeddings": np.stack(curves.embeddings) if curves else np.zeros((0, 0, 0, 0), np.float32),
+    }
 
 
 def run(input: dict, output: dict, params: dict) -> dict:
-    """Rule grpo: one policy per sampler; the density arm draws training prompts by weight, uniform uniformly."""
-    from density_grpo.io import write_parquet
-    from density_grpo.pairs import eval_split
+    """Rule grpo: one policy per arm and seed; the density arm draws training prompts by weight, uniform uniformly.
 
-    prompts, _ = eval_split(pd.read_parquet(input["prompts"]), params["eval"]["prompts"], params["seed"])
+    The held-out pool (eval.pool prompts, by a seeded hash, independent of the weights) is never trained on; the
+    collapse curves sample its first eval.curve_prompts prompts.
+    """
+    from density_grpo.io import write_parquet
+    from density_grpo.pairs import holdout_split
+
+    prompts, pool = holdout_split(pd.read_parquet(input["prompts"]), params["eval"]["pool"], params["split_seed"])
     weights = None
     if "weights" in input:
         w = pd.read_parquet(input["weights"]).set_index("prompt_id")["weight"]
@@ -439,8 +571,15 @@ def run(input: dict, output: dict, params: dict) -> dict:
             raise UserError(f"{input['weights']}: no weight for {int(missing.sum())} prompts (rerun the weights rule)")
         weights = w.loc[prompts["prompt_id"]].to_numpy(dtype="float64")
         weights = weights / weights.sum()  # renormalised over the training prompts (held-out ones removed)
-    summary, rows, draws = train_grpo(input["model"], prompts, weights, params, output["model"], input.get("rm"))
+    curve = pool.head(params["eval"]["curve_prompts"])
+    out = train_grpo(input["model"], prompts, weights, params, output["model"], input.get("rm"), curve["text"].tolist())
     with atomic_path(output["metrics"]) as tmp:
-        tmp.write_text("".join(json.dumps(row, default=float) + "\n" for row in rows))
-    write_parquet(draws, output["draws"])
-    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
+        tmp.write_text("".join(json.dumps(row, default=float) + "\n" for row in out["rows"]))
+    with atomic_path(output["curves"]) as tmp:
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in out["curves"]))
+    with atomic_path(output["curve_embeddings"]) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, embeddings=out["curve_embeddings"], steps=np.array([r["step"] for r in out["curves"]]),
+                     prompt_ids=curve["prompt_id"].to_numpy(dtype=str))  # fmt: skip
+    write_parquet(out["draws"], output["draws"])
+    return {k: v for k, v in out["summary"].items() if isinstance(v, (int, float, str))}

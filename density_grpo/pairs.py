@@ -262,17 +262,46 @@ def unique_prompts(pairs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def eval_split(prompts: pd.DataFrame, n_eval: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split prompts into (train, held_out): the `n_eval` prompts with the smallest seeded hash of their id.
+def _hash_order(prompt_ids: pd.Series, seed: int) -> pd.Index:
+    """Row labels ordered by a seeded hash of the prompt id: independent of row order, stable when data is appended."""
+    keys = prompt_ids.map(lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+    return keys.sort_values(kind="stable").index
 
-    Hash-based, so the choice does not depend on row order and training never sees a held-out prompt.
+
+def holdout_split(prompts: pd.DataFrame, n_pool: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, pool): the `n_pool` prompts with the smallest seeded hash of their id are held out, never trained on.
+
+    The pool does not depend on the density weights, so both arms train on the same prompts whatever k-NN settings
+    are used, and the uniform arm never reruns when only the weights change. Pool rows come in hash order.
     """
-    if n_eval >= len(prompts):
-        raise UserError(f"config key eval.prompts: {n_eval} held-out prompts leave none of {len(prompts)} for training")
-    keys = prompts["prompt_id"].map(lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
-    held = keys.sort_values(kind="stable").index[:n_eval]
+    if n_pool >= len(prompts):
+        raise UserError(f"config key eval.pool: {n_pool} held-out prompts leave none of {len(prompts)} for training")
+    held = _hash_order(prompts["prompt_id"], seed)[:n_pool]
     mask = prompts.index.isin(held)
-    return prompts[~mask].reset_index(drop=True), prompts[mask].reset_index(drop=True)
+    return prompts[~mask].reset_index(drop=True), prompts.loc[held].reset_index(drop=True)
+
+
+def stratified_eval(
+    pool: pd.DataFrame, weights: pd.Series, n: int, rare_fraction: float, rare_quantile: float, seed: int
+) -> pd.DataFrame:
+    """The evaluated prompts: `n` from the held-out pool, `rare_fraction` of them from the rare stratum.
+
+    weights: the density weight of every prompt (indexed by prompt_id); the rare stratum is the top `rare_quantile`
+    of all prompts' weights, the rest is dense. Within a stratum prompts are taken in seeded hash order; a stratum
+    with too few pool prompts is filled from the other. Returns pool rows with a `stratum` column.
+    """
+    if n > len(pool):
+        raise UserError(f"config key eval.prompts: {n} evaluated prompts but the held-out pool (eval.pool) has {len(pool)}")
+    cut = weights.quantile(1.0 - rare_quantile)
+    stratum = pool["prompt_id"].map(weights).ge(cut).map({True: "rare", False: "dense"})
+    pool = pool.assign(stratum=stratum.to_numpy())
+    order = _hash_order(pool["prompt_id"], seed + 1)
+    rare = [i for i in order if pool.at[i, "stratum"] == "rare"]
+    dense = [i for i in order if pool.at[i, "stratum"] == "dense"]
+    n_rare = min(len(rare), round(rare_fraction * n))
+    n_dense = min(len(dense), n - n_rare)
+    n_rare = n - n_dense  # fill from the other stratum when one runs short
+    return pool.loc[rare[:n_rare] + dense[:n_dense]].reset_index(drop=True)
 
 
 def topic_groups(topics: pd.Series) -> dict[str, str] | None:

@@ -163,21 +163,21 @@ def plot_weights_by_topic(w: pd.DataFrame | None, path: str | Path) -> None:
 
 
 def plot_grpo_rewards(grpo: dict[str, list[dict]], path: str | Path) -> None:
-    """Per GRPO arm: reward (± reward_std), mean completion length and step time against the step."""
-    arms = {s: rows for s, rows in grpo.items() if rows}
-    if not arms:
-        return _placeholder(path, "GRPO training curves", "no grpo/{sampler}/metrics.jsonl")
+    """Per GRPO run ("arm/seedN", coloured by arm): reward (± reward_std), mean completion length and step time."""
     plt = _plt()
     panels = [("reward", "mean reward"), ("completions/mean_length", "mean completion length (tokens)"), ("step_wall_s", "step wall time (s)")]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for s, rows in arms.items():
+    styles: dict[str, int] = {}
+    for s, rows in grpo.items():
         df = pd.DataFrame(rows)
-        step = df["step"] if "step" in df else pd.Series(range(1, len(df) + 1))
-        color = MODEL_COLORS.get(s)
+        step = df["step"]
+        arm = s.split("/")[0]
+        styles[arm] = styles.get(arm, -1) + 1  # seeds of one arm: one colour, different line styles
+        color, style = MODEL_COLORS.get(arm), ["-", "--", ":", "-."][styles[arm] % 4]
         for ax, (key, _) in zip(axes, panels):
             if key in df and df[key].notna().any():
                 y = pd.to_numeric(df[key], errors="coerce")
-                ax.plot(step, y, marker="o", markersize=3, label=s, color=color)
+                ax.plot(step, y, marker="o", markersize=3, label=s, color=color, linestyle=style)
                 if key == "reward" and "reward_std" in df and df["reward_std"].notna().any():
                     sd = pd.to_numeric(df["reward_std"], errors="coerce")
                     ax.fill_between(step, y - sd, y + sd, alpha=0.15, color=color)
@@ -186,17 +186,19 @@ def plot_grpo_rewards(grpo: dict[str, list[dict]], path: str | Path) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0].set_title("Reward per GRPO arm (band: ± within-step std)")
+    axes[0].set_title("Reward per GRPO run (band: ± within-step std)")
     axes[1].set_title("Completion length")
     axes[2].set_title("Step time")
     _save(fig, path)
 
 
-def plot_draws_vs_weight(draws: dict[str, pd.DataFrame | None], w: pd.DataFrame | None, path: str | Path) -> None:
-    """Mean draws per prompt in bins of n x weight, per arm, against what each sampler should give."""
-    arms = {s: d for s, d in draws.items() if d is not None and not d.empty}
-    if not arms or w is None:
-        return _placeholder(path, "Prompt draws vs density weight", "no grpo/{sampler}/draws.parquet" if not arms else "no weights.parquet")
+def plot_draws_vs_weight(draws: dict[str, pd.DataFrame], w: pd.DataFrame, path: str | Path) -> None:
+    """Mean draws per prompt in bins of n x weight, per arm (its seeds' draws summed), against what each sampler
+    should give."""
+    arms: dict[str, pd.DataFrame] = {}
+    for run, d in draws.items():
+        arm = run.split("/")[0]
+        arms[arm] = d if arm not in arms else pd.concat([arms[arm], d]).groupby("prompt_id", as_index=False)["draws"].sum()
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.8))
     n_bins = int(min(8, max(1, len(w) // 5)))
@@ -220,31 +222,89 @@ def plot_draws_vs_weight(draws: dict[str, pd.DataFrame | None], w: pd.DataFrame 
     _save(fig, path)
 
 
-def plot_diversity(comparison: dict | None, path: str | Path) -> None:
-    """Small multiples: one bar chart per metric, a bar per model (base, density, uniform)."""
-    if not comparison or not comparison.get("metrics"):
-        return _placeholder(path, "Diversity comparison", "no eval/comparison.json")
+DIVERSITY_PANELS = ("distinct_2_within", "vendi_within", "vendi_across", "cosine_across", "reward_mean")
+
+
+def _ci_err(value: float, ci: dict) -> list[list[float]]:
+    return [[value - ci["lo"]], [ci["hi"] - value]]
+
+
+def plot_diversity(comparison: dict, path: str | Path) -> None:
+    """Top row: each model's value per metric (arms: mean over seeds, small dots: single seeds). Bottom row: density - uniform
+    with its 95% bootstrap interval, over all evaluated prompts and per stratum, against the base model's noise floor
+    (grey band: the interval of base vs base)."""
     plt = _plt()
-    names = comparison["models"]
-    keys = [(k, comparison["labels"][k]) for k in DIVERSITY_KEYS if k in comparison["metrics"]]
-    ncols = 5
-    nrows = math.ceil(len(keys) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, 3.2 * nrows), squeeze=False)
-    for ax in axes.flat[len(keys) :]:
-        ax.axis("off")
-    for ax, (key, label) in zip(axes.flat, keys):
-        row = comparison["metrics"][key]
-        vals = [row.get(n) for n in names]
-        bars = ax.bar(names, [v or 0 for v in vals], color=[MODEL_COLORS.get(n, "#2ca02c") for n in names])
-        for b, v in zip(bars, vals):
-            neg = v is not None and v < 0
-            ax.annotate("n/a" if v is None else f"{v:.3g}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="top" if neg else "bottom", fontsize=8, xytext=(0, -2 if neg else 1), textcoords="offset points")
-        if any(v is not None and v < 0 for v in vals):
-            ax.axhline(0, color="black", linewidth=0.8)
-        diff = row.get("density_minus_uniform")
-        ax.set_title(label if diff is None else f"{label}\ndensity − uniform = {diff:+.3g}", fontsize=10)
-        ax.tick_params(axis="x", labelsize=8)
-        ax.margins(y=0.15)
-    fig.suptitle(f"Completion diversity, {comparison.get('n_prompts')} held-out prompts × {comparison.get('samples')} samples (higher = more diverse)")
+    keys = [k for k in DIVERSITY_PANELS if k in comparison["metrics"]]
+    fig, axes = plt.subplots(2, len(keys), figsize=(3.3 * len(keys), 7.2), squeeze=False)
+    for col, key in enumerate(keys):
+        m = comparison["metrics"][key]
+        ax = axes[0, col]
+        names = list(m["values"])
+        for i, n in enumerate(names):
+            color = MODEL_COLORS.get(n, "#2ca02c")
+            ax.scatter([i], [m["values"][n]], color=color, s=90, zorder=3, marker="D")
+            if n in m["per_seed"]:
+                ax.scatter([i + 0.12] * len(m["per_seed"][n]), m["per_seed"][n], color=color, s=14, alpha=0.7, zorder=2)
+            ax.annotate(f"{m['values'][n]:.3g}", (i, m["values"][n]), ha="right", va="center", fontsize=8, xytext=(-8, 0), textcoords="offset points")
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_xlim(-0.7, len(names) - 0.3)
+        ax.margins(y=0.25)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_title(m["label"], fontsize=9)
+        ax = axes[1, col]
+        rows = [("all", m)] + [(s, m["strata"][s]) for s in ("rare", "dense") if s in m["strata"]]
+        rows = [(label, r) for label, r in rows if "density_minus_uniform" in r]
+        for i, (label, r) in enumerate(rows):
+            d = r["density_minus_uniform"]
+            color = "#1f77b4" if d["excludes_zero"] else "#7f7f7f"
+            ax.errorbar([i], [d["diff"]], yerr=_ci_err(d["diff"], d), fmt="o", color=color, capsize=5, linewidth=2)
+            if "noise_floor" in r:
+                nf = r["noise_floor"]
+                ax.add_patch(plt.Rectangle((i - 0.3, nf["lo"]), 0.6, nf["hi"] - nf["lo"], color="#cccccc", alpha=0.6, zorder=0))
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(rows)), [f"{label}\n(n={comparison['n_prompts'] if label == 'all' else comparison['strata'][label]})" for label, _ in rows], fontsize=8)
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+        ax.set_title("density − uniform, 95% CI", fontsize=9)
+    axes[1, 0].set_ylabel("difference (grey: base vs base noise floor)")
+    seeds = comparison["seeds"]
+    fig.suptitle(
+        f"Diversity of completions on {comparison['n_prompts']} held-out prompts × {comparison['samples']} samples "
+        f"({', '.join(f'{a}: {len(s)} seeds' for a, s in seeds.items() if s)}); higher = less mode collapse.\n"
+        "Top: diamond = model (arms: mean over seeds), dots = single seeds. Bottom: blue interval excludes 0, "
+        "grey includes 0 (no evidence of a difference).",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_curves(comparison: dict, path: str | Path) -> None:
+    """Collapse curves per arm (line: mean over seeds, band: min-max over seeds): diversity, reward and KL to the base
+    policy against the step, and diversity against reward (the diversity-reward frontier)."""
+    plt = _plt()
+    curves = comparison["curves"]
+    panels = [("step", "vendi_within"), ("step", "reward_mean"), ("step", "kl_to_base"), ("reward_mean", "vendi_within")]
+    labels = {"step": "GRPO step", "vendi_within": "Vendi within prompt (centred)", "reward_mean": "mean reward", "kl_to_base": "KL(policy || base) per token"}
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+    for ax, (x, y) in zip(axes, panels):
+        for arm, runs in curves.items():
+            color = MODEL_COLORS.get(arm)
+            steps = sorted({p["step"] for pts in runs.values() for p in pts})
+            by_step = {st: [p for pts in runs.values() for p in pts if p["step"] == st] for st in steps}
+            xs = [np.mean([p[x] for p in by_step[st]]) for st in steps]
+            ys = np.array([[p[y] for p in by_step[st]] for st in steps], dtype=object)
+            mean = [np.mean(v) for v in ys]
+            ax.plot(xs, mean, marker="o", color=color, label=f"{arm} ({len(runs)} seeds)")
+            if x == "step":
+                ax.fill_between(xs, [np.min(v) for v in ys], [np.max(v) for v in ys], color=color, alpha=0.18)
+            else:
+                for pts in runs.values():
+                    ax.plot([p[x] for p in pts], [p[y] for p in pts], color=color, alpha=0.35, linewidth=0.8)
+        ax.set_xlabel(labels[x])
+        ax.set_ylabel(labels[y])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[3].set_title("diversity-reward frontier (thin: single seeds)", fontsize=9)
+    axes[0].set_title("collapse: diversity over training (band: seeds)", fontsize=9)
     fig.tight_layout()
     _save(fig, path)

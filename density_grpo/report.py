@@ -30,16 +30,8 @@ PLOTS = {
     "grpo_rewards": "grpo_rewards.png",
     "draws_vs_weight": "draws_vs_weight.png",
     "diversity": "diversity.png",
+    "curves": "curves.png",
 }
-DIVERSITY_LABELS = {
-    "distinct_1_within": "distinct-1 within", "distinct_2_within": "distinct-2 within",
-    "cosine_distance_within": "cosine dist. within", "vendi_within": "Vendi within",
-    "distinct_1_across": "distinct-1 across", "distinct_2_across": "distinct-2 across",
-    "cosine_distance_across": "cosine dist. across", "vendi_across": "Vendi across",
-    "reward_mean": "mean RM reward", "length_tokens": "mean length (tokens)",
-}  # fmt: skip
-
-
 # -----------------------------------------------------------------------------
 # reading the declared inputs
 
@@ -296,6 +288,62 @@ def memory_md(m: dict) -> list[str]:
     return lines
 
 
+def _ci(c: dict) -> str:
+    return f"{c['diff']:+.3g} [{c['lo']:+.3g}, {c['hi']:+.3g}]"
+
+
+def verdict(label: str, m: dict) -> str:
+    """One sentence: the density - uniform difference, its interval, whether it excludes zero, and the noise floor."""
+    d = m["density_minus_uniform"]
+    if d["excludes_zero"]:
+        what = f"the interval excludes zero: density is {'higher' if d['diff'] > 0 else 'lower'} than uniform"
+    else:
+        what = "the interval includes zero: no evidence of a difference"
+    nf = f" Base vs base (noise floor): {_ci(m['noise_floor'])}." if "noise_floor" in m else ""
+    return f"- **{label}**: density − uniform = {_ci(d)} (95% CI); {what}.{nf}"
+
+
+def diversity_md(comp: dict) -> list[str]:
+    """The experiment's answer: per metric the models' values, density - uniform with its interval and the noise
+    floor; per stratum; one sentence per headline metric; the collapse curves at matched reward and KL."""
+    has_arms = "density_minus_uniform" in comp["metrics"]["vendi_within"]
+    seeds = ", ".join(f"{a}: seeds {s}" for a, s in comp["seeds"].items() if s)
+    lines = [
+        "## Diversity (held-out prompts)",
+        "",
+        f"{comp['n_prompts']} held-out prompts never trained on ({comp['strata']['rare']} rare, {comp['strata']['dense']} dense "
+        f"by density weight) × {comp['samples']} samples per model; {seeds}. Embedding space: {comp['space']}. "
+        f"Intervals: 95% bootstrap ({comp['bootstrap']} resamples; prompts paired across models, seeds resampled). "
+        "Higher diversity = less mode collapse.",
+        "",
+    ]
+    names = [n for n in ("base", "density", "uniform") if n in comp["metrics"]["vendi_within"]["values"]]
+    rows = []
+    for key in comp["order"]:
+        m = comp["metrics"][key]
+        diff = [_ci(m["density_minus_uniform"])] if has_arms else []
+        rows.append([m["label"], *[_f(m["values"][n], ".4g") for n in names], *diff, _ci(m["noise_floor"])])
+    lines.append(_table(["metric", *names, *(["density − uniform [95% CI]"] if has_arms else []), "base − base (noise floor)"], rows))
+    if has_arms:
+        lines += ["", "Per stratum (density − uniform [95% CI]):", ""]
+        strata = [s for s in ("rare", "dense") if s in comp["metrics"]["vendi_within"]["strata"]]
+        lines.append(_table(
+            ["metric", *[f"{s} ({comp['strata'][s]} prompts)" for s in strata]],
+            [[comp["metrics"][k]["label"], *[_ci(comp["metrics"][k]["strata"][s]["density_minus_uniform"]) for s in strata]] for k in comp["headline"]],
+        ))  # fmt: skip
+        lines += ["", "Headline:", ""]
+        lines += [verdict(comp["metrics"][k]["label"], comp["metrics"][k]) for k in comp["headline"]]
+        for x, what in (("reward", "mean reward"), ("kl", "KL to the base policy")):
+            mt = comp["matched"][x]
+            if mt["level"] is None:
+                lines.append(f"- At matched {what}: not available ({mt['note']}).")
+            elif "density_minus_uniform" in mt["vendi_within"]:
+                lines.append(f"- At matched {what} ({mt['level']:.3g}, on the collapse curves): Vendi within, density − uniform = "
+                             f"{_ci(mt['vendi_within']['density_minus_uniform'])} (seeds resampled).")  # fmt: skip
+    lines += ["", f"![diversity]({PLOTS['diversity']}) ![curves]({PLOTS['curves']})", ""]
+    return lines
+
+
 def summary_md(run: str, d: dict, ws: dict, mem: dict) -> list[str]:
     ps = d["prompts_summary"]
     topics = ps["topics"]
@@ -318,33 +366,26 @@ def summary_md(run: str, d: dict, ws: dict, mem: dict) -> list[str]:
     lines += ["", f"![weights]({PLOTS['weights_hist']}) ![by topic]({PLOTS['weights_by_topic']})", "", "## Reward model", ""]
     rm = d["rm"]
     lines.append(
-        f"Held-out accuracy **{_f(rm['eval_accuracy'], '.3f')}** on {_f(rm['n_eval'])} pairs (longer-response baseline "
+        f"Held-out accuracy **{_f(rm['eval_accuracy'], '.3f')}** on {_f(rm['n_eval'])} pairs ({rm['n_eval_dropped_overlap']} held-out "
+        f"pairs dropped because a response also occurs in training; longer-response baseline "
         f"{_f(rm['eval_accuracy_longer_baseline'], '.3f')}), mean margin {_f(rm['eval_margin_mean'], '.3f')}; train loss "
         f"{_f(rm['train_loss_first'], '.3f')} → {_f(rm['train_loss_last'], '.3f')} over {_f(rm['steps'])} steps ({_duration(rm['wall_time_s'])})."
     )
     lines += ["", "## GRPO", ""]
     rows = []
-    for arm, r in d["grpo"].items():
+    for label, r in d["grpo"].items():
         rewards = [x["reward"] for x in r if x["reward"] is not None]
-        steps_s = [x["step_wall_s"] for x in r if x.get("step_wall_s") is not None]
-        dr = d["draws"][arm]
+        steps_s = [x["step_wall_s"] for x in r if x["step_wall_s"] is not None]
+        dr = d["draws"][label]
         rows.append([
-            arm, len(r), _f(rewards[0] if rewards else None, ".3f"), _f(rewards[-1] if rewards else None, ".3f"),
+            label, len(r), _f(rewards[0] if rewards else None, ".3f"), _f(rewards[-1] if rewards else None, ".3f"),
             _f(float(np.mean(rewards)) if rewards else None, ".3f"), f"{int((dr['draws'] > 0).sum())} / {len(dr)}",
             _f(float(np.mean(steps_s)) if steps_s else None, ".1f"),
         ])  # fmt: skip
-    lines.append(_table(["arm", "steps", "first reward", "final reward", "mean reward", "prompts drawn", "s / step"], rows))
-    lines += ["", f"![rewards]({PLOTS['grpo_rewards']}) ![draws]({PLOTS['draws_vs_weight']})", "", "## Diversity (held-out prompts)", ""]
-    comp = d["comparison"]
-    names = comp["models"]
-    has_diff = "density" in names and "uniform" in names
-    rows = []
-    for key, label in DIVERSITY_LABELS.items():
-        row = comp["metrics"][key]
-        rows.append([label, *[_f(row[n], ".4g") for n in names], *([_f(row["density_minus_uniform"], "+.3g")] if has_diff else [])])
-    lines.append(f"{comp['n_prompts']} held-out prompts × {comp['samples']} samples; higher diversity = less mode collapse.\n")
-    lines.append(_table(["metric", *names, *(["density − uniform"] if has_diff else [])], rows))
-    lines += ["", f"![diversity]({PLOTS['diversity']})", "", "## Memory", "", mem["headline"], "", "## Files", ""]
+    lines.append(_table(["run", "steps", "first reward", "final reward", "mean reward", "prompts drawn", "s / step"], rows))
+    lines += ["", f"![rewards]({PLOTS['grpo_rewards']}) ![draws]({PLOTS['draws_vs_weight']})", ""]
+    lines += diversity_md(d["comparison"])
+    lines += ["## Memory", "", mem["headline"], "", "## Files", ""]
     lines += [f"- [{name}]({name})" for name in ("memory.md", "memory.json", *PLOTS.values())]
     return lines
 
@@ -402,17 +443,17 @@ def memory_report(d: dict, params: dict) -> dict:
 def run(input: dict, output: dict, params: dict) -> None:
     """Rule build_reports: summary.md, memory.md, memory.json and the PNG plots from the declared inputs.
 
-    params: run (title), arms (labels of the grpo/draws inputs, in order), device, dtype, warn_fraction and the
+    params: run (title), runs (labels "arm/seedN" of the grpo/draws inputs, in order), device, dtype, warn_fraction and the
     config the reference tables need (embed.chunk_size/batch_tokens, the knn section, the GRPO batch shape).
     """
-    arms = params["arms"]
+    runs = params["runs"]
     d = {
         "prompts_summary": read_json(input["prompts_summary"]),
         "model": read_json(input["model"]),
         "meta": read_json(input["meta"]),
         "rm": read_json(input["rm"]),
-        "grpo": dict(zip(arms, map(_jsonl, input["grpo"]))),
-        "draws": dict(zip(arms, map(pd.read_parquet, input["draws"]))),
+        "grpo": dict(zip(runs, map(_jsonl, input["grpo"]))),
+        "draws": dict(zip(runs, map(pd.read_parquet, input["draws"]))),
         "comparison": read_json(input["comparison"]),
         "memory": [read_json(p) for p in input["memory"]],
         "bench": [_bench(p) for p in input["bench"]],
@@ -428,6 +469,7 @@ def run(input: dict, output: dict, params: dict) -> None:
     plots.plot_grpo_rewards(d["grpo"], out["grpo_rewards"])
     plots.plot_draws_vs_weight(d["draws"], w, out["draws_vs_weight"])
     plots.plot_diversity(d["comparison"], out["diversity"])
+    plots.plot_curves(d["comparison"], out["curves"])
     write_json(mem, out["memory_json"])
     _write(out["memory_md"], memory_md(mem))
     _write(out["summary"], summary_md(params["run"], d, weights_summary(d["meta"], w), mem))

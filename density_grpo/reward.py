@@ -52,21 +52,22 @@ def freeze_lower_layers(model, train_layers: int | None) -> None:
         backbone.norm.requires_grad_(True)
 
 
-def split_by_prompt(pairs: pd.DataFrame, eval_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, held_out) pairs: whole prompts are held out (a seeded hash of the prompt id picks them)."""
-    from density_grpo.pairs import eval_split, unique_prompts
+def split_by_prompt(pairs: pd.DataFrame, eval_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """(train, held_out, n_dropped): whole prompts are held out (a seeded hash of the prompt id picks them), and a
+    held-out pair whose chosen or rejected response also occurs in the training pairs is dropped (counted), so the
+    held-out accuracy measures generalisation, not recall of a response seen in training."""
+    from density_grpo.pairs import holdout_split, unique_prompts
 
-    if not 0 <= eval_fraction < 1:
-        raise UserError(f"config key rm.eval_fraction: must be in [0, 1), got {eval_fraction!r}")
     prompts = unique_prompts(pairs)
-    n_eval = math.ceil(eval_fraction * len(prompts)) if eval_fraction > 0 else 0
-    if n_eval == 0:
-        return pairs.reset_index(drop=True), pairs.iloc[:0]
+    n_eval = math.ceil(eval_fraction * len(prompts))
     if n_eval >= len(prompts):
         raise UserError(f"config key rm.eval_fraction: {eval_fraction} holds out all {len(prompts)} prompts")
-    _, held = eval_split(prompts, n_eval, seed)
-    mask = pairs["prompt"].isin(set(held["text"]))
-    return pairs[~mask].reset_index(drop=True), pairs[mask].reset_index(drop=True)
+    _, held_prompts = holdout_split(prompts, n_eval, seed)
+    mask = pairs["prompt"].isin(set(held_prompts["text"]))
+    train, held = pairs[~mask], pairs[mask]
+    seen = set(train["chosen"].str.strip()) | set(train["rejected"].str.strip())
+    overlap = held["chosen"].str.strip().isin(seen) | held["rejected"].str.strip().isin(seen)
+    return train.reset_index(drop=True), held[~overlap].reset_index(drop=True), int(overlap.sum())
 
 
 @torch.no_grad()
@@ -132,10 +133,10 @@ def _preference_dataset(pairs: pd.DataFrame):
     return Dataset.from_dict({k: pairs[k].astype(str).tolist() for k in ("prompt", "chosen", "rejected")})
 
 
-def predict(model_cfg: dict, rm: dict, seq: int, device: str, dtype: str) -> dict:
+def predict(model_cfg: dict, rm: dict, seq: int, device: str, precision: str) -> dict:
     """Peak memory of one RM training step: batch = 2 x rm.batch_size (chosen + rejected) of `seq` tokens, fp32 weights,
-    grads and AdamW of the trained blocks (rm.train_layers), activations in the autocast dtype."""
-    act = "fp32" if device == "cpu" else memory.precision_key(dtype)
+    grads and AdamW of the trained blocks (rm.train_layers), activations in the autocast precision."""
+    act = memory.precision_key(precision)
     c = memory.training_components(
         model_cfg, 2 * rm["batch_size"], seq, "fp32", "adamw", rm["gradient_checkpointing"], 0, act, rm["train_layers"]
     )
@@ -149,25 +150,24 @@ def predict(model_cfg: dict, rm: dict, seq: int, device: str, dtype: str) -> dic
 def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: dict, out_dir: str) -> dict:
     """Train a Bradley-Terry RM from the base model on `pairs`; write `out_dir` (HF folder + metrics); return metrics.
 
-    params: rm (the rm section), seed, device and dtype (planned strings).
+    params: rm (the rm section), seed, device and train_precision (planned strings).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-    from density_grpo.device import torch_device, torch_dtype
+    from density_grpo.device import torch_device
     from density_grpo.monitor import expect
     from density_grpo.training import trainer_args
 
     t0 = time.perf_counter()
     rm, seed = params["rm"], params["seed"]
     device = torch_device(params["device"])
-    dtype = torch_dtype(params["dtype"], device)
-    train, held = split_by_prompt(pairs, rm["eval_fraction"], seed)
+    train, held, n_overlap = split_by_prompt(pairs, rm["eval_fraction"], seed)
     if train.empty:
         raise UserError("config key rm.eval_fraction: no training pairs left")
 
-    # fp32 master weights; half precision only as CUDA autocast (TRL defaults bf16=True even on CPU)
+    # fp32 master weights; half precision only as autocast (trainer_args)
     set_seed(seed)  # the scalar head is initialised at random
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with suppress_seqcls_warning():
@@ -176,7 +176,7 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: dict, out_di
     freeze_lower_layers(model, rm["train_layers"])
     with tempfile.TemporaryDirectory(prefix="rm-trainer-") as scratch:
         args = trainer_args(
-            RewardConfig, scratch, device, dtype, seed, rm["gradient_checkpointing"],
+            RewardConfig, scratch, device, params["train_precision"], seed, rm["gradient_checkpointing"],
             max_steps=rm["max_steps"], per_device_train_batch_size=rm["batch_size"],
             learning_rate=rm["learning_rate"], max_length=rm["max_length"],
         )  # fmt: skip
@@ -197,7 +197,7 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: dict, out_di
             )
         ds = trainer.train_dataset
         longest = max(max(map(len, ds["chosen_ids"])), max(map(len, ds["rejected_ids"])))
-        expect(predict(memory.model_config(model_dir), rm, longest, params["device"], params["dtype"]))
+        expect(predict(memory.model_config(model_dir), rm, longest, params["device"], params["train_precision"]))
         result = trainer.train()
     model = trainer.model.eval()
 
@@ -208,6 +208,7 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: dict, out_di
         "n_train": n_train,
         "n_train_dropped_too_long": len(train) - n_train,
         "n_eval": len(held),
+        "n_eval_dropped_overlap": n_overlap,
         "n_eval_prompts": int(held["prompt"].nunique()),
         "steps": int(result.global_step),
         "train_loss_first": losses[0] if losses else None,

@@ -1,4 +1,4 @@
-"""What the reward model and GRPO share: TRL trainer arguments from a device, a dtype and a few knobs."""
+"""What the reward model and GRPO share: TRL trainer arguments from a device, a training precision and a few knobs."""
 
 from __future__ import annotations
 
@@ -12,20 +12,20 @@ def checkpointing_key(config_cls) -> str:
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
-def trainer_args(config_cls, output_dir: str, device, dtype, seed: int, gradient_checkpointing: bool, **kwargs: Any):
+def trainer_args(config_cls, output_dir: str, device, precision: str, seed: int, gradient_checkpointing: bool, **kwargs: Any):
     """A TRL config (RewardConfig, GRPOConfig) that logs every step and saves nothing (the stage saves its model).
 
-    Half precision only as CUDA autocast over fp32 weights (TRL defaults bf16=True even on CPU).
+    precision: the planned training precision (device.plan_train_precision): the model's weights and AdamW state
+    stay fp32 (master weights); bf16/fp16 only as autocast (fp16 with a grad scaler). TRL defaults bf16=True even
+    on CPU, so both flags are always set.
     """
-    import torch
-
     cuda = device.type == "cuda"
     return config_cls(
         output_dir=output_dir,
         seed=seed,
         data_seed=seed,
-        bf16=cuda and dtype == torch.bfloat16,
-        fp16=cuda and dtype == torch.float16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         use_cpu=device.type == "cpu",
         dataloader_pin_memory=cuda,
         logging_steps=1,

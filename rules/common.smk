@@ -8,7 +8,7 @@ import os
 import pandas as pd
 import pyarrow.parquet as pq
 
-from density_grpo.device import is_gpu, plan
+from density_grpo.device import is_gpu, plan, plan_train_precision
 from density_grpo.index_plan import choose_index
 from density_grpo.models import model_kind, model_slug
 from density_grpo.pairs import SAMPLE_PATH, texts_hash
@@ -29,17 +29,29 @@ WEIGHTS = f"{RES}/density/weights.parquet"
 WEIGHTS_META = f"{RES}/density/metadata.json"
 RM_MODEL = f"{RES}/rm/model"
 RM_METRICS = f"{RES}/rm/metrics.json"
-GRPO_MODEL = f"{RES}/grpo/{{sampler}}/model"
-GRPO_METRICS = f"{RES}/grpo/{{sampler}}/metrics.jsonl"
-GRPO_DRAWS = f"{RES}/grpo/{{sampler}}/draws.parquet"
+GRPO = f"{RES}/grpo/{{sampler}}/seed{{seed}}"
+GRPO_MODEL = f"{GRPO}/model"
+GRPO_METRICS = f"{GRPO}/metrics.jsonl"
+GRPO_DRAWS = f"{GRPO}/draws.parquet"
+GRPO_CURVES = f"{GRPO}/curves.jsonl"
+GRPO_CURVE_EMB = f"{GRPO}/curves.npz"
 EVAL = f"{RES}/eval/{{model}}.json"
+EVAL_EMB = f"{RES}/eval/{{model}}.npz"
 COMPARISON = f"{RES}/eval/comparison.json"
 COMPARISON_PNG = f"{RES}/eval/comparison.png"
+CURVES_PNG = f"{RES}/eval/curves.png"
 REPORTS = f"{RES}/reports"
 SUMMARY = f"{REPORTS}/summary.md"
 
 SAMPLERS = config["grpo"]["samplers"]
-EVAL_MODELS = ["base", *SAMPLERS]
+SEEDS = config["grpo"]["seeds"]
+RUNS = [(sampler, seed) for sampler in SAMPLERS for seed in SEEDS]  # one GRPO policy per arm and seed
+EVAL_MODELS = ["base", *[f"{sampler}_seed{seed}" for sampler, seed in RUNS]]
+
+
+def runs(pattern):
+    """`pattern` for every GRPO run (arm x seed)."""
+    return [pattern.format(sampler=sampler, seed=seed) for sampler, seed in RUNS]
 
 MODEL_NAME = config["model"]["name_or_path"]
 try:
@@ -50,6 +62,7 @@ MODEL_SLUG = model_slug(MODEL_NAME)
 MODEL_DIR = MODEL_NAME if MODEL_KIND == "local" else f"resources/models/{MODEL_SLUG}"
 
 DEVICE, DTYPE = plan(config["device"], config["model"]["dtype"])
+TRAIN_PRECISION = plan_train_precision(DEVICE)
 GPU = 1 if is_gpu(DEVICE) else 0
 WARN = str(config["memory"]["warn_fraction"])  # a resource: a warning threshold must not rerun anything
 
@@ -150,16 +163,20 @@ def knn_params(wildcards):
 
 
 def _grpo_params():
-    g = {k: v for k, v in config["grpo"].items() if k != "samplers"}  # the arm is the wildcard
+    g = {k: v for k, v in config["grpo"].items() if k not in ("samplers", "seeds")}  # arm and seed: the wildcards
     if g["reward"] != "self_certainty":
         del g["token_chunk"]
-    params = {"grpo": g, "eval": {"prompts": config["eval"]["prompts"]}}
+    params = {"grpo": g, "eval": {k: config["eval"][k] for k in ("pool", "every", "curve_prompts", "curve_samples")}}
     if g["reward"] == "rm":
         params["rm"] = {"max_length": config["rm"]["max_length"]}
     return params
 
 
 GRPO_PARAMS = _grpo_params()
+EVAL_PARAMS = {
+    k: config["eval"][k]
+    for k in ("pool", "prompts", "rare_fraction", "rare_quantile", "samples", "max_new_tokens", "temperature")
+}
 RM_SCORING = {k: config["rm"][k] for k in ("max_length", "batch_size")}
 
 
@@ -174,9 +191,14 @@ def grpo_inputs(wildcards):
 
 
 def eval_inputs(wildcards):
-    """Base model or a policy, scored by the reward model, on the held-out prompts."""
-    policy = MODEL_DIR if wildcards.model == "base" else GRPO_MODEL.format(sampler=wildcards.model)
-    return {"prompts": PROMPTS, "base": ancient(MODEL_DIR), "policy": policy, "rm": RM_MODEL}
+    """Base model or a policy (`{sampler}_seed{seed}`), scored by the reward model, on the evaluated prompts (drawn
+    from the held-out pool stratified by density weight)."""
+    if wildcards.model == "base":
+        policy = MODEL_DIR
+    else:
+        sampler, seed = wildcards.model.split("_seed")
+        policy = GRPO_MODEL.format(sampler=sampler, seed=seed)
+    return {"prompts": PROMPTS, "weights": WEIGHTS, "base": ancient(MODEL_DIR), "policy": policy, "rm": RM_MODEL}
 
 
 # -----------------------------------------------------------------------------
@@ -187,7 +209,8 @@ def report_jobs(wildcards):
     jobs = [("pairs", []), ("unique_prompts", []), ("model_card", [])]
     jobs += [("embed_chunk", [str(i)]) for i in chunk_ids()]
     jobs += [("knn_weights", []), ("reward_model", [])]
-    jobs += [("grpo", [s]) for s in SAMPLERS] + [("evaluate_model", [m]) for m in EVAL_MODELS]
+    jobs += [("grpo", [s, str(k)]) for s, k in RUNS] + [("evaluate_model", [m]) for m in EVAL_MODELS]
+    jobs += [("compare", [])]
     files = [job_files(rule, wc) for rule, wc in jobs]
     if MODEL_KIND != "local":
         files.append((f"resources/models/memory/{MODEL_SLUG}.json", f"resources/models/bench/{MODEL_SLUG}.tsv"))
@@ -204,7 +227,7 @@ def report_bench(wildcards):
 
 REPORT_PARAMS = {
     "run": RUN,
-    "arms": SAMPLERS,
+    "runs": [f"{sampler}/seed{seed}" for sampler, seed in RUNS],
     "device": DEVICE,
     "dtype": DTYPE,
     "warn_fraction": config["memory"]["warn_fraction"],

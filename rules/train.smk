@@ -1,4 +1,4 @@
-# Stage 6: reward model (Bradley-Terry, TRL RewardTrainer) and one GRPO policy per sampler (TRL GRPOTrainer).
+# Stage 6: reward model (Bradley-Terry, TRL RewardTrainer) and one GRPO policy per arm and seed (TRL GRPOTrainer).
 # Checkpoints are directories; the small metrics files beside them feed the reports even if checkpoints are deleted.
 
 
@@ -25,7 +25,7 @@ rule reward_model:
     params:
         seed=config["seed"],
         device=DEVICE,
-        dtype=DTYPE,
+        train_precision=TRAIN_PRECISION,
         rm=config["rm"],
     script:
         "../scripts/reward_model.py"
@@ -38,13 +38,16 @@ rule grpo:
         model=directory(GRPO_MODEL),
         metrics=GRPO_METRICS,
         draws=GRPO_DRAWS,
-        memory=job_files("grpo", ["{sampler}"])[0],
+        curves=GRPO_CURVES,
+        curve_embeddings=GRPO_CURVE_EMB,
+        memory=job_files("grpo", ["{sampler}", "{seed}"])[0],
     log:
-        f"{LOGS}/grpo_{{sampler}}.log",
+        f"{LOGS}/grpo_{{sampler}}_seed{{seed}}.log",
     benchmark:
-        job_files("grpo", ["{sampler}"])[1]
+        job_files("grpo", ["{sampler}", "{seed}"])[1]
     wildcard_constraints:
         sampler="density|uniform",
+        seed=r"\d+",
     conda:
         "../envs/torch.yaml"
     threads: 1
@@ -54,9 +57,11 @@ rule grpo:
         gpu=GPU,
         warn_fraction=WARN,
     params:
-        **GRPO_PARAMS,
-        seed=config["seed"],
+        seed=lambda wildcards: int(wildcards.seed),
+        split_seed=config["seed"],
         device=DEVICE,
         dtype=DTYPE,
+        train_precision=TRAIN_PRECISION,
+        **GRPO_PARAMS,
     script:
         "../scripts/grpo.py"

@@ -64,8 +64,8 @@ def tiny_config(workdir: Path, model: Path, pairs: Path, **extra) -> Path:
         "embed": {"chunk_size": 8, "batch_tokens": 512, "max_length": 64},
         "knn": {"k": 3, "recall_sample": 50},
         "rm": {"max_steps": 2, "batch_size": 4, "max_length": 64, "train_layers": 2},
-        "grpo": {"steps": 1, "prompts_per_step": 2, "num_generations": 2, "max_completion_length": 8, "token_chunk": 16},
-        "eval": {"prompts": 4, "samples": 2, "max_new_tokens": 8},
+        "grpo": {"seeds": [0, 1], "steps": 2, "prompts_per_step": 2, "num_generations": 2, "max_completion_length": 8, "token_chunk": 16},
+        "eval": {"pool": 8, "prompts": 6, "samples": 2, "max_new_tokens": 8, "every": 1, "curve_prompts": 2, "curve_samples": 2, "bootstrap": 200},
     }
     for key, value in extra.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value

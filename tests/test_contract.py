@@ -18,6 +18,7 @@ STEP_RULES = {
     "compare", "build_reports",
 }  # fmt: skip
 DOWNSTREAM = {"compare": 1, "build_reports": 1, "all": 1}
+# the tiny run: 4 chunks; arms density and uniform x seeds 0 and 1; evaluate_model: base + 4 policies
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,9 @@ def test_every_step_reads_exactly_its_params(audited_run):
     assert len([r for r in records.values() if r["rule"] == "embed_chunk"]) == 4
     assert_read_equals_declared(records)
     assert "knn.index" in records["knn_weights"]["declared"] and "knn.seed" not in records["knn_weights"]["declared"]
-    assert "grpo.token_chunk" not in records["grpo_density"]["declared"]  # rm reward: never reads it
-    assert "device" in records["evaluate_model_base"]["declared"] and "dtype" in records["reward_model"]["declared"]
+    assert "grpo.token_chunk" not in records["grpo_density_0"]["declared"]  # rm reward: never reads it
+    assert "dtype" not in records["reward_model"]["declared"]  # trains in fp32 master weights (train_precision)
+    assert "device" in records["evaluate_model_base"]["declared"] and "train_precision" in records["reward_model"]["declared"]
 
 
 def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
@@ -63,11 +65,12 @@ def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
     }))  # fmt: skip
     audit = copy / "audit"
     env = {"DENSITY_GRPO_AUDIT_PARAMS": str(audit)}
-    snakemake(copy, "weights", "results/tiny/grpo/uniform/metrics.jsonl", "--configfile", str(config), str(branch), env=env)
+    snakemake(copy, "weights", "results/tiny/grpo/uniform/seed0/metrics.jsonl", "--configfile", str(config), str(branch), env=env)
     records = audits(audit)
-    assert set(records) == {"knn_weights", "grpo_uniform"}
+    assert set(records) == {"knn_weights", "grpo_uniform_0"}
     assert {"knn.nlist", "knn.nprobe", "knn.recall_sample", "knn.seed"} <= set(records["knn_weights"]["declared"])
-    assert "grpo.token_chunk" in records["grpo_uniform"]["declared"] and "rm.max_length" not in records["grpo_uniform"]["declared"]
+    grpo = records["grpo_uniform_0"]["declared"]
+    assert "grpo.token_chunk" in grpo and "rm.max_length" not in grpo
     assert_read_equals_declared(records)
 
     mirror = tmp_path / "hh" / "helpful-base"
@@ -86,16 +89,20 @@ def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
 
 # a finished run, one config change at a time: the jobs a dry run plans (4 chunks; arms density, uniform)
 RERUN_MATRIX = [
-    ({"model": {"dtype": "bfloat16"}}, {"embed_chunk": 4, "knn_weights": 1, "reward_model": 1, "grpo": 2, "evaluate_model": 3}),
-    ({"embed": {"layer": 1}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 1, "evaluate_model": 1}),
-    ({"knn": {"k": 4}}, {"knn_weights": 1, "grpo": 1, "evaluate_model": 1}),
-    ({"density": {"alpha": 2.0}}, {"knn_weights": 1, "grpo": 1, "evaluate_model": 1}),
-    ({"rm": {"max_steps": 3}}, {"reward_model": 1, "grpo": 2, "evaluate_model": 3}),
-    ({"grpo": {"steps": 2}}, {"grpo": 2, "evaluate_model": 2}),
-    ({"grpo": {"reward": "self_certainty"}}, {"grpo": 2, "evaluate_model": 2}),
-    ({"eval": {"samples": 3}}, {"evaluate_model": 3}),
-    ({"seed": 1}, {"reward_model": 1, "grpo": 2, "evaluate_model": 3}),
-    ({"device": "cuda"}, {"embed_chunk": 4, "knn_weights": 1, "reward_model": 1, "grpo": 2, "evaluate_model": 3}),
+    # model.dtype is the inference precision: the reward model trains in fp32 master weights and does not read it
+    ({"model": {"dtype": "bfloat16"}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 4, "evaluate_model": 5}),
+    # the weights feed the density arm's sampler and every evaluation (prompts drawn stratified by weight)
+    ({"embed": {"layer": 1}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 2, "evaluate_model": 5}),
+    ({"knn": {"k": 4}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 5}),
+    ({"density": {"alpha": 2.0}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 5}),
+    ({"rm": {"max_steps": 3}}, {"reward_model": 1, "grpo": 4, "evaluate_model": 5}),
+    ({"grpo": {"steps": 3}}, {"grpo": 4, "evaluate_model": 4}),
+    ({"grpo": {"reward": "self_certainty"}}, {"grpo": 4, "evaluate_model": 4}),
+    ({"grpo": {"seeds": [0, 1, 2]}}, {"grpo": 2, "evaluate_model": 2}),  # a new seed: only its own jobs
+    ({"eval": {"samples": 3}}, {"evaluate_model": 5}),
+    ({"eval": {"every": 2}}, {"grpo": 4, "evaluate_model": 4}),
+    ({"seed": 1}, {"reward_model": 1, "grpo": 4, "evaluate_model": 5}),
+    ({"device": "cuda"}, {"embed_chunk": 4, "knn_weights": 1, "reward_model": 1, "grpo": 4, "evaluate_model": 5}),
 ]
 
 
@@ -114,11 +121,11 @@ def test_nothing_to_do_without_a_change(audited_run):
     assert planned_jobs(res.stdout) == {}, res.stdout[-3000:]
 
 
-def test_knn_change_reruns_the_density_arm_only(audited_run, tmp_path):
+def test_knn_change_retrains_the_density_arm_only(audited_run, tmp_path):
     workdir, config, _ = audited_run
     override = tmp_path / "k.yaml"
     override.write_text(yaml.safe_dump({"knn": {"k": 4}}))
     res = snakemake(workdir, "-n", "--configfile", str(config), str(override))
     outputs = {p.strip() for line in re.findall(r"^\s+output: (.+)$", res.stdout, re.M) for p in line.split(",")}
-    assert "results/tiny/grpo/density/model" in outputs and "results/tiny/grpo/uniform/model" not in outputs
-    assert "results/tiny/eval/density.json" in outputs and "results/tiny/eval/uniform.json" not in outputs
+    for seed in (0, 1):
+        assert f"results/tiny/grpo/density/seed{seed}/model" in outputs and f"results/tiny/grpo/uniform/seed{seed}/model" not in outputs

@@ -223,10 +223,13 @@ def tiny_params(reward: str) -> dict:
     """The grpo rule's params for a 2-step run (what rules/common.smk builds from config.yaml)."""
     g = yaml.safe_load((REPO / "config.yaml").read_text())["grpo"]
     g.update(reward=reward, steps=2, prompts_per_step=2, num_generations=2, max_completion_length=6)
-    del g["samplers"]
+    del g["samplers"], g["seeds"]
     if reward == "rm":
         del g["token_chunk"]
-    params = {"seed": 0, "device": "cpu", "dtype": "float32", "grpo": g, "eval": {"prompts": 2}}
+    params = {
+        "seed": 0, "split_seed": 0, "device": "cpu", "dtype": "float32", "train_precision": "fp32", "grpo": g,
+        "eval": {"pool": 2, "every": 1, "curve_prompts": 2, "curve_samples": 2},
+    }  # fmt: skip
     return {**params, "rm": {"max_length": 64}} if reward == "rm" else params
 
 
@@ -247,9 +250,29 @@ def test_train_grpo_density_arm_draws_by_weight(tiny_model, tiny_rm, prompts, tm
     weights = np.full(len(prompts), 0.03 / (len(prompts) - 2))
     weights[-2:] = 0.485  # the two rare prompts carry 97% of the mass
     out = tmp_path / "density"
-    summary, rows, draws = grpo.train_grpo(str(tiny_model), prompts, weights, tiny_params("rm"), str(out), str(tiny_rm))
-    check_outputs(out, summary, rows, draws, len(prompts))
-    assert draws["draws"].iloc[-2:].sum() > draws["draws"].iloc[:-2].sum()
+    r = grpo.train_grpo(str(tiny_model), prompts, weights, tiny_params("rm"), str(out), str(tiny_rm))
+    check_outputs(out, r["summary"], r["rows"], r["draws"], len(prompts))
+    assert r["draws"]["draws"].iloc[-2:].sum() > r["draws"]["draws"].iloc[:-2].sum()
+    assert r["curves"] == [] and r["curve_embeddings"].size == 0  # no curve prompts: no curves
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_step_changes_every_trainable_tensor(tiny_model, tiny_rm, prompts, tmp_path, precision):
+    """fp32 master weights (bf16 only as autocast): one step at lr 1e-5 moves every parameter tensor.
+
+    Trained directly in bf16 weights, most of a 1e-5 update is below bf16's resolution (shown on the last line)."""
+    params = tiny_params("rm")
+    params["grpo"].update(steps=1, learning_rate=1e-5)
+    params["train_precision"] = precision
+    out = tmp_path / "policy"
+    grpo.train_grpo(str(tiny_model), prompts, None, params, str(out), str(tiny_rm))
+    before = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
+    assert all(after[k].dtype == torch.float32 for k in after)
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert unchanged == [], unchanged
+    w = before["model.layers.0.mlp.up_proj.weight"]
+    assert ((w.bfloat16() + 1e-5 * torch.sign(w)).bfloat16() == w.bfloat16()).float().mean() > 0.5
 
 
 def test_grpo_step_uniform_arm(tiny_model, tiny_rm, prompts, tmp_path):
@@ -257,19 +280,30 @@ def test_grpo_step_uniform_arm(tiny_model, tiny_rm, prompts, tmp_path):
     prompts.to_parquet(tmp_path / "prompts.parquet")
     out = {k: str(tmp_path / name) for k, name in (("model", "model"), ("metrics", "metrics.jsonl"), ("draws", "draws.parquet"))}
     inputs = {"prompts": str(tmp_path / "prompts.parquet"), "model": str(tiny_model), "rm": str(tiny_rm)}
+    out |= {"curves": str(tmp_path / "curves.jsonl"), "curve_embeddings": str(tmp_path / "curves.npz")}
     grpo.run(inputs, out, tiny_params("rm"))
     rows = [json.loads(line) for line in Path(out["metrics"]).read_text().splitlines()]
     draws = pd.read_parquet(out["draws"])
     check_outputs(Path(out["model"]), {"steps": 2, "n_draws": 4, "final_reward": rows[-1]["reward"]}, rows, draws, len(prompts) - 2)
+    # collapse curves at steps 0, 1, 2 on the 2 held-out pool prompts, 2 samples each
+    curves = [json.loads(line) for line in Path(out["curves"]).read_text().splitlines()]
+    assert [c["step"] for c in curves] == [0, 1, 2]
+    for c in curves:
+        assert {"reward_mean", "kl_to_base", "distinct_2_within", "length_tokens"} <= c.keys() and np.isfinite(c["reward_mean"])
+    assert abs(curves[0]["kl_to_base"]) < 1e-4  # step 0: the policy is the base model
+    emb = np.load(out["curve_embeddings"])
+    assert emb["embeddings"].shape == (3, 2, 2, 32) and emb["steps"].tolist() == [0, 1, 2]
+    assert not set(emb["prompt_ids"]) & set(draws["prompt_id"])  # curve prompts are held out
     tok = AutoTokenizer.from_pretrained(out["model"])
     assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
 
 
 def test_train_grpo_self_certainty(tiny_model, prompts, tmp_path):
     out = tmp_path / "sc"
-    summary, rows, draws = grpo.train_grpo(str(tiny_model), prompts, None, tiny_params("self_certainty"), str(out))
-    check_outputs(out, summary, rows, draws, len(prompts))
-    assert summary["final_reward"] > np.log(320) - 1  # self-certainty is >= log V (V ~ 320 here)
+    r = grpo.train_grpo(str(tiny_model), prompts, None, tiny_params("self_certainty"), str(out), curve_prompts=prompts["text"].tolist()[:1])
+    check_outputs(out, r["summary"], r["rows"], r["draws"], len(prompts))
+    assert r["summary"]["final_reward"] > np.log(320) - 1  # self-certainty is >= log V (V ~ 320 here)
+    assert [c["step"] for c in r["curves"]] == [0, 1, 2] and r["curves"][0]["reward_mean"] > np.log(320) - 1
 
 
 def test_train_grpo_rm_reward_needs_a_reward_model(tiny_model, prompts, tmp_path):

@@ -120,10 +120,13 @@ def test_stage_predictions_use_their_shapes():
     assert k["components"]["index"] == ip.index_bytes(1_000_000, 576, "ivf", ip.default_nlist(1_000_000))
 
     g = {**REPO_CONFIG["grpo"], "reward": "self_certainty"}
-    sc = grpo.predict(cfg, {"grpo": g, "dtype": "float32"}, 72, "cpu")
+    sc = grpo.predict(cfg, {"grpo": g, "dtype": "float32", "train_precision": "fp32"}, 72, "cpu")
     assert "reward_model" not in sc["components"] and "self_certainty_logits" in sc["components"]
-    rm = grpo.predict(cfg, {"grpo": REPO_CONFIG["grpo"], "dtype": "float32"}, 72, "cpu")
+    rm = grpo.predict(cfg, {"grpo": REPO_CONFIG["grpo"], "dtype": "float32", "train_precision": "fp32"}, 72, "cpu")
     assert "reward_model" in rm["components"] and rm["assumptions"]["batch"] == 8
+    bf16 = grpo.predict(cfg, {"grpo": REPO_CONFIG["grpo"], "dtype": "bfloat16", "train_precision": "bf16"}, 72, "cuda")
+    assert bf16["components"]["weights"] == 4 * 134_515_008  # fp32 master weights, whatever the autocast precision
+    assert bf16["components"]["base model (curves)"] == 2 * 134_515_008
 
     e = {"eval": REPO_CONFIG["eval"], "rm": REPO_CONFIG["rm"], "dtype": "float32"}
     ev = evaluate.predict(cfg, e, 72, "cpu")

@@ -147,7 +147,7 @@ def test_reports_from_frozen_artifacts(tiny_run):
     for name in ("summary.md", "memory.md", "memory.json", "weights_hist.png", "memory_timeline.png"):
         assert (reports / name).stat().st_size > 0, name
     assert "predicted" in (reports / "memory.md").read_text().lower()
-    for big in [*(workdir / RES / "embed").glob("chunk_*.zarr"), workdir / RES / "rm/model", *(workdir / RES / "grpo").glob("*/model")]:
+    for big in [*(workdir / RES / "embed").glob("chunk_*.zarr"), workdir / RES / "rm/model", *(workdir / RES / "grpo").glob("*/seed*/model")]:
         shutil.rmtree(big)
     for f in reports.iterdir():
         f.unlink()

@@ -14,7 +14,7 @@ from density_grpo.monitor import MemoryMonitor, expect, note
 
 BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 PARAMS = {
-    "run": "synthetic", "arms": ["density", "uniform"], "device": "cpu", "dtype": "float32", "warn_fraction": 0.9,
+    "run": "synthetic", "runs": ["density/seed0", "uniform/seed0"], "device": "cpu", "dtype": "float32", "warn_fraction": 0.9,
     "embed": {"chunk_size": 128, "batch_tokens": 4096},
     "knn": {"k": 3, "index": "auto", "exact_max": 100_000, "max_index_gb": 8.0, "nlist": None, "pq_m": 16, "recall_sample": 1000},
     "grpo": {"prompts_per_step": 2, "num_generations": 4, "max_completion_length": 32, "token_chunk": 256},
@@ -24,6 +24,34 @@ PARAMS = {
 def write_json(path: Path, obj) -> str:
     path.write_text(json.dumps(obj))
     return str(path)
+
+
+def synthetic_comparison(root: Path) -> dict:
+    """compare.run on made-up evaluations: density's rewards one unit above uniform's, diverse vs repetitive texts."""
+    from density_grpo import compare
+
+    rng = np.random.default_rng(1)
+    inputs = {"evals": [], "embeddings": [], "curves": [], "curve_embeddings": []}
+    models = [["base", None], ["density", 0], ["density", 1], ["uniform", 0], ["uniform", 1]]
+    for i, (name, seed) in enumerate(models):
+        sets = 2 if name == "base" else 1
+        texts = [[[f"answer {name} {p} {s} {k}" for s in range(4)] for p in range(8)] for k in range(sets)]
+        doc = {"model": name, "strata": ["rare"] * 4 + ["dense"] * 4, "samples": 4, "sets": sets, "completions": texts,
+               "rewards": (rng.normal(size=(sets, 8, 4)) + (1.0 if name == "density" else 0.0)).tolist(),
+               "lengths": np.full((sets, 8, 4), 12).tolist()}  # fmt: skip
+        (root / f"eval{i}.json").write_text(json.dumps(doc))
+        np.savez(root / f"eval{i}.npz", embeddings=rng.normal(size=(sets, 8, 4, 16)) + 5)
+        inputs["evals"].append(str(root / f"eval{i}.json"))
+        inputs["embeddings"].append(str(root / f"eval{i}.npz"))
+        if name != "base":
+            rows = [{"step": st, "reward_mean": 0.1 * st + (0.2 if name == "density" else 0), "kl_to_base": 0.01 * st, "distinct_2_within": 0.9, "length_tokens": 10} for st in (0, 2, 4)]
+            (root / f"curve{i}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            np.savez(root / f"curve{i}.npz", embeddings=rng.normal(size=(3, 2, 4, 16)))
+            inputs["curves"].append(str(root / f"curve{i}.jsonl"))
+            inputs["curve_embeddings"].append(str(root / f"curve{i}.npz"))
+    out = {"json": str(root / "cmp.json"), "png": str(root / "cmp.png"), "curves_png": str(root / "curves.png")}
+    compare.run(inputs, out, {"models": models, "runs": [m for m in models if m[0] != "base"], "bootstrap": 200, "seed": 0})
+    return json.loads((root / "cmp.json").read_text())
 
 
 def make_inputs(root: Path) -> dict:
@@ -49,7 +77,7 @@ def make_inputs(root: Path) -> dict:
         "source": "hidden", "weight_stats": ws,
     })  # fmt: skip
     inputs["rm"] = write_json(root / "rm.json", {
-        "eval_accuracy": 0.75, "eval_accuracy_longer_baseline": 0.5, "eval_margin_mean": 0.4, "n_eval": 8, "steps": 40,
+        "eval_accuracy": 0.75, "eval_accuracy_longer_baseline": 0.5, "n_eval_dropped_overlap": 3, "eval_margin_mean": 0.4, "n_eval": 8, "steps": 40,
         "train_loss_first": 0.69, "train_loss_last": 0.5, "wall_time_s": 100.0,
     })  # fmt: skip
     inputs["grpo"], inputs["draws"] = [], []
@@ -60,10 +88,7 @@ def make_inputs(root: Path) -> dict:
         pd.DataFrame({"prompt_id": ids, "draws": draws}).to_parquet(root / f"{arm}_draws.parquet")
         inputs["grpo"].append(str(root / f"{arm}.jsonl"))
         inputs["draws"].append(str(root / f"{arm}_draws.parquet"))
-    keys = [*report.DIVERSITY_LABELS]
-    metrics = {k: {"base": 0.5, "density": 0.6, "uniform": 0.55, "density_minus_uniform": 0.05} for k in keys}
-    labels = {k: k for k in keys}
-    inputs["comparison"] = write_json(root / "comparison.json", {"models": ["base", "density", "uniform"], "n_prompts": 16, "samples": 4, "metrics": metrics, "labels": labels})
+    inputs["comparison"] = write_json(root / "comparison.json", synthetic_comparison(root))
     # two monitored jobs with their benchmark TSVs: an embedding chunk and the weights stage
     inputs["memory"], inputs["bench"] = [], []
     for rule, wildcards, pred_mb, extra in (
@@ -106,4 +131,6 @@ def test_report_renders_the_declared_inputs(tmp_path):
     assert {r["model"] for r in mem["precision_table"]} >= set(M.REFERENCE_MODELS)
     assert mem["model"]["params"] == 134_515_008
     assert "rare prompts get more weight ✓" in summary and "0.750" in summary
-    assert "density − uniform" in summary and "| density | 6 |" in summary
+    assert "density − uniform" in summary and "| density/seed0 | 6 |" in summary
+    assert "**mean RM reward**: density − uniform = +0.977 [+0.681, +1.36] (95% CI); the interval excludes zero: density is higher" in summary
+    assert "**Vendi within prompt (centred)**" in summary and "Per stratum" in summary

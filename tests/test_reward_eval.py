@@ -10,8 +10,7 @@ import pytest
 import torch
 import transformers
 
-from density_grpo.evaluate import compare, distinct_n, evaluate_policy, generate, pairwise_cosine_distance, vendi_score
-from density_grpo.plots import plot_diversity
+from density_grpo.evaluate import distinct_n, evaluate_policy, generate, pairwise_cosine_distance, vendi_score
 from density_grpo.errors import UserError
 from density_grpo.reward import (
     freeze_lower_layers,
@@ -31,14 +30,14 @@ PROMPTS = [
 
 def rm_params(**rm) -> dict:
     """The reward_model rule's params."""
-    rm = {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-3, "max_length": 64, "eval_fraction": 0.25,
+    rm = {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-3, "max_length": 128, "eval_fraction": 0.25,
           "gradient_checkpointing": False, "train_layers": None, **rm}  # fmt: skip
-    return {"seed": 0, "device": "cpu", "dtype": "float32", "rm": rm}
+    return {"seed": 0, "device": "cpu", "train_precision": "fp32", "rm": rm}
 
 
 EVAL_PARAMS = {
     "seed": 0, "device": "cpu", "dtype": "float32", "rm": {"max_length": 64, "batch_size": 4},
-    "eval": {"prompts": 3, "samples": 3, "max_new_tokens": 6, "temperature": 1.0},
+    "eval": {"samples": 3, "max_new_tokens": 6, "temperature": 1.0},
 }  # fmt: skip
 
 
@@ -50,8 +49,8 @@ def synthetic_pairs(n: int = 12) -> pd.DataFrame:
         rows.append(
             {
                 "prompt": f"\n\nHuman: Question number {i}, how do I cook rice?\n\nAssistant:",
-                "chosen": " Rinse the rice, add water and simmer.",
-                "rejected": " No.",
+                "chosen": f" Rinse the rice, add water and simmer for {10 + i} minutes.",
+                "rejected": f" No ({i}).",
             }
         )
     return pd.DataFrame(rows)
@@ -128,11 +127,11 @@ def test_generate_shape_and_determinism(tiny_model):
 
 def test_split_by_prompt_keeps_prompts_apart():
     pairs = synthetic_pairs(20)
-    train, held = split_by_prompt(pairs, 0.2, seed=0)
-    assert len(train) + len(held) == len(pairs)
+    train, held, dropped = split_by_prompt(pairs, 0.2, seed=0)
+    assert len(train) + len(held) == len(pairs) and dropped == 0
     assert held["prompt"].nunique() == 2 and len(held) == 4  # 2 of 10 prompts, each with 2 pairs
     assert not set(train["prompt"]) & set(held["prompt"])
-    again, _ = split_by_prompt(pairs, 0.2, seed=0)
+    again, _, _ = split_by_prompt(pairs, 0.2, seed=0)
     pd.testing.assert_frame_equal(train, again)
 
 
@@ -202,30 +201,42 @@ def test_trained_rm_prefers_chosen(tiny_model, tmp_path):
 # evaluation end to end
 
 
-def test_evaluate_compare_plot(tiny_model, trained_rm, tmp_path):
-    rm_dir, _ = trained_rm
-    names = ("base", "density", "uniform")
-    results = {name: evaluate_policy(str(tiny_model), str(tiny_model), PROMPTS, EVAL_PARAMS, str(rm_dir), name) for name in names}
-    r = results["density"]
-    assert r["model"] == "density" and r["n_prompts"] == 3 and r["samples"] == 3
-    m = r["metrics"]
-    for key in (
-        "distinct_1_within",
-        "distinct_2_within",
-        "distinct_1_across",
-        "distinct_2_across",
-        "cosine_distance_within",
-        "cosine_distance_across",
-    ):
-        assert 0.0 <= m[key] <= 2.0, key
-    assert 1.0 - 1e-9 <= m["vendi_within"] <= 3 + 1e-9 and 1.0 - 1e-9 <= m["vendi_across"] <= 9 + 1e-9
-    assert np.isfinite(m["reward_mean"])
-    assert m["length_tokens"] > 0 and len(r["examples"]) == 3
-    assert results["density"]["metrics"] == results["uniform"]["metrics"]  # same model, same seed
+def test_evaluate_then_compare(tiny_model, trained_rm, tmp_path):
+    """evaluate_policy's sets (texts, rewards, lengths, embeddings) feed compare.run, which writes the comparison."""
+    from density_grpo import compare
+    from density_grpo.io import write_json
 
-    comparison = compare(results)
-    assert comparison["models"] == ["base", "density", "uniform"]
-    assert comparison["metrics"]["vendi_within"]["density_minus_uniform"] == pytest.approx(0.0)
-    png = tmp_path / "comparison.png"
-    plot_diversity(comparison, str(png))
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    rm_dir, _ = trained_rm
+    r = evaluate_policy(str(tiny_model), str(tiny_model), PROMPTS, EVAL_PARAMS, str(rm_dir), sets=2)
+    assert r["embeddings"].shape == (2, 3, 3, 32) and np.array(r["rewards"]).shape == (2, 3, 3)
+    assert len(r["completions"]) == 2 and all(len(cs) == 3 for p in r["completions"] for cs in p)
+    assert r["completions"][0] != r["completions"][1]  # two sample sets: different seeds
+    again = evaluate_policy(str(tiny_model), str(tiny_model), PROMPTS, EVAL_PARAMS, str(rm_dir), sets=1)
+    assert again["completions"][0] == r["completions"][0]  # same seed: same samples (common random numbers)
+
+    inputs = {"evals": [], "embeddings": [], "curves": [], "curve_embeddings": []}
+    models = [["base", None], ["density", 0], ["uniform", 0]]
+    for (name, _), res in zip(models, (r, again, again)):
+        emb = res["embeddings"]
+        np.savez(tmp_path / f"{name}.npz", embeddings=emb)
+        doc = {k: v for k, v in res.items() if k != "embeddings"}
+        write_json({**doc, "model": name, "strata": ["rare", "dense", "dense"], "samples": 3, "sets": len(emb)}, tmp_path / f"{name}.json")
+        inputs["evals"].append(str(tmp_path / f"{name}.json"))
+        inputs["embeddings"].append(str(tmp_path / f"{name}.npz"))
+        if name != "base":
+            rows = [{"step": s, "reward_mean": 0.1 * s, "kl_to_base": 0.01 * s, "distinct_2_within": 0.5, "length_tokens": 5} for s in (0, 2)]
+            (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+            np.savez(tmp_path / f"{name}_curves.npz", embeddings=emb[:1, :2].repeat(2, 0))
+            inputs["curves"].append(str(tmp_path / f"{name}.jsonl"))
+            inputs["curve_embeddings"].append(str(tmp_path / f"{name}_curves.npz"))
+    out = {"json": str(tmp_path / "comparison.json"), "png": str(tmp_path / "c.png"), "curves_png": str(tmp_path / "curves.png")}
+    compare.run(inputs, out, {"models": models, "runs": [["density", 0], ["uniform", 0]], "bootstrap": 100, "seed": 0})
+    c = json.loads((tmp_path / "comparison.json").read_text())
+    assert c["n_prompts"] == 3 and c["strata"] == {"rare": 1, "dense": 2} and c["seeds"] == {"density": [0], "uniform": [0]}
+    v = c["metrics"]["vendi_within"]
+    assert v["density_minus_uniform"]["diff"] == 0.0  # both arms are the same samples
+    assert 1.0 - 1e-9 <= v["values"]["base"] <= 3 + 1e-9 and "noise_floor" in v
+    assert c["metrics"]["vendi_within"]["strata"]["dense"]["values"]["density"] > 0
+    assert set(c["curves"]) == {"density", "uniform"} and c["matched"]["reward"]["level"] == pytest.approx(0.1)
+    for png in ("c.png", "curves.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

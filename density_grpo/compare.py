@@ -1,0 +1,263 @@
+"""Stage 7b, comparison: does the density arm collapse less than the uniform arm? Differences with 95% intervals.
+
+Diversity is measured in one shared space: every response embedding of every compared model (base, each arm x seed)
+is centred on their common mean before cosine distances and Vendi scores are taken (mean-pooled LM states share a
+large common offset that makes every pair look alike; one offset added to 20 random vectors moves Vendi from ~11
+to ~1). The raw (uncentred) Vendi scores are kept as secondary metrics.
+
+Intervals: percentile bootstrap. Each resample draws the evaluated prompts with replacement, the same draw for
+every model (paired: all models answered the same prompts), and each arm's seeds with replacement. The noise floor
+is the same statistic between two independent sample sets of the base model. Per stratum (rare / dense prompts by
+density weight) the prompts are resampled within the stratum. Curves: diversity against step, and at matched reward
+and matched KL to the base model (each run's curve interpolated at a level every run reached; seeds resampled).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+import numpy as np
+
+from density_grpo.evaluate import distinct_n, pairwise_cosine_distance, vendi_score
+from density_grpo.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+ARMS = ("density", "uniform")
+# key: (label, kind) where kind is "within" (a per-prompt mean) or "across" (all responses pooled)
+METRICS: dict[str, tuple[str, str]] = {
+    "distinct_1_within": ("distinct-1 within prompt", "within"),
+    "distinct_2_within": ("distinct-2 within prompt", "within"),
+    "cosine_within": ("cosine distance within prompt (centred)", "within"),
+    "vendi_within": ("Vendi within prompt (centred)", "within"),
+    "vendi_within_raw": ("Vendi within prompt (raw)", "within"),
+    "distinct_2_across": ("distinct-2 across prompts", "across"),
+    "cosine_across": ("cosine distance across prompts (centred)", "across"),
+    "vendi_across": ("Vendi across prompts (centred)", "across"),
+    "vendi_across_raw": ("Vendi across prompts (raw)", "across"),
+    "reward_mean": ("mean RM reward", "within"),
+    "length_tokens": ("mean length (tokens)", "within"),
+}
+HEADLINE = ("vendi_within", "vendi_across", "distinct_2_within", "reward_mean")
+CURVE_KEYS = ("vendi_within", "vendi_across", "distinct_2_within", "reward_mean", "kl_to_base", "length_tokens")
+
+
+# -----------------------------------------------------------------------------
+# one run's metrics
+
+
+class Run:
+    """One model's sample set: texts [prompt][sample], rewards and lengths (prompts, samples), embeddings (centred
+    and raw, prompts x samples x dim)."""
+
+    def __init__(self, texts: list[list[str]], rewards, lengths, emb: np.ndarray, centre: np.ndarray):
+        self.texts, self.raw = texts, np.asarray(emb, dtype=np.float64)
+        self.rewards, self.lengths = np.asarray(rewards, float), np.asarray(lengths, float)
+        self.emb = self.raw - centre
+
+    def per_prompt(self) -> dict[str, np.ndarray]:
+        """The within-prompt metrics, one value per prompt."""
+        return {
+            "distinct_1_within": np.array([distinct_n(t, 1) for t in self.texts]),
+            "distinct_2_within": np.array([distinct_n(t, 2) for t in self.texts]),
+            "cosine_within": np.array([pairwise_cosine_distance(e) for e in self.emb]),
+            "vendi_within": np.array([vendi_score(e) for e in self.emb]),
+            "vendi_within_raw": np.array([vendi_score(e) for e in self.raw]),
+            "reward_mean": self.rewards.mean(1),
+            "length_tokens": self.lengths.mean(1),
+        }
+
+    def across(self, idx: np.ndarray) -> dict[str, float]:
+        """The across-prompt metrics over the prompts `idx` (with repeats, as a bootstrap draws them)."""
+        emb, raw = self.emb[idx].reshape(-1, self.emb.shape[-1]), self.raw[idx].reshape(-1, self.raw.shape[-1])
+        return {
+            "distinct_2_across": distinct_n([t for i in idx for t in self.texts[i]], 2),
+            "cosine_across": pairwise_cosine_distance(emb),
+            "vendi_across": vendi_score(emb),
+            "vendi_across_raw": vendi_score(raw),
+        }
+
+
+# -----------------------------------------------------------------------------
+# bootstrap
+
+
+def interval(samples: np.ndarray, point: float) -> dict[str, Any]:
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return {"diff": float(point), "lo": float(lo), "hi": float(hi), "excludes_zero": bool(lo > 0 or hi < 0)}
+
+
+def bootstrap_diff(
+    stat: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[float, float]],
+    n_prompts: int, n_seeds: tuple[int, int], B: int, rng: np.random.Generator,
+) -> dict[str, Any]:  # fmt: skip
+    """Percentile interval of stat_a - stat_b. stat(prompts, seeds_a, seeds_b) -> (a, b); the point estimate uses all
+    prompts and seeds once; each resample draws prompts (shared, paired) and each side's seeds with replacement."""
+    a, b = stat(np.arange(n_prompts), np.arange(n_seeds[0]), np.arange(n_seeds[1]))
+    diffs = np.empty(B)
+    for i in range(B):
+        p = rng.integers(0, n_prompts, n_prompts)
+        sa, sb = rng.integers(0, n_seeds[0], n_seeds[0]), rng.integers(0, n_seeds[1], n_seeds[1])
+        x, y = stat(p, sa, sb)
+        diffs[i] = x - y
+    return interval(diffs, a - b)
+
+
+def compare_models(groups: dict[str, list[Run]], key: str, idx: np.ndarray, B: int, seed: int) -> dict[str, Any]:
+    """One metric over the prompts `idx`: each group's value (mean over its runs) and the differences with intervals.
+
+    groups: "base" (the base model's first sample set), "base_b" (its second: the noise floor), "density",
+    "uniform" (one Run per seed); arms may be missing.
+    """
+    kind = METRICS[key][1]
+    if kind == "within":
+        per = {g: np.stack([r.per_prompt()[key][idx] for r in runs]) for g, runs in groups.items()}  # (runs, prompts)
+
+        def value(g: str, p: np.ndarray, s: np.ndarray) -> float:
+            return float(per[g][s][:, p].mean())
+    else:
+        cache: dict[tuple, float] = {}
+
+        def value(g: str, p: np.ndarray, s: np.ndarray) -> float:
+            out = []
+            for k in s:
+                ck = (g, int(k), p.tobytes())
+                if ck not in cache:
+                    cache[ck] = groups[g][k].across(idx[p])[key]
+                out.append(cache[ck])
+            return float(np.mean(out))
+
+    n = len(idx)
+    out: dict[str, Any] = {"values": {}, "per_seed": {}}
+    for g, runs in groups.items():
+        if g != "base_b":
+            out["values"][g] = value(g, np.arange(n), np.arange(len(runs)))
+        if g in ARMS:
+            out["per_seed"][g] = [value(g, np.arange(n), np.array([k])) for k in range(len(runs))]
+    pairs = [("density", "uniform"), ("density", "base"), ("uniform", "base"), ("base", "base_b")]
+    for a, b in pairs:
+        if a in groups and b in groups:
+            rng = np.random.default_rng([seed, len(idx), sum(map(ord, key + a + b))])
+            name = "noise_floor" if b == "base_b" else f"{a}_minus_{b}"
+            out[name] = bootstrap_diff(
+                lambda p, sa, sb: (value(a, p, sa), value(b, p, sb)), n, (len(groups[a]), len(groups[b])), B, rng
+            )
+    return out
+
+
+# -----------------------------------------------------------------------------
+# curves
+
+
+def curve_points(curves: dict[str, dict[int, list[dict]]], embeddings: dict[str, dict[int, np.ndarray]]) -> dict:
+    """Each curve point with its diversity in one shared space (all curve responses centred on their common mean)."""
+    all_emb = np.concatenate([e.reshape(-1, e.shape[-1]) for runs in embeddings.values() for e in runs.values()])
+    centre = all_emb.mean(0)
+    out: dict[str, dict[int, list[dict]]] = {}
+    for arm, runs in curves.items():
+        out[arm] = {}
+        for s, rows in runs.items():
+            pts = []
+            for row, emb in zip(rows, embeddings[arm][s]):
+                e = emb.astype(np.float64) - centre
+                pts.append({
+                    **row,
+                    "vendi_within": float(np.mean([vendi_score(x) for x in e])),
+                    "vendi_across": vendi_score(e.reshape(-1, e.shape[-1])),
+                })  # fmt: skip
+            out[arm][s] = pts
+    return out
+
+
+def matched(points: dict[str, dict[int, list[dict]]], x: str, B: int, seed: int) -> dict[str, Any]:
+    """Diversity of each arm at one level of `x` (reward_mean or kl_to_base) that every run's curve reached.
+
+    Each run's curve is interpolated linearly at the level, the arms' mean over seeds compared with seeds resampled
+    (the only source of spread here). None when the runs' ranges do not overlap.
+    """
+    runs = [(arm, pts) for arm in ARMS if arm in points for pts in points[arm].values()]
+    if len(runs) < 2 or not all(len(p) >= 2 for _, p in runs):
+        return {"level": None, "note": "needs at least two curve points per run"}
+    lo = max(min(p[x] for p in pts) for _, pts in runs)
+    hi = min(max(p[x] for p in pts) for _, pts in runs)
+    if lo > hi:
+        return {"level": None, "note": f"the runs' {x} ranges do not overlap"}
+    level = (lo + hi) / 2
+    out: dict[str, Any] = {"level": level, "range": [lo, hi]}
+    rng = np.random.default_rng([seed, sum(map(ord, x))])
+    for key in ("vendi_within", "vendi_across", "distinct_2_within"):
+        at = {}
+        for arm in ARMS:
+            if arm in points:
+                vals = []
+                for pts in points[arm].values():
+                    order = sorted(pts, key=lambda p: p[x])
+                    vals.append(float(np.interp(level, [p[x] for p in order], [p[key] for p in order])))
+                at[arm] = np.array(vals)
+        out[key] = {"values": {a: float(v.mean()) for a, v in at.items()}}
+        if len(at) == 2:
+            d, u = at["density"], at["uniform"]
+            boot = [rng.choice(d, len(d)).mean() - rng.choice(u, len(u)).mean() for _ in range(B)]
+            out[key]["density_minus_uniform"] = interval(np.array(boot), d.mean() - u.mean())
+    return out
+
+
+# -----------------------------------------------------------------------------
+# step
+
+
+def run(input: dict, output: dict, params: dict) -> None:
+    """Rule compare: base vs each arm (seeds pooled) per metric and per stratum, with 95% intervals; curves.
+
+    input: evals/embeddings (base first, then each arm x seed, as params.models names them), curves/curve_embeddings
+    (each arm x seed, as params.runs names them). params: models, runs, bootstrap, seed.
+    """
+    from density_grpo.plots import plot_curves, plot_diversity
+
+    evals = [read_json(p) for p in input["evals"]]
+    embs = [np.load(p)["embeddings"] for p in input["embeddings"]]
+    centre = np.concatenate([e.reshape(-1, e.shape[-1]) for e in embs]).astype(np.float64).mean(0)
+    groups: dict[str, list[Run]] = {}
+    for (group, _), ev, emb in zip(params["models"], evals, embs):
+        for k in range(ev["sets"]):
+            name = group if k == 0 else "base_b"
+            groups.setdefault(name, []).append(Run(ev["completions"][k], ev["rewards"][k], ev["lengths"][k], emb[k], centre))
+    first = evals[0]
+    strata = np.array(first["strata"])
+    B, seed = params["bootstrap"], params["seed"]
+    metrics = {}
+    for key, (label, kind) in METRICS.items():
+        row = {"label": label, "kind": kind, **compare_models(groups, key, np.arange(len(strata)), B, seed), "strata": {}}
+        for stratum in ("rare", "dense"):
+            idx = np.nonzero(strata == stratum)[0]
+            if len(idx) >= 2:
+                row["strata"][stratum] = compare_models(groups, key, idx, B, seed)
+        metrics[key] = row
+        log.info("%s: %s", key, {k: round(v, 4) for k, v in row["values"].items()})
+
+    curves: dict[str, dict[int, list[dict]]] = {}
+    curve_emb: dict[str, dict[int, np.ndarray]] = {}
+    for (arm, s), path, emb_path in zip(params["runs"], input["curves"], input["curve_embeddings"]):
+        with open(path) as f:
+            curves.setdefault(arm, {})[s] = [json.loads(line) for line in f if line.strip()]
+        curve_emb.setdefault(arm, {})[s] = np.load(emb_path)["embeddings"]
+    points = curve_points(curves, curve_emb)
+    n_resp = sum(len(r.texts) * len(r.texts[0]) for runs in groups.values() for r in runs)
+    comparison = {
+        "space": f"base model mean-pooled last hidden state, centred on the mean of all {n_resp} responses compared",
+        "n_prompts": len(strata),
+        "strata": {s: int((strata == s).sum()) for s in ("rare", "dense")},
+        "samples": first["samples"],
+        "seeds": {arm: [s for a, s in params["runs"] if a == arm] for arm in ARMS},
+        "bootstrap": B,
+        "headline": list(HEADLINE),
+        "order": list(METRICS),  # the metrics in reading order (the JSON's keys are sorted)
+        "metrics": metrics,
+        "curves": points,
+        "matched": {"reward": matched(points, "reward_mean", B, seed), "kl": matched(points, "kl_to_base", B, seed)},
+    }
+    write_json(comparison, output["json"])
+    plot_diversity(comparison, output["png"])
+    plot_curves(comparison, output["curves_png"])

@@ -53,6 +53,7 @@ def runs(pattern):
     """`pattern` for every GRPO run (arm x seed)."""
     return [pattern.format(sampler=sampler, seed=seed) for sampler, seed in RUNS]
 
+
 MODEL_NAME = config["model"]["name_or_path"]
 try:
     MODEL_KIND = model_kind(MODEL_NAME)

@@ -57,11 +57,11 @@ rule grpo:
         gpu=GPU,
         warn_fraction=WARN,
     params:
+        **GRPO_PARAMS,
         seed=lambda wildcards: int(wildcards.seed),
         split_seed=config["seed"],
         device=DEVICE,
         dtype=DTYPE,
         train_precision=TRAIN_PRECISION,
-        **GRPO_PARAMS,
     script:
         "../scripts/grpo.py"

@@ -42,6 +42,12 @@ def validate_config(cfg: dict, schema_path: str | os.PathLike = SCHEMA) -> None:
         e = errors[0]
         key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
         raise UserError(f"config key {key}: {e.message}")
+    g = cfg["grpo"]
+    if (g["prompts_per_step"] * g["num_generations"]) % g["micro_batch"]:
+        raise UserError(
+            f"config key grpo.micro_batch: {g['micro_batch']} must divide grpo.prompts_per_step x grpo.num_generations "
+            f"= {g['prompts_per_step'] * g['num_generations']}"
+        )
     ev = cfg["eval"]
     for key in ("prompts", "curve_prompts"):
         if ev[key] > ev["pool"]:

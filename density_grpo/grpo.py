@@ -402,13 +402,15 @@ def grpo_config(params: dict, output_dir: str, device: torch.device) -> GRPOConf
     from density_grpo.training import trainer_args
 
     g = params["grpo"]
+    accumulate = g["prompts_per_step"] * g["num_generations"] // g["micro_batch"]
     return trainer_args(
         GRPOConfig, output_dir, device, params["train_precision"], params["seed"], g["gradient_checkpointing"],
         max_steps=g["steps"],
-        # one generation per optimizer step, no accumulation: per_device_train_batch_size = generation batch
-        per_device_train_batch_size=g["prompts_per_step"] * g["num_generations"],
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,
+        # one generation of prompts_per_step x num_generations completions per optimizer step, trained on in
+        # micro-batches of grpo.micro_batch sequences (gradient accumulation)
+        per_device_train_batch_size=g["micro_batch"],
+        gradient_accumulation_steps=accumulate,
+        steps_per_generation=accumulate,
         num_generations=g["num_generations"],
         max_completion_length=g["max_completion_length"],
         temperature=g["temperature"],
@@ -427,12 +429,12 @@ def predict(model_cfg: dict, params: dict, prompt_tokens: int, device: str) -> d
     g = params["grpo"]
     infer = memory.precision_key(params["dtype"])
     act = memory.precision_key(params["train_precision"])
-    B = g["prompts_per_step"] * g["num_generations"]
+    B = g["prompts_per_step"] * g["num_generations"]  # generated together
     C = g["max_completion_length"]
     S = prompt_tokens + C
     n_params = memory.param_count(model_cfg)
     V = memory.dims(model_cfg)["V"]
-    tc = memory.training_components(model_cfg, B, S, "fp32", "adamw", g["gradient_checkpointing"], C, act)
+    tc = memory.training_components(model_cfg, g["micro_batch"], S, "fp32", "adamw", g["gradient_checkpointing"], C, act)
     gen = memory.kv_cache_bytes(model_cfg, B, S, act) + B * V * 4
     train = tc["activations"] + tc["logits"]
     c = {**memory.baseline("trl", device), **{k: tc[k] for k in ("weights", "grads", "optimizer")}}
@@ -447,7 +449,7 @@ def predict(model_cfg: dict, params: dict, prompt_tokens: int, device: str) -> d
     return memory.prediction(
         device, c, "baseline + fp32 weights + grads + AdamW + max(train activations + logits, KV cache) + base model + reward model or chunked self-certainty",
         "grpo.prompts_per_step (or grpo.num_generations, grpo.max_completion_length, grpo.gradient_checkpointing)",
-        batch=B, seq=S, completion=C,
+        batch=B, micro_batch=g["micro_batch"], seq=S, completion=C,
     )  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """Measure a job's memory: a sampling monitor, and the hooks a stage uses to record its prediction.
 
-    with MemoryMonitor("results/run/memory/embed_chunk_3.json", rule="embed_chunk", wildcards={"i": "3"}):
+    with MemoryMonitor("memory/embed_chunk_3.json", rule="embed_chunk", wildcards={"i": "3"}):
         expect(prediction)          # the stage's own predicted peak (memory.prediction), once it knows its shapes
         ...
         note(tokens_per_s=812.0)    # any figure worth keeping beside the measurement

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,15 +57,16 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def tiny_config(workdir: Path, model: Path, pairs: Path, **extra) -> Path:
     """A partial config for a tiny end-to-end run; extra top-level sections are merged in."""
+    path = os.path.relpath(pairs, workdir) if Path(pairs).is_relative_to(workdir) else str(pairs)  # copies stay whole
     cfg = {
         "run": "tiny",
         "device": "cpu",
-        "data": {"source": "local", "path": str(pairs)},
+        "data": {"source": "local", "path": path},
         "model": {"name_or_path": str(model), "dtype": "float32"},
         "embed": {"chunk_size": 8, "batch_tokens": 512, "max_length": 64},
         "knn": {"k": 3, "recall_sample": 50},
         "rm": {"max_steps": 2, "batch_size": 4, "max_length": 64, "train_layers": 2},
-        "grpo": {"seeds": [0, 1], "steps": 2, "prompts_per_step": 2, "num_generations": 2, "max_completion_length": 8, "token_chunk": 16},
+        "grpo": {"seeds": [0, 1], "steps": 2, "prompts_per_step": 2, "num_generations": 2, "micro_batch": 4, "max_completion_length": 8, "token_chunk": 16},
         "eval": {"pool": 8, "prompts": 6, "samples": 2, "max_new_tokens": 8, "every": 1, "curve_prompts": 2, "curve_samples": 2, "bootstrap": 200},
     }
     for key, value in extra.items():
@@ -72,6 +74,23 @@ def tiny_config(workdir: Path, model: Path, pairs: Path, **extra) -> Path:
     path = workdir / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_model) -> tuple[Path, subprocess.CompletedProcess]:
+    """One full run of the tiny config (30 prompts in 4 chunks of 8; 2 arms x 2 seeds), shared by the end-to-end
+    tests: they read it, or work on a copy (`copy_run`). Its steps recorded the params they read (audit/)."""
+    workdir = tmp_path_factory.mktemp("finished")
+    pairs = write_jsonl(tiny_pairs(), workdir / "pairs.jsonl")
+    config = tiny_config(workdir, tiny_model, pairs)
+    res = snakemake(workdir, "--configfile", str(config), env={"DENSITY_GRPO_AUDIT_PARAMS": str(workdir / "audit")})
+    return workdir, res
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A copy of a finished run's folder (mtimes and Snakemake's metadata kept: nothing is out of date in it)."""
+    shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns("audit"))
+    return dst
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

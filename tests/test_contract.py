@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import planned_jobs, snakemake, tiny_config, tiny_pairs, write_jsonl
+from conftest import copy_run, planned_jobs, snakemake, tiny_pairs, write_jsonl
 
 pytestmark = pytest.mark.e2e
 STEP_RULES = {
@@ -22,14 +21,10 @@ DOWNSTREAM = {"compare": 1, "build_reports": 1, "all": 1}
 
 
 @pytest.fixture(scope="module")
-def audited_run(tmp_path_factory, tiny_model):
-    """A finished tiny run whose steps recorded the params they read (DENSITY_GRPO_AUDIT_PARAMS)."""
-    workdir = tmp_path_factory.mktemp("contract")
-    pairs = write_jsonl(tiny_pairs(), workdir / "pairs.jsonl")
-    config = tiny_config(workdir, tiny_model, pairs)
-    audit = workdir / "audit"
-    snakemake(workdir, "--configfile", str(config), env={"DENSITY_GRPO_AUDIT_PARAMS": str(audit)})
-    return workdir, config, audit
+def audited_run(finished_run):
+    """The finished tiny run (read only here): its steps recorded the params they read (DENSITY_GRPO_AUDIT_PARAMS)."""
+    workdir = finished_run[0]
+    return workdir, workdir / "tiny.yaml", workdir / "audit"
 
 
 def audits(folder: Path) -> dict[str, dict]:
@@ -56,8 +51,8 @@ def test_every_step_reads_exactly_its_params(audited_run):
 def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
     """The IVF index, the self-certainty reward and the hh-rlhf source declare (and read) other keys."""
     workdir, config, _ = audited_run
-    copy = tmp_path / "copy"
-    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("audit"))
+    copy = copy_run(workdir, tmp_path / "copy")
+    config = copy / "tiny.yaml"
     branch = copy / "branch.yaml"
     branch.write_text(yaml.safe_dump({
         "knn": {"index": "ivf", "nlist": 2, "nprobe": 1, "recall_sample": 10},

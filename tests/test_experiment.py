@@ -126,3 +126,17 @@ def test_matched_reward_interpolates_every_run():
     assert m["vendi_within"]["values"] == {"density": 3.0, "uniform": 1.5}
     assert m["vendi_within"]["density_minus_uniform"]["diff"] == 1.5
     assert compare.matched({"density": {0: pts([0, 1], [1, 1])}, "uniform": {0: pts([2, 3], [1, 1])}}, "reward_mean", 10, 0)["level"] is None
+
+
+def test_real_scale_config_is_valid_and_predicted():
+    """configs/hh-1gpu.yaml merges over config.yaml, validates, and every job's predicted peak fits one 141 GiB GPU."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    res = subprocess.run(
+        [sys.executable, str(REPO / "tools/predict_run.py"), "--configfile", str(REPO / "configs/hh-1gpu.yaml")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "| grpo (per arm x seed) | 6 |" in res.stdout and "fits on one h200 (141 GiB): True" in res.stdout

@@ -222,7 +222,7 @@ def test_rm_reward_scores_prompt_completion_eos(tiny_rm):
 def tiny_params(reward: str) -> dict:
     """The grpo rule's params for a 2-step run (what rules/common.smk builds from config.yaml)."""
     g = yaml.safe_load((REPO / "config.yaml").read_text())["grpo"]
-    g.update(reward=reward, steps=2, prompts_per_step=2, num_generations=2, max_completion_length=6)
+    g.update(reward=reward, steps=2, prompts_per_step=2, num_generations=2, micro_batch=2, max_completion_length=6)
     del g["samplers"], g["seeds"]
     if reward == "rm":
         del g["token_chunk"]

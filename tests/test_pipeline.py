@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import snakemake, tiny_config, tiny_pairs, write_jsonl
+from conftest import copy_run, snakemake, tiny_config, tiny_pairs, write_jsonl
 
 from density_grpo.store import read_chunk
 
@@ -32,12 +32,10 @@ def chunk_mtimes(workdir: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_model):
-    """One full run of the tiny config (30 prompts in 4 chunks of 8)."""
-    workdir = tmp_path_factory.mktemp("run")
-    pairs = write_jsonl(tiny_pairs(), workdir / "pairs.jsonl")
-    config = tiny_config(workdir, tiny_model, pairs)
-    res = snakemake(workdir, "--configfile", str(config))
+def tiny_run(tmp_path_factory, finished_run):
+    """A copy of the finished tiny run (30 prompts in 4 chunks of 8), which these tests change."""
+    workdir = copy_run(finished_run[0], tmp_path_factory.mktemp("run") / "run")
+    config, pairs, res = workdir / "tiny.yaml", workdir / "pairs.jsonl", finished_run[1]
     snapshot = workdir / "snapshot"  # the first run's small artifacts, before later tests change the data
     snapshot.mkdir()
     for name in ("data/prompts.parquet", "density/weights.parquet"):

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any, Callable, Mapping
 
-from density_grpo.errors import UserError
+from density_grpo.errors import UserError, describe
 
 log = logging.getLogger("density_grpo")
 
@@ -102,10 +102,13 @@ def run_step(smk: Any, step: Step) -> None:
     """
     setup_logging(smk.log[0] if len(smk.log) else None)
     from density_grpo.device import set_threads
+    from density_grpo.io import remove_stale_temps
     from density_grpo.monitor import MemoryMonitor, note
 
     set_threads(smk.threads)
     inputs, outputs, params = named(smk.input), named(smk.output), named(smk.params)
+    for tmp in remove_stale_temps(list(smk.output)):  # a job killed with SIGKILL never cleans up its atomic_path
+        log.warning("removed %s, left behind by an interrupted job", tmp)
     audit = os.environ.get("DENSITY_GRPO_AUDIT_PARAMS")  # a folder: record which params each step read
     if audit:
         params = RecordingParams(params)
@@ -113,6 +116,8 @@ def run_step(smk: Any, step: Step) -> None:
         if "memory" in outputs:
             warn_fraction = float(smk.resources.get("warn_fraction", 0.9))
             with MemoryMonitor(outputs["memory"], smk.rule, smk.wildcards, warn_fraction=warn_fraction):
+                if "model_fingerprint" in params:  # which model content this job read, in its record
+                    note(model_fingerprint=params["model_fingerprint"])
                 note(**(step(inputs, outputs, params) or {}))
         else:
             step(inputs, outputs, params)
@@ -124,6 +129,12 @@ def run_step(smk: Any, step: Step) -> None:
     except UserError as e:
         log.error("%s", e)
         sys.exit(1)
-    except Exception:
-        log.exception("rule %s failed", smk.rule)
-        raise
+    except Exception as e:
+        what = describe(e)  # a damaged or unreadable file the stage could not name itself: one line, no traceback
+        if what is None:
+            log.exception("rule %s failed", smk.rule)
+            raise
+        files = [str(f) for f in smk.input]
+        reading = "" if isinstance(e, OSError) else f"; reading {', '.join(files[:4])}{' ...' if len(files) > 4 else ''}"
+        log.error("rule %s: %s%s", smk.rule, what, reading)
+        sys.exit(1)

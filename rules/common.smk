@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from density_grpo.device import is_gpu, plan
 from density_grpo.index_plan import choose_index
-from density_grpo.models import model_kind, model_slug
+from density_grpo.models import fingerprint, model_kind, model_slug
 from density_grpo.pairs import SAMPLE_PATH, texts_hash
 from density_grpo.report import PLOTS
 
@@ -23,6 +23,7 @@ MEM = f"{RES}/memory"
 PAIRS = f"{RES}/data/pairs.parquet"
 PROMPTS = f"{RES}/data/prompts.parquet"
 PROMPTS_SUMMARY = f"{RES}/data/prompts.json"
+PROMPT_CHECKS = f"{RES}/data/checks.json"
 MODEL_CARD = f"{RES}/model.json"
 CHUNK = f"{RES}/embed/chunk_{{i}}.zarr"
 WEIGHTS = f"{RES}/density/weights.parquet"
@@ -48,10 +49,18 @@ except UserError as e:
     raise WorkflowError(str(e)) from None
 MODEL_SLUG = model_slug(MODEL_NAME)
 MODEL_DIR = MODEL_NAME if MODEL_KIND == "local" else f"resources/models/{MODEL_SLUG}"
+FINGERPRINTS = "resources/models/fingerprints.json"  # a cache of model file digests by (path, size, mtime)
 
 DEVICE, DTYPE = plan(config["device"], config["model"]["dtype"])
 GPU = 1 if is_gpu(DEVICE) else 0
 WARN = str(config["memory"]["warn_fraction"])  # a resource: a warning threshold must not rerun anything
+
+
+def model_fingerprint(wildcards):
+    """The model folder's content identity, a param of every job that reads the model: a model rebuilt in place
+    reruns them. Snakemake evaluates params lazily (when a job runs, or when its outputs exist), so a folder the
+    model rule builds in this run is fingerprinted after it exists."""
+    return fingerprint(MODEL_DIR, FINGERPRINTS)
 
 
 def mem_mb(base):
@@ -113,6 +122,12 @@ def _pairs_params():
 
 
 PAIRS_PARAMS = _pairs_params()
+# the checks that need the number of prompts (config.check_prompt_counts): every key they read
+CHECK_PARAMS = {
+    "knn": {"k": config["knn"]["k"]},
+    "eval": {"prompts": config["eval"]["prompts"]},
+    "rm": {"eval_fraction": config["rm"]["eval_fraction"]},
+}
 EMBED_PARAMS = {k: config["embed"][k] for k in ("source", "layer", "max_length", "batch_tokens")}
 
 

@@ -6,6 +6,7 @@ rule embed_chunk:
     input:
         prompts=ancient(PROMPTS),
         model=ancient(MODEL_DIR),
+        checks=ancient(PROMPT_CHECKS),
     output:
         chunk=directory(CHUNK),
         memory=job_files("embed_chunk", ["{i}"])[0],
@@ -28,6 +29,7 @@ rule embed_chunk:
         rows=chunk_rows,
         device=DEVICE,
         dtype=DTYPE,
+        model_fingerprint=model_fingerprint,
         embed=EMBED_PARAMS,
     script:
         "../scripts/embed_chunk.py"

@@ -26,6 +26,7 @@ rule evaluate_model:
         seed=config["seed"],
         device=DEVICE,
         dtype=DTYPE,
+        model_fingerprint=model_fingerprint,
         eval=config["eval"],
         rm=RM_SCORING,
     script:

@@ -6,6 +6,7 @@ rule reward_model:
     input:
         pairs=PAIRS,
         model=ancient(MODEL_DIR),
+        checks=ancient(PROMPT_CHECKS),
     output:
         model=directory(RM_MODEL),
         metrics=RM_METRICS,
@@ -26,6 +27,7 @@ rule reward_model:
         seed=config["seed"],
         device=DEVICE,
         dtype=DTYPE,
+        model_fingerprint=model_fingerprint,
         rm=config["rm"],
     script:
         "../scripts/reward_model.py"
@@ -58,5 +60,6 @@ rule grpo:
         seed=config["seed"],
         device=DEVICE,
         dtype=DTYPE,
+        model_fingerprint=model_fingerprint,
     script:
         "../scripts/grpo.py"

@@ -96,6 +96,10 @@ class RecordingParams(dict):
 def run_step(smk: Any, step: Step) -> None:
     """Run `step` inside a Snakemake `script:`: bad input exits 1 with one clear line, no traceback.
 
+    UserError is bad input the stage named; the exception types of damaged or unreadable files (JSON, parquet,
+    safetensors, Zarr, permissions) get one line too (errors.describe); any other exception is a bug and keeps its
+    traceback. Temporaries a killed job left beside the outputs are removed first.
+
     When the rule declares an output named `memory`, the step runs under the memory monitor, which writes the
     measured peak there beside the prediction the step records (monitor.expect); a dict the step returns is kept
     in that record too (e.g. tokens/s).
@@ -130,11 +134,9 @@ def run_step(smk: Any, step: Step) -> None:
         log.error("%s", e)
         sys.exit(1)
     except Exception as e:
-        what = describe(e)  # a damaged or unreadable file the stage could not name itself: one line, no traceback
+        what = describe(e, [str(f) for f in smk.input])  # a damaged or unreadable file: one line, no traceback
         if what is None:
             log.exception("rule %s failed", smk.rule)
             raise
-        files = [str(f) for f in smk.input]
-        reading = "" if isinstance(e, OSError) else f"; reading {', '.join(files[:4])}{' ...' if len(files) > 4 else ''}"
-        log.error("rule %s: %s%s", smk.rule, what, reading)
+        log.error("%s", what)
         sys.exit(1)

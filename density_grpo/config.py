@@ -90,10 +90,10 @@ def validate_config(cfg: dict, schema_path: str | os.PathLike = SCHEMA) -> None:
         raise UserError(f"config key data.mirror: no such folder {data['mirror']!r}")
 
 
-def check_prompt_counts(n: int, params: dict) -> dict:
-    """The config checks that need the number of unique prompts `n`; run at the prompts checkpoint, before any model
-    work. params: knn.k, eval.prompts, rm.eval_fraction. Returns the counts they imply."""
-    k, n_eval, fraction = params["knn"]["k"], params["eval"]["prompts"], params["rm"]["eval_fraction"]
+def check_prompt_counts(n: int, cfg: dict) -> dict:
+    """The config checks that need the number of unique prompts `n` (read: knn.k, eval.prompts, rm.eval_fraction);
+    the rules run them right after the prompts checkpoint, before any model work. Returns the counts they imply."""
+    k, n_eval, fraction = cfg["knn"]["k"], cfg["eval"]["prompts"], cfg["rm"]["eval_fraction"]
     if k >= n:
         raise UserError(f"config key knn.k: {k} neighbours need at least {k + 1} prompts, the data has {n}")
     if n_eval >= n:

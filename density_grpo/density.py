@@ -355,8 +355,8 @@ def compute_weights(chunk_paths: list[str], knn: dict, dens: dict, progress: boo
     shapes = _shapes(chunk_paths)  # dims agree (UserError naming the odd chunk) before any heavy work
     n, dim = sum(s[0] for s in shapes), shapes[0][1]
     expect(predict(n, dim, max(s[0] for s in shapes), knn))
+    _check_unique_ids(chunk_paths)  # reads (and verifies) the id arrays first
     attrs = _check_same_embedding(chunk_paths)
-    _check_unique_ids(chunk_paths)
     approx = {key: knn[key] for key in ("nlist", "nprobe", "pq_m", "recall_sample", "seed") if key in knn}
     df, meta = knn_search(chunk_paths, knn["k"], knn["index"], progress=progress, **approx)
     density, weight = density_weights(df["knn_mean_dist"].to_numpy(), dens["alpha"], dens["eps"], dens["max_ratio"])

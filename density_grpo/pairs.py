@@ -347,13 +347,3 @@ def run_prompts(input: dict, output: dict, params: dict) -> dict:
     write_json(summary, output["summary"])
     return {"n_prompts": len(prompts)}
 
-
-def run_checks(input: dict, output: dict, params: dict) -> dict:
-    """Rule check_prompts: the config checks that need the number of prompts, before any model work -> checks.json."""
-    import pyarrow.parquet as pq
-
-    from density_grpo.config import check_prompt_counts
-
-    counts = check_prompt_counts(pq.ParquetFile(input["prompts"]).metadata.num_rows, params)
-    write_json(counts, output["checks"])
-    return counts

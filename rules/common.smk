@@ -8,6 +8,7 @@ import os
 import pandas as pd
 import pyarrow.parquet as pq
 
+from density_grpo.config import check_prompt_counts
 from density_grpo.device import is_gpu, plan
 from density_grpo.index_plan import choose_index
 from density_grpo.models import fingerprint, model_kind, model_slug
@@ -23,7 +24,6 @@ MEM = f"{RES}/memory"
 PAIRS = f"{RES}/data/pairs.parquet"
 PROMPTS = f"{RES}/data/prompts.parquet"
 PROMPTS_SUMMARY = f"{RES}/data/prompts.json"
-PROMPT_CHECKS = f"{RES}/data/checks.json"
 MODEL_CARD = f"{RES}/model.json"
 CHUNK = f"{RES}/embed/chunk_{{i}}.zarr"
 WEIGHTS = f"{RES}/density/weights.parquet"
@@ -84,6 +84,25 @@ def _chunk_hashes(path, mtime_ns, chunk_size):
     return tuple(texts_hash(texts[i : i + chunk_size]) for i in range(0, len(texts), chunk_size))
 
 
+def checked_prompts(wildcards=None):
+    """The prompts file, once the prompts checkpoint has run and the config checks that need the number of prompts
+    (knn.k, eval.prompts, rm.eval_fraction) pass: the input functions of the model jobs call it, so a bad value fails
+    right after the checkpoint, before any model work (and in every dry run after it)."""
+    path = checkpoints.unique_prompts.get().output.prompts
+    problem = _count_problem(path, os.stat(path).st_mtime_ns)
+    if problem:
+        raise WorkflowError(problem)  # Snakemake shows it as the InputFunctionException of the job that asked
+    return ancient(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _count_problem(path, mtime_ns):
+    try:
+        check_prompt_counts(pq.ParquetFile(path).metadata.num_rows, config)
+    except UserError as e:
+        return str(e)
+
+
 def chunk_hashes():
     """Content hash of every chunk's prompts (available once the prompts checkpoint has run)."""
     path = checkpoints.unique_prompts.get().output.prompts
@@ -95,6 +114,7 @@ def chunk_ids():
 
 
 def all_chunks(wildcards):
+    checked_prompts()
     return [CHUNK.format(i=i) for i in chunk_ids()]
 
 
@@ -122,12 +142,6 @@ def _pairs_params():
 
 
 PAIRS_PARAMS = _pairs_params()
-# the checks that need the number of prompts (config.check_prompt_counts): every key they read
-CHECK_PARAMS = {
-    "knn": {"k": config["knn"]["k"]},
-    "eval": {"prompts": config["eval"]["prompts"]},
-    "rm": {"eval_fraction": config["rm"]["eval_fraction"]},
-}
 EMBED_PARAMS = {k: config["embed"][k] for k in ("source", "layer", "max_length", "batch_tokens")}
 
 

@@ -45,23 +45,3 @@ checkpoint unique_prompts:
     script:
         "../scripts/prompts.py"
 
-
-# The config checks that need the number of prompts (knn.k, eval.prompts, rm.eval_fraction), before any model work:
-# embedding and reward-model jobs wait for them (ancient: a passing re-check does not rerun them).
-rule check_prompts:
-    input:
-        prompts=PROMPTS,
-    output:
-        checks=PROMPT_CHECKS,
-    log:
-        f"{LOGS}/check_prompts.log",
-    conda:
-        "../envs/data.yaml"
-    threads: 1
-    resources:
-        mem_mb=mem_mb(1000),
-        runtime=5,
-    params:
-        **CHECK_PARAMS,
-    script:
-        "../scripts/check_prompts.py"

@@ -6,7 +6,6 @@ rule embed_chunk:
     input:
         prompts=ancient(PROMPTS),
         model=ancient(MODEL_DIR),
-        checks=ancient(PROMPT_CHECKS),
     output:
         chunk=directory(CHUNK),
         memory=job_files("embed_chunk", ["{i}"])[0],

@@ -6,7 +6,7 @@ rule reward_model:
     input:
         pairs=PAIRS,
         model=ancient(MODEL_DIR),
-        checks=ancient(PROMPT_CHECKS),
+        prompts=checked_prompts,
     output:
         model=directory(RM_MODEL),
         metrics=RM_METRICS,

@@ -365,6 +365,7 @@ def compute_weights(chunk_paths: list[str], knn: dict, dens: dict, progress: boo
     meta.update(
         alpha=dens["alpha"], eps=dens["eps"], max_ratio=dens["max_ratio"], weight_stats=weight_stats(weight),
         model=attrs["model"], source=attrs["source"], layer=attrs["layer"],
+        n_truncated=sum(read_attrs(p).get("n_truncated", 0) for p in chunk_paths),  # prompts cut to embed.max_length
     )  # fmt: skip
     return df[["prompt_id", "knn_mean_dist", "density", "weight"]], meta
 

@@ -44,4 +44,3 @@ checkpoint unique_prompts:
         warn_fraction=WARN,
     script:
         "../scripts/prompts.py"
-

@@ -12,10 +12,11 @@ class UserError(Exception):
     """Bad input data, config or environment. The message names the file/line or config key."""
 
 
-def first_line(e: BaseException) -> str:
-    """'Type: first line of the message' (messages of library errors can span many lines)."""
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+def first_line(e: BaseException, limit: int = 240) -> str:
+    """'Type: message' on one line (library messages can span many lines), at most `limit` characters of it."""
+    text = " ".join(str(e).split())
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def describe(e: BaseException, inputs: Sequence[str]) -> str | None:

@@ -167,6 +167,8 @@ def load_causal_lm(path: str | os.PathLike, dtype=None, device=None, auto_class=
     path = Path(path)
     if not (path / "config.json").exists():
         raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise UserError(f"{path}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)})")
     # a broken folder (config, tokenizer files, weights) raises these from transformers/safetensors
     broken = (OSError, ValueError, KeyError, TypeError, SafetensorError)
     try:
@@ -182,6 +184,7 @@ def load_causal_lm(path: str | os.PathLike, dtype=None, device=None, auto_class=
 
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
 NEW_PAD_TOKEN = "<|pad|>"
 
 

@@ -81,8 +81,11 @@ def _read_array(path: str | os.PathLike, group: zarr.Group, name: str, dtype: st
         a = np.asarray(group[name][...])
     except _DAMAGED as e:
         raise UserError(f"{path}: damaged chunk store ({name}: {first_line(e)}): {rebuild_hint(path)}") from None
-    if recorded is None:
-        raise UserError(f"{path}: no content hash recorded for {name!r} (written by an older version): {rebuild_hint(path)}")
+    if recorded is None:  # every chunk of that run is as old: rebuild them all
+        raise UserError(
+            f"{path}: no content hash recorded for {name!r} (written by an older version): delete the old chunks "
+            f"(rm -r {Path(path).parent}) and rerun snakemake to rebuild them"
+        )
     if a.dtype != np.dtype(dtype) or array_sha256(a) != recorded:
         raise UserError(f"{path}: {name!r} does not match its recorded sha256 (corrupted or modified): {rebuild_hint(path)}")
     return a

@@ -82,12 +82,21 @@ def validate_config(cfg: dict, schema_path: str | os.PathLike = SCHEMA) -> None:
             raise UserError("config key data.path: required when data.source is 'local'")
         if not Path(data["path"]).is_file():
             raise UserError(f"config key data.path: no such file {data['path']!r}")
-        try:  # here, not in the job: Snakemake checksums inputs and blames .snakemake for an unreadable one
-            open(data["path"], "rb").close()
-        except OSError as e:
-            raise UserError(f"config key data.path: cannot read {data['path']!r} ({e.strerror})") from None
-    if data["source"] == "hh-rlhf" and data["mirror"] and not Path(data["mirror"]).is_dir():
-        raise UserError(f"config key data.mirror: no such folder {data['mirror']!r}")
+        _readable("data.path", data["path"])
+    if data["source"] == "hh-rlhf" and data["mirror"]:
+        if not Path(data["mirror"]).is_dir():
+            raise UserError(f"config key data.mirror: no such folder {data['mirror']!r}")
+        for subset in data["subsets"]:
+            if (path := Path(data["mirror"]) / subset / f"{data['split']}.jsonl.gz").exists():
+                _readable("data.mirror", path)
+
+
+def _readable(key: str, path: str | os.PathLike) -> None:
+    """Checked here, not in the job: Snakemake checksums a job's inputs and blames .snakemake for an unreadable one."""
+    try:
+        open(path, "rb").close()
+    except OSError as e:
+        raise UserError(f"config key {key}: cannot read {str(path)!r} ({e.strerror})") from None
 
 
 def check_prompt_counts(n: int, cfg: dict) -> dict:

@@ -385,3 +385,21 @@ def test_yaml_syntax_error_names_the_file(tmp_path):
     bad.write_text(yaml.safe_dump({"knn": {"k": 3}}) + "embed: [\n")
     with pytest.raises(UserError, match=r"bad.yaml:4:1: not valid YAML \(expected the node content"):
         load_config(bad)
+
+
+def test_unreadable_mirror_file(tmp_path, monkeypatch):
+    """An hh-rlhf mirror file the user cannot read is named when the workflow is read, not inside the job."""
+    path = tmp_path / "helpful-base" / "train.jsonl.gz"
+    path.parent.mkdir()
+    path.write_bytes(gzip.compress(json.dumps(GOOD).encode()))
+    real_open = open
+
+    def deny(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", deny)
+    with pytest.raises(UserError) as e:
+        load_config({"data": {"source": "hh-rlhf", "subsets": ["helpful-base"], "mirror": str(tmp_path)}})
+    assert str(e.value) == f"config key data.mirror: cannot read '{path}' (Permission denied)"

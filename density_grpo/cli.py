@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any, Callable, Mapping
 
-from density_grpo.errors import UserError
+from density_grpo.errors import UserError, describe
 
 log = logging.getLogger("density_grpo")
 
@@ -96,16 +96,23 @@ class RecordingParams(dict):
 def run_step(smk: Any, step: Step) -> None:
     """Run `step` inside a Snakemake `script:`: bad input exits 1 with one clear line, no traceback.
 
+    UserError is bad input the stage named; the exception types of damaged or unreadable files (JSON, parquet,
+    safetensors, Zarr, permissions) get one line too (errors.describe); any other exception is a bug and keeps its
+    traceback. Temporaries a killed job left beside the outputs are removed first.
+
     When the rule declares an output named `memory`, the step runs under the memory monitor, which writes the
     measured peak there beside the prediction the step records (monitor.expect); a dict the step returns is kept
     in that record too (e.g. tokens/s).
     """
     setup_logging(smk.log[0] if len(smk.log) else None)
     from density_grpo.device import set_threads
+    from density_grpo.io import remove_stale_temps
     from density_grpo.monitor import MemoryMonitor, note
 
     set_threads(smk.threads)
     inputs, outputs, params = named(smk.input), named(smk.output), named(smk.params)
+    for tmp in remove_stale_temps(list(smk.output)):  # a job killed with SIGKILL never cleans up its atomic_path
+        log.warning("removed %s, left behind by an interrupted job", tmp)
     audit = os.environ.get("DENSITY_GRPO_AUDIT_PARAMS")  # a folder: record which params each step read
     if audit:
         params = RecordingParams(params)
@@ -113,6 +120,8 @@ def run_step(smk: Any, step: Step) -> None:
         if "memory" in outputs:
             warn_fraction = float(smk.resources.get("warn_fraction", 0.9))
             with MemoryMonitor(outputs["memory"], smk.rule, smk.wildcards, warn_fraction=warn_fraction):
+                if "model_fingerprint" in params:  # which model content this job read, in its record
+                    note(model_fingerprint=params["model_fingerprint"])
                 note(**(step(inputs, outputs, params) or {}))
         else:
             step(inputs, outputs, params)
@@ -124,6 +133,10 @@ def run_step(smk: Any, step: Step) -> None:
     except UserError as e:
         log.error("%s", e)
         sys.exit(1)
-    except Exception:
-        log.exception("rule %s failed", smk.rule)
-        raise
+    except Exception as e:
+        what = describe(e, [str(f) for f in smk.input])  # a damaged or unreadable file: one line, no traceback
+        if what is None:
+            log.exception("rule %s failed", smk.rule)
+            raise
+        log.error("%s", what)
+        sys.exit(1)

@@ -18,14 +18,13 @@ from typing import Any, Iterator
 import faiss
 import numpy as np
 import pandas as pd
-import zarr
 from tqdm import tqdm
 
 from density_grpo import memory
 from density_grpo.errors import UserError
 from density_grpo.index_plan import INDEXES, PQ_NBITS, components, default_nlist, index_bytes, ivf_train_size
 from density_grpo.io import provenance, write_json, write_parquet
-from density_grpo.store import read_attrs, read_chunk
+from density_grpo.store import read_attrs, read_chunk, read_ids, read_shape
 
 log = logging.getLogger(__name__)
 DUP_DIST = 1e-6  # nearest other neighbour this close counts as an exact duplicate
@@ -41,7 +40,7 @@ def _shapes(chunk_paths: list[str]) -> list[tuple[int, int]]:
         raise UserError("no embedding chunks to index (the embed step produced no chunk_*.zarr stores)")
     shapes = []
     for p in chunk_paths:
-        shape = tuple(zarr.open_group(str(p), mode="r")["embeddings"].shape)
+        shape = read_shape(p)
         if len(shape) != 2:
             raise UserError(f"{p}: embeddings must be 2-D (n, dim), got shape {shape}")
         if shapes and shape[1] != shapes[0][1]:
@@ -304,7 +303,7 @@ def weight_stats(weight: np.ndarray) -> dict[str, float]:
 
 def _check_unique_ids(chunk_paths: list[str]) -> None:
     """No prompt_id may appear twice across (or within) chunks; reads only the small id arrays."""
-    ids = [np.asarray(zarr.open_group(str(p), mode="r")["prompt_id"][...]) for p in chunk_paths]
+    ids = [read_ids(p) for p in chunk_paths]
     allids = np.concatenate(ids) if ids else np.array([], dtype=np.uint64)
     uniq, counts = np.unique(allids, return_counts=True)
     if (counts > 1).any():
@@ -314,6 +313,23 @@ def _check_unique_ids(chunk_paths: list[str]) -> None:
             f"prompt_id {int(dup):016x} appears {int(counts[counts > 1][0])} times "
             f"({int((counts > 1).sum())} repeated ids in all), in {', '.join(where)}"
         )
+
+
+SAME_EMBEDDING = ("model_fingerprint", "source", "layer", "pooling", "dtype", "transform", "max_length")
+
+
+def _check_same_embedding(chunk_paths: list[str]) -> dict[str, Any]:
+    """All chunks come from one model (content fingerprint) and one embedding recipe; returns chunk 0's attrs."""
+    first = read_attrs(chunk_paths[0])
+    for p in chunk_paths[1:]:
+        attrs = read_attrs(p)
+        for key in SAME_EMBEDDING:
+            if attrs.get(key) != first.get(key):
+                raise UserError(
+                    f"{p}: embedded with {key}={attrs.get(key)!r} but {chunk_paths[0]} with {first.get(key)!r}: "
+                    "delete the chunks that differ and rerun snakemake"
+                )
+    return first
 
 
 def predict(n: int, dim: int, chunk: int, knn: dict) -> dict:
@@ -339,16 +355,17 @@ def compute_weights(chunk_paths: list[str], knn: dict, dens: dict, progress: boo
     shapes = _shapes(chunk_paths)  # dims agree (UserError naming the odd chunk) before any heavy work
     n, dim = sum(s[0] for s in shapes), shapes[0][1]
     expect(predict(n, dim, max(s[0] for s in shapes), knn))
-    _check_unique_ids(chunk_paths)
+    _check_unique_ids(chunk_paths)  # reads (and verifies) the id arrays first
+    attrs = _check_same_embedding(chunk_paths)
     approx = {key: knn[key] for key in ("nlist", "nprobe", "pq_m", "recall_sample", "seed") if key in knn}
     df, meta = knn_search(chunk_paths, knn["k"], knn["index"], progress=progress, **approx)
     density, weight = density_weights(df["knn_mean_dist"].to_numpy(), dens["alpha"], dens["eps"], dens["max_ratio"])
     df["density"] = density
     df["weight"] = weight
-    attrs = read_attrs(chunk_paths[0])
     meta.update(
         alpha=dens["alpha"], eps=dens["eps"], max_ratio=dens["max_ratio"], weight_stats=weight_stats(weight),
         model=attrs["model"], source=attrs["source"], layer=attrs["layer"],
+        n_truncated=sum(read_attrs(p).get("n_truncated", 0) for p in chunk_paths),  # prompts cut to embed.max_length
     )  # fmt: skip
     return df[["prompt_id", "knn_mean_dist", "density", "weight"]], meta
 

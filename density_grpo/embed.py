@@ -1,13 +1,16 @@
 """Prompt embeddings from a causal LM: masked mean pooling of a hidden layer or of the logits.
 
 The model and tokenizer come in already loaded (see density_grpo.models); this module only runs them:
-tokenize once, group prompts into token-budget batches (longest first), pad right, pool, and write
-one chunk store per call of `embed_chunk`.
+tokenize once (keeping at most max_length tokens, from the end), group prompts into token-budget batches
+(longest first), pad right, pool, and write one chunk store per call of `embed_chunk`. A prompt longer than the
+budget runs in windows of positions that carry the KV cache: the same hidden states as one pass (a causal LM's
+position t only sees positions <= t), with memory bounded by the window instead of the whole prompt.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from typing import Any, Sequence
@@ -34,6 +37,15 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     summed = hidden.to(torch.float32).masked_fill(~mask, 0.0).sum(dim=1)
     counts = mask.sum(dim=1).clamp(min=1).to(torch.float32)
     return summed / counts
+
+
+def masked_sums(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, D), (B, T) -> sums (B, D) and counts (B, 1) over the positions where mask is 1, in float32 (float64
+    for a float64 model). The windows of a long batch add up their sums and counts; sums / counts is mean_pool.
+    """
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    m = mask.to(device=hidden.device, dtype=torch.bool).unsqueeze(-1)
+    return hidden.to(dtype).masked_fill(~m, 0.0).sum(dim=1), m.sum(dim=1).to(dtype)
 
 
 def gram_factor(weight: torch.Tensor, block_rows: int = 8192) -> torch.Tensor:
@@ -165,30 +177,59 @@ class Embedder:
                 self.dim = int(getattr(config, "vocab_size", 0)) or None  # confirmed from the logits on first batch
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = pad if pad is not None else 0  # value is irrelevant: pads are masked and right of every real token
-        self.n_tokens, self.time_s = 0, 0.0
+        self.n_tokens, self.time_s, self.n_truncated, self.longest = 0, 0.0, 0, 0
 
-    def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """One padded batch -> (B, dim) float32 embeddings."""
+    def window(self, batch_size: int) -> int:
+        """Positions per forward for a batch of `batch_size` rows: batch_size x window <= embed.batch_tokens."""
+        return max(1, self.batch_tokens // batch_size)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **cache: Any) -> torch.Tensor:
+        """Per-position outputs to pool (hidden state of `layer`, or true logits) of one window of a batch.
+
+        cache: nothing (one pass), or past_key_values (a Cache the window extends) and the window's position_ids;
+        attention_mask then covers the past and the window.
+        """
+        kw = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=bool(cache), **cache)
         if self.source == "logits" and self.R is None:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            return mean_pool(logits, attention_mask)
+            return self.model(**kw).logits
         if self.is_last:
-            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
-        else:
-            # stop right after block `layer`: blocks above it and the final norm never run
-            def stop(module: nn.Module, args: Any, output: Any) -> None:
-                raise _StopForward(output)
+            return self.backbone(**kw)[0]
 
-            handle = self.layers[self.layer].register_forward_hook(stop)
-            try:
-                self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-                raise RuntimeError("decoder layer hook did not fire")
-            except _StopForward as e:
-                hidden = e.output[0] if isinstance(e.output, (tuple, list)) else e.output
-            finally:
-                handle.remove()
-        pooled = mean_pool(hidden, attention_mask)
-        return pooled @ self.R.T if self.R is not None else pooled
+        # stop right after block `layer`: blocks above it and the final norm never run (nor fill the cache)
+        def stop(module: nn.Module, args: Any, output: Any) -> None:
+            raise _StopForward(output)
+
+        handle = self.layers[self.layer].register_forward_hook(stop)
+        try:
+            self.backbone(**kw)
+            raise RuntimeError("decoder layer hook did not fire")
+        except _StopForward as e:
+            return e.output[0] if isinstance(e.output, (tuple, list)) else e.output
+        finally:
+            handle.remove()
+
+    def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One right-padded batch -> (B, dim) float32 embeddings: the mean over pool_mask (default: attention_mask).
+
+        A batch longer than its window runs window by window with a KV cache; every per-token tensor (ids, masks)
+        is sliced along, and the pooled sums and counts add up across windows.
+        """
+        pool_mask = attention_mask if pool_mask is None else pool_mask
+        (b, t), w = input_ids.shape, self.window(input_ids.shape[0])
+        if t <= w:
+            sums, counts = masked_sums(self._forward(input_ids, attention_mask), pool_mask)
+        else:
+            from transformers import DynamicCache
+
+            cache, sums, counts = DynamicCache(config=self.model.config), 0.0, 0.0
+            for s in range(0, t, w):
+                e = min(t, s + w)
+                pos = torch.arange(s, e, device=input_ids.device).expand(b, -1)
+                out = self._forward(input_ids[:, s:e], attention_mask[:, :e], past_key_values=cache, position_ids=pos)
+                ws, wc = masked_sums(out, pool_mask[:, s:e])
+                sums, counts = sums + ws, counts + wc
+        pooled = sums / counts.clamp(min=1)
+        return pooled @ self.R.T.to(pooled.dtype) if self.R is not None else pooled
 
     def _run(self, ids: list[list[int]]) -> torch.Tensor:
         """Right-pad a batch of token id lists and embed it -> (B, dim) float32 on CPU."""
@@ -219,8 +260,19 @@ class Embedder:
             ) from e
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text, at most max_length (a text with no tokens gets one special token)."""
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        """Token ids of each text, at most max_length kept from the end (a text with no tokens gets one special token).
+
+        Dropping from the left keeps the final request of a long dialogue; leading special tokens (BOS) stay.
+        """
+        ids = self.tokenizer(list(texts), verbose=False)["input_ids"]  # verbose: no warning for overlong texts
+        specials = set(self.tokenizer.all_special_ids)
+        self.n_truncated, self.longest = 0, max((len(x) for x in ids), default=0)
+        for i, x in enumerate(ids):
+            if len(x) > self.max_length:
+                head = next((j for j, tok in enumerate(x) if tok not in specials), len(x))
+                head = min(head, self.max_length - 1)
+                ids[i] = x[:head] + x[len(x) - (self.max_length - head) :]
+                self.n_truncated += 1
         # a text with no tokens (e.g. "") would pool to nothing: give it one special token instead
         filler = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id
         return [x if len(x) > 0 else [filler] for x in ids]
@@ -263,6 +315,9 @@ class Embedder:
             "dim": self.dim,
             "transform": self.transform,
             "max_length": self.max_length,
+            "truncation": "left",
+            "n_truncated": self.n_truncated,
+            "longest_tokens": self.longest,
             "batch_tokens": self.batch_tokens,
             "n_tokens": self.n_tokens,
             "time_s": round(self.time_s, 4),
@@ -277,14 +332,29 @@ def _empty_cache(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def predict(model_cfg: dict, lengths: list[int], batches: list[list[int]], source: str, true_logits: bool, device: str, dtype: str) -> dict:
+def forward_bytes(model_cfg: dict, batch: int, seq: int, window: int, prec: str) -> int:
+    """Activations of a batch of `seq` positions run `window` positions at a time: one window's activations, its
+    attention over all earlier positions, and the KV cache that carries them (none in one pass)."""
+    d, w = memory.dims(model_cfg), min(seq, window)
+    acts = memory.inference_activation_bytes(model_cfg, batch, w, prec)
+    if w == seq:
+        return acts
+    attn = math.ceil(batch * d["heads"] * w * (seq - w) * memory.PRECISION_BYTES[prec])
+    return acts + attn + memory.kv_cache_bytes(model_cfg, batch, seq, prec)
+
+
+def predict(
+    model_cfg: dict, lengths: list[int], batches: list[list[int]], source: str, true_logits: bool, device: str, dtype: str,
+    batch_tokens: int,
+) -> dict:  # fmt: skip
     """Peak memory of embedding one chunk: weights + the largest forward batch + the output, or the load copy."""
     d = memory.dims(model_cfg)
     n_params = memory.param_count(model_cfg)
     prec = memory.precision_key(dtype)
     stored = memory.precision_key(model_cfg.get("torch_dtype") or model_cfg.get("dtype") or "float32")
-    acts = max(memory.inference_activation_bytes(model_cfg, len(b), lengths[b[0]], prec) for b in batches)
-    logits = max(len(b) * lengths[b[0]] for b in batches) * d["V"] * 4 if true_logits else 0
+    window = [max(1, batch_tokens // len(b)) for b in batches]
+    acts = max(forward_bytes(model_cfg, len(b), lengths[b[0]], w, prec) for b, w in zip(batches, window))
+    logits = max(len(b) * min(lengths[b[0]], w) for b, w in zip(batches, window)) * d["V"] * 4 if true_logits else 0
     out = len(lengths) * (d["V"] if true_logits else d["h"]) * 4
     load = memory.weights_bytes(n_params, stored) if stored != prec and device == "cpu" else 0
     c = {
@@ -326,9 +396,15 @@ def run(input: dict, output: dict, params: dict) -> dict:
     ids = embedder.tokenize(texts)
     true_logits = e["source"] == "logits" and embedder.R is None
     model_cfg = memory.model_config(input["model"])
-    expect(predict(model_cfg, [len(x) for x in ids], embedder.batches(ids), e["source"], true_logits, params["device"], params["dtype"]))
+    lengths, batches = [len(x) for x in ids], embedder.batches(ids)
+    expect(predict(model_cfg, lengths, batches, e["source"], true_logits, params["device"], params["dtype"], e["batch_tokens"]))
     emb = embedder.embed_ids(ids)
-    attrs = embedder.attrs() | {"model": input["model"], "rows": [start, stop], "device": str(device), "content_hash": params["content"]}
+    attrs = embedder.attrs() | {
+        "model": input["model"], "model_fingerprint": params["model_fingerprint"], "rows": [start, stop],
+        "device": str(device), "content_hash": params["content"],
+    }  # fmt: skip
     store.write_chunk(output["chunk"], rows["prompt_id"].tolist(), emb, attrs)
     log.info("rows %d..%d: %d prompts, %d tokens, %.0f tokens/s (%s, %s)", start, stop, len(texts), embedder.n_tokens, attrs["tokens_per_s"] or 0, device, dtype)
-    return {"n_prompts": len(texts), "n_tokens": embedder.n_tokens, "tokens_per_s": attrs["tokens_per_s"]}
+    if embedder.n_truncated:
+        log.warning("%d of %d prompts kept only their last embed.max_length=%d tokens (longest: %d)", embedder.n_truncated, len(texts), embedder.max_length, embedder.longest)
+    return {"n_prompts": len(texts), "n_tokens": embedder.n_tokens, "tokens_per_s": attrs["tokens_per_s"], "n_truncated": embedder.n_truncated}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import platform
@@ -31,6 +32,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         _remove(tmp)
+
+
+def remove_stale_temps(paths: list[str | os.PathLike]) -> list[Path]:
+    """Remove the temporaries atomic_path left beside `paths` when a job was killed (SIGKILL runs no cleanup).
+
+    Called at job start: Snakemake runs one job per output at a time, so any such sibling is stale.
+    """
+    removed = []
+    for path in map(Path, paths):
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*") if path.parent.is_dir() else []:
+            _remove(tmp)
+            removed.append(tmp)
+    return removed
 
 
 def _remove(p: Path) -> None:

@@ -30,6 +30,8 @@ from typing import Any, Mapping
 
 import psutil
 
+from density_grpo.errors import UserError
+
 log = logging.getLogger(__name__)
 
 MiB = 2**20
@@ -226,7 +228,15 @@ def embedding_store_bytes(n: int, dim: int, bytes_per: int = 4) -> int:
 
 def model_config(model_dir: str | os.PathLike) -> dict:
     """The text part of a model folder's config.json (what the formulas read)."""
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    path = Path(model_dir) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
     return cfg.get("text_config") or cfg
 
 

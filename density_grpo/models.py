@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -17,7 +19,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from density_grpo.errors import UserError
+from density_grpo.errors import UserError, first_line
 from density_grpo.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,49 @@ def model_kind(name_or_path: str) -> str:
 def model_slug(name_or_path: str) -> str:
     """Folder name (under the rules' models folder) for a downloaded or converted model."""
     return name_or_path.replace("/", "--")
+
+
+_DIGESTS: dict[str, str] = {}  # file signature -> sha256, for this process
+
+
+def fingerprint(path: str | os.PathLike, cache: str | os.PathLike | None = None) -> str:
+    """Content identity of a model folder: sha256 over each file's relative name, size and content sha256.
+
+    A model rebuilt in place (other weights, tokenizer or config) gets a new fingerprint, so the jobs whose params
+    carry it rerun. File digests are cached by (path, size, mtime, inode), in this process and in the JSON file
+    `cache`, so only a changed file is read again. Hidden files (Snakemake's .snakemake_timestamp) are ignored.
+    'absent' while the folder does not exist (the model rule has not built it yet).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        return "absent"
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    stored = _read_cache(cache) if cache else {}
+    h, new = hashlib.sha256(), {}
+    for p in files:
+        st = p.stat()
+        key = f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        if key not in _DIGESTS:
+            _DIGESTS[key] = stored.get(key) or new.setdefault(key, _file_sha256(p))
+        h.update(f"{p.relative_to(root).as_posix()}\0{st.st_size}\0{_DIGESTS[key]}\n".encode())
+    if cache and new:
+        write_json({**stored, **new}, cache)
+    return h.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _read_cache(cache: str | os.PathLike) -> dict[str, str]:
+    try:
+        data = json.loads(Path(cache).read_text())
+    except (OSError, ValueError):  # none yet, or damaged: it is only a cache
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def fetch_model(name_or_path: str, out_dir: str | os.PathLike) -> Path:
@@ -117,15 +162,29 @@ def load_causal_lm(path: str | os.PathLike, dtype=None, device=None, auto_class=
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from safetensors import SafetensorError
+
     path = Path(path)
     if not (path / "config.json").exists():
         raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
-    tok = AutoTokenizer.from_pretrained(path)
-    model = (auto_class or AutoModelForCausalLM).from_pretrained(path, dtype=dtype or torch.float32)
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise UserError(f"{path}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)})")
+    # a broken folder (config, tokenizer files, weights) raises these from transformers/safetensors
+    broken = (OSError, ValueError, KeyError, TypeError, SafetensorError)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except broken as e:
+        raise UserError(f"{path}: cannot load the tokenizer ({first_line(e)})") from None
+    try:
+        model = (auto_class or AutoModelForCausalLM).from_pretrained(path, dtype=dtype or torch.float32)
+    except broken as e:
+        raise UserError(f"{path}: cannot load the model ({first_line(e)})") from None
     model.to(device or "cpu").eval()
     return model, tok
 
 
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
 NEW_PAD_TOKEN = "<|pad|>"
 
 
@@ -204,6 +263,7 @@ def run_card(input: dict, output: dict, params: dict) -> None:
     config = memory.model_config(input["model"])
     card = {
         "name": params["name"],
+        "fingerprint": params["model_fingerprint"],
         "config": {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool, type(None)))},
         "dims": memory.dims(config),
         "params": memory.param_count(config),

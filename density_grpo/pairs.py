@@ -53,14 +53,20 @@ def pair_from_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
         prompt, chosen_response = split_dialogue(chosen)
     except ValueError:
         raise ValueError(f"'chosen' has no {ASSISTANT_TAG!r} tag") from None
-    if rejected.startswith(prompt):
-        return prompt, chosen_response, rejected[len(prompt) :]
-    # some HH rows differ before the last turn: take rejected's own last reply
-    try:
-        _, rejected_response = split_dialogue(rejected)
-    except ValueError:
-        raise ValueError(f"'rejected' has no {ASSISTANT_TAG!r} tag") from None
-    return prompt, chosen_response, rejected_response
+    if not rejected.startswith(prompt):
+        if ASSISTANT_TAG not in rejected:
+            raise ValueError(f"'rejected' has no {ASSISTANT_TAG!r} tag")
+        at = next((i for i, (a, b) in enumerate(zip(prompt, rejected)) if a != b), min(len(prompt), len(rejected)))
+        raise ValueError(
+            f"'chosen' and 'rejected' have different prompts (they differ at character {at}; a pair must share "
+            "every turn up to the last Assistant reply)"
+        )
+    request = prompt[: -len(ASSISTANT_TAG)]
+    if HUMAN_TAG not in request:
+        raise ValueError(f"no {HUMAN_TAG!r} turn before the last Assistant reply")
+    if not request[request.rfind(HUMAN_TAG) + len(HUMAN_TAG) :].strip():
+        raise ValueError("empty Human turn before the last Assistant reply (nothing to embed or answer)")
+    return prompt, chosen_response, rejected[len(prompt) :]
 
 
 def prompt_id(text: str) -> str:
@@ -93,7 +99,11 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield (where, parsed object) for each non-blank line; where = 'file:line'."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rb") as f:
+        f = opener(path, "rb")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        with f:
             for n, raw in enumerate(f, start=1):
                 where = f"{path}:{n}"
                 try:
@@ -135,6 +145,7 @@ def _parse_row(row: Any, where: str) -> dict[str, str]:
             )
         if not isinstance(row[k], str):
             raise UserError(f"{where}: {k!r} must be a string, got {type(row[k]).__name__}")
+        _check_unicode(row[k], k, where)
     if explicit:
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
         # an empty prompt has nothing to embed or to train on: almost surely a broken export
@@ -150,7 +161,16 @@ def _parse_row(row: Any, where: str) -> dict[str, str]:
         if k in row:
             v = row[k]
             out[k] = "" if v is None or (isinstance(v, float) and v != v) else str(v)
+            _check_unicode(out[k], k, where)
     return out
+
+
+def _check_unicode(text: str, key: str, where: str) -> None:
+    """JSON may escape lone surrogates ("\\ud800"), which no UTF-8 file (parquet, the tokenizer) can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{where}: {key!r} holds a lone surrogate {text[e.start]!r} at character {e.start} (not valid Unicode)") from None
 
 
 def read_local(path: str | os.PathLike) -> pd.DataFrame:
@@ -355,3 +375,4 @@ def run_prompts(input: dict, output: dict, params: dict) -> dict:
     write_parquet(prompts, output["prompts"])
     write_json(summary, output["summary"])
     return {"n_prompts": len(prompts)}
+

@@ -3,11 +3,13 @@
 Layout of `chunk_{i}.zarr`:
   embeddings  float32 (n, dim)
   prompt_id   uint64  (n,)   the 16-hex-digit prompt_id as an integer (Zarr v3 has no stable string dtype)
-  attrs       model, source, layer, pooling, dtype, dim, ... (whatever the embedder records)
+  attrs       model, source, layer, pooling, dtype, dim, ... (whatever the embedder records), and `sha256`:
+              the content hash of each array (dtype, shape and bytes), which every reader verifies
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,7 +17,12 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 
+from density_grpo.errors import UserError, first_line
 from density_grpo.io import atomic_path
+
+# Reading a damaged store raises these (zstd: RuntimeError; bad zarr.json: JSONDecodeError, a ValueError;
+# a missing array: KeyError); a missing array chunk silently reads as zeros, which the content hash catches.
+_DAMAGED = (OSError, ValueError, RuntimeError, KeyError, TypeError, zarr.errors.BaseZarrError)
 
 
 def ids_to_uint64(prompt_ids: Sequence[str]) -> np.ndarray:
@@ -28,29 +35,88 @@ def uint64_to_ids(values: np.ndarray) -> list[str]:
     return [f"{int(v):016x}" for v in values]
 
 
+def array_sha256(a: np.ndarray) -> str:
+    """Content hash of an array: its dtype, shape and C-order bytes."""
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def rebuild_hint(path: str | os.PathLike) -> str:
+    return f"delete it (rm -r {path}) and rerun snakemake to rebuild it"
+
+
 def write_chunk(
     path: str | os.PathLike, prompt_ids: Sequence[str], embeddings: np.ndarray, attrs: dict[str, Any]
 ) -> None:
-    """Write one chunk store atomically (a half-written store never appears at `path`)."""
+    """Write one chunk store atomically (a half-written store never appears at `path`), with its content hashes."""
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(prompt_ids):
         raise ValueError(f"embeddings shape {emb.shape} does not match {len(prompt_ids)} prompt ids")
+    uids = ids_to_uint64(prompt_ids)
     with atomic_path(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         rows = max(1, emb.shape[0])
         group.create_array("embeddings", shape=emb.shape, dtype="float32", chunks=(rows, max(1, emb.shape[1])))[...] = emb
-        group.create_array("prompt_id", shape=(len(prompt_ids),), dtype="uint64", chunks=(rows,))[...] = ids_to_uint64(
-            prompt_ids
+        group.create_array("prompt_id", shape=(len(prompt_ids),), dtype="uint64", chunks=(rows,))[...] = uids
+        sha = {"embeddings": array_sha256(emb), "prompt_id": array_sha256(uids)}
+        group.attrs.update({**attrs, "n": int(emb.shape[0]), "dim": int(emb.shape[1]), "sha256": sha})
+
+
+def _group(path: str | os.PathLike) -> zarr.Group:
+    try:
+        return zarr.open_group(str(Path(path)), mode="r")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such chunk store") from None
+    except _DAMAGED as e:
+        raise UserError(f"{path}: damaged chunk store ({first_line(e)}): {rebuild_hint(path)}") from None
+
+
+
+def _read_array(path: str | os.PathLike, group: zarr.Group, name: str, dtype: str) -> np.ndarray:
+    """One array of a chunk store, verified against the sha256 recorded in the attrs."""
+    try:
+        recorded = dict(group.attrs).get("sha256", {}).get(name)
+        a = np.asarray(group[name][...])
+    except _DAMAGED as e:
+        raise UserError(f"{path}: damaged chunk store ({name}: {first_line(e)}): {rebuild_hint(path)}") from None
+    if recorded is None:  # every chunk of that run is as old: rebuild them all
+        raise UserError(
+            f"{path}: no content hash recorded for {name!r} (written by an older version): delete the old chunks "
+            f"(rm -r {Path(path).parent}) and rerun snakemake to rebuild them"
         )
-        group.attrs.update({**attrs, "n": int(emb.shape[0]), "dim": int(emb.shape[1])})
+    if a.dtype != np.dtype(dtype) or array_sha256(a) != recorded:
+        raise UserError(f"{path}: {name!r} does not match its recorded sha256 (corrupted or modified): {rebuild_hint(path)}")
+    return a
 
 
 def read_chunk(path: str | os.PathLike) -> tuple[list[str], np.ndarray, dict[str, Any]]:
-    """Read one chunk store: (prompt_ids, float32 embeddings (n, dim), attrs)."""
-    group = zarr.open_group(str(Path(path)), mode="r")
-    return uint64_to_ids(group["prompt_id"][...]), np.asarray(group["embeddings"][...], dtype=np.float32), dict(group.attrs)
+    """Read one chunk store, verified: (prompt_ids, float32 embeddings (n, dim), attrs)."""
+    group = _group(path)
+    ids = _read_array(path, group, "prompt_id", "uint64")
+    emb = _read_array(path, group, "embeddings", "float32")
+    if emb.ndim != 2 or len(ids) != emb.shape[0]:
+        raise UserError(f"{path}: {len(ids)} prompt ids for embeddings of shape {emb.shape}: {rebuild_hint(path)}")
+    return uint64_to_ids(ids), emb, read_attrs(path)
+
+
+def read_ids(path: str | os.PathLike) -> np.ndarray:
+    """The verified uint64 prompt ids of a chunk store, without reading the embeddings."""
+    return _read_array(path, _group(path), "prompt_id", "uint64")
+
+
+def read_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """Shape of a chunk's embeddings, from the metadata alone."""
+    group = _group(path)
+    try:
+        return tuple(group["embeddings"].shape)
+    except _DAMAGED as e:
+        raise UserError(f"{path}: damaged chunk store (embeddings: {first_line(e)}): {rebuild_hint(path)}") from None
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
-    """Attributes of a chunk store, without reading the arrays."""
-    return dict(zarr.open_group(str(Path(path)), mode="r").attrs)
+    """Attributes of a chunk store (without the content hashes), without reading the arrays."""
+    attrs = dict(_group(path).attrs)
+    attrs.pop("sha256", None)
+    return attrs

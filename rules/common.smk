@@ -8,9 +8,10 @@ import os
 import pandas as pd
 import pyarrow.parquet as pq
 
+from density_grpo.config import check_prompt_counts
 from density_grpo.device import is_gpu, plan, plan_train_precision
 from density_grpo.index_plan import choose_index
-from density_grpo.models import model_kind, model_slug
+from density_grpo.models import fingerprint, model_kind, model_slug
 from density_grpo.pairs import SAMPLE_PATH, texts_hash
 from density_grpo.report import PLOTS
 
@@ -61,11 +62,19 @@ except UserError as e:
     raise WorkflowError(str(e)) from None
 MODEL_SLUG = model_slug(MODEL_NAME)
 MODEL_DIR = MODEL_NAME if MODEL_KIND == "local" else f"resources/models/{MODEL_SLUG}"
+FINGERPRINTS = "resources/models/fingerprints.json"  # a cache of model file digests by (path, size, mtime)
 
 DEVICE, DTYPE = plan(config["device"], config["model"]["dtype"])
 TRAIN_PRECISION = plan_train_precision(DEVICE)
 GPU = 1 if is_gpu(DEVICE) else 0
 WARN = str(config["memory"]["warn_fraction"])  # a resource: a warning threshold must not rerun anything
+
+
+def model_fingerprint(wildcards):
+    """The model folder's content identity, a param of every job that reads the model: a model rebuilt in place
+    reruns them. Snakemake evaluates params lazily (when a job runs, or when its outputs exist), so a folder the
+    model rule builds in this run is fingerprinted after it exists."""
+    return fingerprint(MODEL_DIR, FINGERPRINTS)
 
 
 def mem_mb(base):
@@ -89,6 +98,25 @@ def _chunk_hashes(path, mtime_ns, chunk_size):
     return tuple(texts_hash(texts[i : i + chunk_size]) for i in range(0, len(texts), chunk_size))
 
 
+def checked_prompts(wildcards=None):
+    """The prompts file, once the prompts checkpoint has run and the config checks that need the number of prompts
+    (knn.k, eval.prompts, rm.eval_fraction) pass: the input functions of the model jobs call it, so a bad value fails
+    right after the checkpoint, before any model work (and in every dry run after it)."""
+    path = checkpoints.unique_prompts.get().output.prompts
+    problem = _count_problem(path, os.stat(path).st_mtime_ns)
+    if problem:
+        raise WorkflowError(problem)  # Snakemake shows it as the InputFunctionException of the job that asked
+    return ancient(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _count_problem(path, mtime_ns):
+    try:
+        check_prompt_counts(pq.ParquetFile(path).metadata.num_rows, config)
+    except UserError as e:
+        return str(e)
+
+
 def chunk_hashes():
     """Content hash of every chunk's prompts (available once the prompts checkpoint has run)."""
     path = checkpoints.unique_prompts.get().output.prompts
@@ -100,6 +128,7 @@ def chunk_ids():
 
 
 def all_chunks(wildcards):
+    checked_prompts()
     return [CHUNK.format(i=i) for i in chunk_ids()]
 
 

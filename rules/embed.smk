@@ -28,6 +28,7 @@ rule embed_chunk:
         rows=chunk_rows,
         device=DEVICE,
         dtype=DTYPE,
+        model_fingerprint=model_fingerprint,
         embed=EMBED_PARAMS,
     script:
         "../scripts/embed_chunk.py"

@@ -29,6 +29,7 @@ rule evaluate_model:
         seed=config["seed"],
         device=DEVICE,
         dtype=DTYPE,
+        model_fingerprint=model_fingerprint,
         eval=EVAL_PARAMS,
         rm=RM_SCORING,
     script:

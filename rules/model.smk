@@ -42,5 +42,6 @@ rule model_card:
         warn_fraction=WARN,
     params:
         name=MODEL_NAME,
+        model_fingerprint=model_fingerprint,
     script:
         "../scripts/model_card.py"

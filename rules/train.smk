@@ -6,6 +6,7 @@ rule reward_model:
     input:
         pairs=PAIRS,
         model=ancient(MODEL_DIR),
+        prompts=checked_prompts,
     output:
         model=directory(RM_MODEL),
         metrics=RM_METRICS,
@@ -26,6 +27,7 @@ rule reward_model:
         seed=config["seed"],
         device=DEVICE,
         train_precision=TRAIN_PRECISION,
+        model_fingerprint=model_fingerprint,
         rm=config["rm"],
     script:
         "../scripts/reward_model.py"
@@ -63,5 +65,6 @@ rule grpo:
         device=DEVICE,
         dtype=DTYPE,
         train_precision=TRAIN_PRECISION,
+        model_fingerprint=model_fingerprint,
     script:
         "../scripts/grpo.py"

@@ -90,11 +90,11 @@ def test_pair_from_hh_shared_prefix():
 
 
 def test_pair_from_hh_rejected_diverges_earlier():
+    """The rejected answer must not be filed under the chosen dialogue's prompt when the prompts differ."""
     rejected = "\n\nHuman: Hi!\n\nAssistant: What?\n\nHuman: How do I boil an egg?\n\nAssistant: No idea."
-    prompt, chosen, rej = pair_from_hh(MULTI, rejected)
-    assert prompt == split_dialogue(MULTI)[0]  # the prompt comes from chosen
-    assert (chosen, rej) == (" Simmer it for 9 minutes.", " No idea.")
-    with pytest.raises(ValueError, match="rejected"):
+    with pytest.raises(ValueError, match="different prompts \\(they differ at character 25;"):
+        pair_from_hh(MULTI, rejected)
+    with pytest.raises(ValueError, match="'rejected' has no"):
         pair_from_hh(MULTI, "\n\nHuman: something else entirely")
 
 
@@ -178,6 +178,15 @@ BAD_LINES = {
     "no assistant tag": ({"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi"}, "'chosen' has no"),
     "not an object": ("[1, 2]", "expected a JSON object"),
     "empty prompt": ({"prompt": " ", "chosen": "c", "rejected": "r"}, "empty 'prompt'"),
+    "different prompts": (
+        {"chosen": "\n\nHuman: a?\n\nAssistant: x", "rejected": "\n\nHuman: b?\n\nAssistant: y"},
+        "'chosen' and 'rejected' have different prompts (they differ at character 9",
+    ),
+    "empty human turn": (hh_row(""), "empty Human turn before the last Assistant reply"),
+    "whitespace human turn": (hh_row(" \t\n "), "empty Human turn before the last Assistant reply"),
+    "no human turn": ({"chosen": "\n\nAssistant: x", "rejected": "\n\nAssistant: y"}, "no '\\n\\nHuman:' turn"),
+    "lone surrogate": ('{"chosen": "\\n\\nHuman: a\\ud800\\n\\nAssistant: x", "rejected": "r"}', "'chosen' holds a lone surrogate '\\ud800' at character 10"),
+    "lone surrogate topic": ({**hh_row("q"), "topic": "\udfff"}, "'topic' holds a lone surrogate"),
 }
 
 
@@ -331,3 +340,17 @@ def test_sample_length_does_not_predict_preference():
     pairs = sample_pairs()
     chosen_longer = (pairs["chosen"].str.len() > pairs["rejected"].str.len()).mean()
     assert 0.35 <= chosen_longer <= 0.65, f"chosen is longer in {chosen_longer:.1%} of the sample pairs"
+
+
+def test_read_local_unreadable_file(tmp_path, monkeypatch):
+    """An unreadable file is one line naming it (root ignores chmod, so the open is made to fail)."""
+    path = write_jsonl(tmp_path / "pairs.jsonl", [hh_row("q1")])
+    real_open = open
+
+    def deny(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", deny)
+    assert user_error(read_local, path) == f"{path}: cannot read (Permission denied)"

@@ -185,7 +185,7 @@ def test_embed_step_writes_the_chunk_store(tmp_path):
     prompts = tmp_path / "prompts.parquet"
     pd.DataFrame({"prompt_id": [prompt_id(t) for t in TEXTS], "text": TEXTS}).to_parquet(prompts)
     params = {
-        "content": texts_hash(TEXTS[2:6]), "rows": [2, 6], "device": "cpu", "dtype": "float32",
+        "content": texts_hash(TEXTS[2:6]), "rows": [2, 6], "device": "cpu", "dtype": "float32", "model_fingerprint": "fp",
         "embed": {"source": "hidden", "layer": -1, "max_length": 64, "batch_tokens": 128},
     }  # fmt: skip
     out = {"chunk": str(tmp_path / "chunk_1.zarr")}
@@ -196,6 +196,7 @@ def test_embed_step_writes_the_chunk_store(tmp_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     np.testing.assert_allclose(emb, Embedder(model, tokenizer).embed(TEXTS[2:6], progress=False), atol=1e-6)
     assert attrs["rows"] == [2, 6] and attrs["content_hash"] == params["content"] and attrs["transform"] == "none"
+    assert attrs["model_fingerprint"] == "fp"
     assert figures["n_prompts"] == 4 and figures["tokens_per_s"] > 0
     with pytest.raises(UserError, match="changed since the workflow was planned"):
         embed.run({"prompts": str(prompts), "model": str(model_dir)}, out, {**params, "rows": [1, 5]})
@@ -225,3 +226,73 @@ def test_oom_split_and_give_up(tiny, monkeypatch):
     with pytest.raises(UserError, match="embed.batch_tokens") as err:
         embedder.embed(TEXTS, progress=False)
     assert "model.dtype" in str(err.value)
+
+
+# -----------------------------------------------------------------------------
+# long prompts: windows that carry the KV cache, truncation from the left
+
+LONG = "\n\nHuman: " + " ".join(f"Tell me about item {i} of the list, please." for i in range(8)) + "\n\nAssistant:"
+
+
+@pytest.mark.parametrize("layer, source", [(-1, "hidden"), (1, "hidden"), (-1, "logits"), (-1, "true-logits")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_windows_match_one_pass(tiny, monkeypatch, layer, source, dtype):
+    """A long prompt in windows of 32 positions (KV cache carried) embeds like one pass: exactly, up to rounding."""
+    model, tokenizer = tiny
+    if source == "true-logits":
+        monkeypatch.setattr(model.config, "final_logit_softcapping", 30.0, raising=False)
+    model = model.to(dtype)
+    try:
+        kw = dict(source="hidden" if source == "hidden" else "logits", layer=layer, max_length=256, dtype=dtype)
+        one = Embedder(model, tokenizer, batch_tokens=10_000, **kw)
+        windowed = Embedder(model, tokenizer, batch_tokens=32, **kw)
+        ids = one.tokenize([LONG, TEXTS[0]])
+        assert len(ids[0]) > 150 and windowed.window(1) == 32
+        batch = torch.tensor(ids[:1])
+        with torch.inference_mode():
+            a = one._pooled(batch, torch.ones_like(batch))
+            b = windowed._pooled(batch, torch.ones_like(batch))
+        tol = 1e-5 if dtype == torch.float32 else 1e-12  # float64: only rounding separates the two
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol)
+        np.testing.assert_allclose(windowed.embed_ids(ids, progress=False), one.embed_ids(ids, progress=False), rtol=1e-5, atol=1e-6)
+    finally:
+        model.to(torch.float32)
+
+
+def test_windows_slice_every_per_token_mask(tiny):
+    """A right-padded batch of several rows in windows: ids, attention mask and a pooling mask slice together."""
+    model, tokenizer = tiny
+    embedder = Embedder(model, tokenizer, batch_tokens=10_000)
+    ids = embedder.tokenize([LONG, TEXTS[2], TEXTS[4]])
+    longest = max(map(len, ids))
+    input_ids = torch.full((3, longest), embedder.pad_id)
+    attention = torch.zeros((3, longest), dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)], attention[row, : len(x)] = torch.tensor(x), 1
+    pool = attention * (torch.rand(attention.shape, generator=torch.Generator().manual_seed(0)) < 0.5)
+    pool[:, 0] = 1
+    with torch.inference_mode():
+        one = embedder._pooled(input_ids, attention, pool)
+        embedder.batch_tokens = 3 * 37  # windows of 37 positions
+        windowed = embedder._pooled(input_ids, attention, pool)
+        full = embedder._pooled(input_ids, attention)
+    torch.testing.assert_close(windowed, one, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(full, one, atol=1e-3)  # the pooling mask mattered
+
+
+def test_max_length_keeps_the_end(tiny):
+    """embed.max_length keeps the last tokens (the final request) and counts the prompts it cut."""
+    model, tokenizer = tiny
+    embedder = Embedder(model, tokenizer, max_length=12)
+    full = tokenizer(LONG)["input_ids"]
+    ids = embedder.tokenize([LONG, "Hi"])
+    assert ids == [full[-12:], tokenizer("Hi")["input_ids"]]
+    assert tokenizer.decode(ids[0]).endswith("please.\n\nAssistant:")
+    attrs = embedder.attrs()
+    assert (attrs["n_truncated"], attrs["longest_tokens"], attrs["truncation"]) == (1, len(full), "left")
+    # a leading special token (BOS) stays in front of the kept tail
+    bos = tokenizer.bos_token_id
+    monkey = Embedder(model, tokenizer, max_length=5)
+    monkey.tokenizer = lambda texts, verbose: {"input_ids": [[bos, 10, 11, 12, 13, 14, 15]]}
+    monkey.tokenizer.all_special_ids, monkey.tokenizer.bos_token_id = [bos], bos
+    assert monkey.tokenize(["x"]) == [[bos, 12, 13, 14, 15]]

@@ -108,13 +108,19 @@ def test_stage_predictions_use_their_shapes():
 
     cfg = M.SMOLLM2_135M
     lengths = [100, 90, 80, 20]
-    small = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 200), "hidden", False, "cpu", "float32")
-    big = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 4096), "hidden", False, "cpu", "float32")
+    small = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 200), "hidden", False, "cpu", "float32", 200)
+    big = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 4096), "hidden", False, "cpu", "float32", 4096)
     assert big["total_bytes"] > small["total_bytes"] and big["assumptions"]["batch"] == 4
-    bf16 = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 4096), "hidden", False, "cpu", "bfloat16")
+    bf16 = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 4096), "hidden", False, "cpu", "bfloat16", 4096)
     assert bf16["components"]["weights"] == 2 * 134_515_008 and big["components"]["weights"] == 4 * 134_515_008
-    gpu = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 4096), "hidden", False, "cuda", "bfloat16")
+    gpu = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 4096), "hidden", False, "cuda", "bfloat16", 4096)
     assert "baseline" not in gpu["components"] and gpu["device"] == "cuda"
+    # a prompt longer than the budget runs in windows: one window's activations plus the KV cache, not T^2
+    long = [8192]
+    whole = embed.predict(cfg, long, [[0]], "hidden", False, "cpu", "float32", 10**6)
+    windowed = embed.predict(cfg, long, [[0]], "hidden", False, "cpu", "float32", 512)
+    key = "max(activations + logits + output, load copy)"
+    assert M.kv_cache_bytes(cfg, 1, 8192) < windowed["components"][key] < whole["components"][key] / 4
 
     k = density.predict(1_000_000, 576, 128, {"k": 10, "index": "ivf", "nlist": None, "recall_sample": 1000})
     assert k["components"]["index"] == ip.index_bytes(1_000_000, 576, "ivf", ip.default_nlist(1_000_000))

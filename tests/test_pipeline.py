@@ -61,6 +61,9 @@ def test_full_run_artifacts(tiny_run):
     assert [c.name for c in chunks] == [f"chunk_{i}.zarr" for i in range(4)]
     ids, emb, attrs = read_chunk(chunks[-1])
     assert len(ids) == 6 and emb.shape == (6, 32) and attrs["source"] == "hidden" and attrs["pooling"] == "mean-masked"
+    card = json.loads((workdir / RES / "model.json").read_text())
+    assert attrs["model_fingerprint"] == card["fingerprint"] and len(card["fingerprint"]) == 64
+    assert meta["n_truncated"] == sum(read_chunk(c)[2]["n_truncated"] for c in chunks)
     for rule in ("pairs", "prompts", "weights", "embed/chunk_0"):
         assert (workdir / "logs/tiny" / f"{rule}.log").exists()
     assert (workdir / RES / "bench/knn_weights.tsv").exists()

@@ -79,7 +79,7 @@ def main() -> None:
     rows = []  # job, count, predicted peak bytes, seconds per job
 
     batches = embed.token_budget_batches(lengths, e["batch_tokens"])
-    p = embed.predict(model_cfg, lengths, batches, e["source"], False, device, dtype)
+    p = embed.predict(model_cfg, lengths, batches, e["source"], False, device, dtype, e["batch_tokens"])
     t = 2 * n_params * sum(lengths) / flops + 0.01 * len(batches) + 20
     rows.append(("embed_chunk", math.ceil(n / e["chunk_size"]), p["total_bytes"], t))
 

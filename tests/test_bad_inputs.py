@@ -1,0 +1,406 @@
+"""The bad-input corpus: every case fails with one line naming the file/line/key, no traceback, and the failing
+stage leaves no artifact.
+
+Cases run the real stage functions through the real step runner (`cli.run_step`, as the Snakemake scripts do)
+in this process, so the whole corpus takes seconds; tests/test_resume.py and test_pipeline.py show the same lines
+through Snakemake itself.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import tiny_pairs, write_jsonl
+from snakemake.iocontainers import Namedlist
+
+from density_grpo import density, embed, models, pairs
+from density_grpo.cli import run_step
+from density_grpo.config import check_prompt_counts, load_config
+from density_grpo.errors import UserError
+from density_grpo.store import write_chunk
+
+HH = "\n\nHuman: {q}\n\nAssistant: {a}"
+GOOD = {"chosen": HH.format(q="q?", a="yes"), "rejected": HH.format(q="q?", a="no")}
+FINGERPRINT = "0" * 64
+
+
+class Smk:
+    """The parts of Snakemake's `snakemake` object that run_step reads."""
+
+    def __init__(self, rule: str, input: dict, output: dict, params: dict, log: Path):
+        self.rule, self.threads, self.resources = rule, torch.get_num_threads(), {}
+        self.input, self.output, self.params = (Namedlist(fromdict=d) for d in (input, output, params))
+        self.log, self.wildcards = Namedlist(fromdict={"log": str(log)}), Namedlist()
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    yield
+    logging.basicConfig(level=logging.WARNING, handlers=[logging.NullHandler()], force=True)
+
+
+def run_failing(tmp: Path, rule: str, step: Callable, input: dict, output: dict, params: dict) -> str:
+    """Run a step that must fail: exit 1, one ERROR line and no traceback in its log, no output, no temporaries."""
+    log = tmp / "logs" / f"{rule}.log"
+    log.parent.mkdir(exist_ok=True)
+    with pytest.raises(SystemExit) as e:
+        run_step(Smk(rule, input, output, params, log), step)
+    assert e.value.code == 1
+    text = log.read_text()
+    errors = [line for line in text.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "Traceback" not in text, text
+    for path in output.values():
+        assert not Path(path).exists(), f"{rule} left {path}"
+    assert not [p for p in tmp.rglob("*") if ".tmp-" in p.name], "temporaries left behind"
+    return errors[0].split(" ERROR ", 1)[1]
+
+
+# -----------------------------------------------------------------------------
+# fixtures: good inputs of every stage, each case breaks one
+
+
+def prompts_file(tmp: Path, n_dense: int = 26) -> Path:
+    """prompts.parquet of the tiny pairs (30 prompts by default)."""
+    path = tmp / "prompts.parquet"
+    prompts = pairs.unique_prompts(pairs.load_pairs("local", [str(write_jsonl(tiny_pairs(n_dense), tmp / "ok.jsonl"))], None))
+    prompts.to_parquet(path, index=False)
+    return path
+
+
+def chunk_files(tmp: Path, sizes=(10, 10, 10)) -> list[str]:
+    """Chunk stores of random embeddings for the tiny prompts, as the embed step writes them."""
+    ids = pd.read_parquet(prompts_file(tmp))["prompt_id"].tolist()
+    x = np.random.default_rng(0).normal(size=(sum(sizes), 16)).astype(np.float32)
+    attrs = {"model": "m", "model_fingerprint": FINGERPRINT, "source": "hidden", "layer": 2, "pooling": "mean-masked"}
+    paths, start = [], 0
+    for i, n in enumerate(sizes):
+        paths.append(str(tmp / "embed" / f"chunk_{i}.zarr"))
+        write_chunk(paths[-1], ids[start : start + n], x[start : start + n], attrs)
+        start += n
+    return paths
+
+
+def model_copy(tmp: Path, tiny_model: Path) -> Path:
+    return Path(shutil.copytree(tiny_model, tmp / "model"))
+
+
+# -----------------------------------------------------------------------------
+# data: rule pairs, one bad line (or file) each
+
+
+def pairs_case(tmp: Path, lines: list | bytes, name: str = "bad.jsonl") -> tuple:
+    path = tmp / name
+    if isinstance(lines, bytes):
+        path.write_bytes(lines)
+    else:
+        path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in [GOOD, GOOD, *lines]))
+    return pairs.run, {"files": [str(path)]}, {"pairs": str(tmp / "out/pairs.parquet")}, {"source": "local", "max_pairs": None}
+
+
+def parquet_case(tmp: Path, frame: pd.DataFrame | None) -> tuple:
+    path = tmp / "bad.parquet"
+    if frame is None:
+        path.write_bytes(b"PAR1 this is not a parquet file")
+    else:
+        frame.to_parquet(path)
+    return pairs.run, {"files": [str(path)]}, {"pairs": str(tmp / "out/pairs.parquet")}, {"source": "local", "max_pairs": None}
+
+
+DATA = {
+    "invalid JSON": (lambda t: pairs_case(t, ['{"chosen": "x"']), "bad.jsonl:3: invalid JSON (Expecting"),
+    "missing key": (lambda t: pairs_case(t, [{"chosen": GOOD["chosen"]}]), "bad.jsonl:3: missing key 'rejected'"),
+    "non-string value": (lambda t: pairs_case(t, [{**GOOD, "rejected": 3}]), "bad.jsonl:3: 'rejected' must be a string, got int"),
+    "not an object": (lambda t: pairs_case(t, ["[1, 2]"]), "bad.jsonl:3: expected a JSON object, got list"),
+    "no Assistant tag": (
+        lambda t: pairs_case(t, [{"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi"}]),
+        "bad.jsonl:3: 'chosen' has no '\\n\\nAssistant:' tag",
+    ),
+    "different prompts": (
+        lambda t: pairs_case(t, [{"chosen": HH.format(q="a?", a="x"), "rejected": HH.format(q="b?", a="y")}]),
+        "bad.jsonl:3: 'chosen' and 'rejected' have different prompts (they differ at character 9;",
+    ),
+    "empty Human turn": (
+        lambda t: pairs_case(t, [{"chosen": HH.format(q="", a="x"), "rejected": HH.format(q="", a="y")}]),
+        "bad.jsonl:3: empty Human turn before the last Assistant reply",
+    ),
+    "whitespace Human turn": (
+        lambda t: pairs_case(t, [{"chosen": HH.format(q=" \t ", a="x"), "rejected": HH.format(q=" \t ", a="y")}]),
+        "bad.jsonl:3: empty Human turn before the last Assistant reply",
+    ),
+    "no Human turn": (
+        lambda t: pairs_case(t, [{"chosen": "\n\nAssistant: x", "rejected": "\n\nAssistant: y"}]),
+        "bad.jsonl:3: no '\\n\\nHuman:' turn before the last Assistant reply",
+    ),
+    "lone surrogate": (
+        lambda t: pairs_case(t, ['{"chosen": "\\n\\nHuman: a\\ud800?\\n\\nAssistant: x", "rejected": "r"}']),
+        "bad.jsonl:3: 'chosen' holds a lone surrogate '\\ud800' at character 10 (not valid Unicode)",
+    ),
+    "invalid UTF-8": (
+        lambda t: pairs_case(t, json.dumps(GOOD).encode() + b"\n" + b'{"chosen": "\xff\xfe"}\n'),
+        "bad.jsonl:2: not valid UTF-8",
+    ),
+    "empty explicit prompt": (
+        lambda t: pairs_case(t, [{"prompt": "  ", "chosen": "c", "rejected": "r"}]),
+        "bad.jsonl:3: empty 'prompt'",
+    ),
+    "empty file": (lambda t: pairs_case(t, b""), "bad.jsonl: no pairs (empty file)"),
+    "truncated gzip": (
+        lambda t: pairs_case(t, gzip.compress(json.dumps(GOOD).encode() * 50)[:40], "bad.jsonl.gz"),
+        "bad.jsonl.gz: not a valid gzip file",
+    ),
+    "not parquet": (lambda t: parquet_case(t, None), "bad.parquet: cannot read parquet ("),
+    "parquet without rejected": (
+        lambda t: parquet_case(t, pd.DataFrame({"chosen": [GOOD["chosen"]]})),
+        "bad.parquet row 1: missing key 'rejected'",
+    ),
+    "unsupported file type": (lambda t: pairs_case(t, b"a,b\n", "bad.csv"), "bad.csv: unsupported file type"),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA))
+def test_bad_data(tmp_path, case):
+    make, expected = DATA[case]
+    step, inputs, outputs, params = make(tmp_path)
+    assert expected in run_failing(tmp_path, "pairs", step, inputs, outputs, params)
+
+
+def test_unreadable_data_file(tmp_path, monkeypatch):
+    """Root ignores file modes, so the open is made to fail; tests/test_resume.py shows the config-time check."""
+    step, inputs, outputs, params = pairs_case(tmp_path, [])
+    real_open = open
+
+    def deny(file, *args, **kwargs):
+        if str(file).endswith("bad.jsonl"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", deny)
+    assert run_failing(tmp_path, "pairs", step, inputs, outputs, params).endswith("bad.jsonl: cannot read (Permission denied)")
+
+
+# -----------------------------------------------------------------------------
+# the checks that need the number of prompts: run by the rules' input functions right after the prompts checkpoint,
+# before any model work (tests/test_resume.py shows what Snakemake prints)
+
+CHECKS = {
+    "knn.k >= prompts": ({"k": 30}, {}, {}, "config key knn.k: 30 neighbours need at least 31 prompts, the data has 30"),
+    "eval.pool takes all": ({}, {"pool": 30}, {}, "config key eval.pool: 30 held-out prompts leave none of the 30 prompts for training"),
+    "rm.eval_fraction takes all": ({}, {}, {"eval_fraction": 0.99}, "config key rm.eval_fraction: 0.99 holds out all 30 prompts from the reward model"),
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKS))
+def test_prompt_count_checks(case):
+    knn, ev, rm, expected = CHECKS[case]
+    small = {"pool": 8, "prompts": 4, "curve_prompts": 2}
+    cfg = load_config({"knn": {"k": 3, **knn}, "eval": {**small, **ev}, "rm": {"eval_fraction": 0.1, **rm}})
+    with pytest.raises(UserError) as e:
+        check_prompt_counts(30, cfg)
+    assert str(e.value) == expected
+    assert check_prompt_counts(31, load_config({"knn": {"k": 30}, "eval": small})) == {
+        "n_prompts": 31, "n_eval": 8, "n_train": 23, "n_rm_eval": 4,
+    }  # fmt: skip
+
+
+# -----------------------------------------------------------------------------
+# model folders: rules embed_chunk and model_card
+
+
+def break_model(kind: str) -> Callable[[Path], None]:
+    def apply(model: Path) -> None:
+        weights = model / "model.safetensors"
+        if kind == "corrupt safetensors header":
+            data = bytearray(weights.read_bytes())
+            data[:8] = b"\xff" * 8
+            weights.write_bytes(bytes(data))
+        elif kind == "truncated safetensors":
+            weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        elif kind == "no weights":
+            weights.unlink()
+        elif kind == "no tokenizer":
+            (model / "tokenizer.json").unlink()
+        elif kind == "broken tokenizer.json":
+            (model / "tokenizer.json").write_text("{not json")
+        elif kind == "config without model_type":
+            (model / "config.json").write_text("{}")
+        elif kind == "no config.json":
+            (model / "config.json").unlink()
+
+    return apply
+
+
+MODELS = {
+    "corrupt safetensors header": "cannot load the model (SafetensorError: Error while deserializing header",
+    "truncated safetensors": "cannot load the model (SafetensorError: Error while deserializing header",
+    "no weights": "cannot load the model (OSError: Error no file named model.safetensors",
+    "no tokenizer": "no tokenizer files (expected one of tokenizer.json, tokenizer.model, vocab.json, tiktoken.model)",
+    "broken tokenizer.json": "cannot load the tokenizer (JSONDecodeError: Expecting property name",
+    "config without model_type": "cannot load the model (ValueError: Unrecognized model",
+    "no config.json": "not a Hugging Face model folder (no config.json)",
+}
+
+
+@pytest.mark.parametrize("case", list(MODELS))
+def test_bad_model_folder(tmp_path, tiny_model, case):
+    model = model_copy(tmp_path, tiny_model)
+    break_model(case)(model)
+    prompts = prompts_file(tmp_path)
+    texts = pd.read_parquet(prompts)["text"].tolist()[:8]
+    params = {
+        "content": pairs.texts_hash(texts), "rows": [0, 8], "device": "cpu", "dtype": "float32",
+        "model_fingerprint": FINGERPRINT, "embed": {"source": "hidden", "layer": -1, "max_length": 64, "batch_tokens": 256},
+    }  # fmt: skip
+    inputs, outputs = {"prompts": str(prompts), "model": str(model)}, {"chunk": str(tmp_path / "embed/chunk_0.zarr")}
+    line = run_failing(tmp_path, "embed_chunk", embed.run, inputs, outputs, params)
+    assert line.startswith(f"{model}: ") and MODELS[case] in line
+
+
+def test_broken_config_json(tmp_path, tiny_model):
+    model = model_copy(tmp_path, tiny_model)
+    (model / "config.json").write_text('{"model_type": "llama",')
+    inputs, outputs = {"model": str(model)}, {"card": str(tmp_path / "model.json")}
+    line = run_failing(tmp_path, "model_card", models.run_card, inputs, outputs, {"name": "m", "model_fingerprint": FINGERPRINT})
+    assert line.startswith(f"{model}/config.json: not valid JSON (Expecting")
+
+
+# -----------------------------------------------------------------------------
+# damaged artifacts: chunk stores read by the weights rule, parquet read by the prompts rules
+
+
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    data[offset + 1] ^= 0x0F
+    path.write_bytes(bytes(data))
+
+
+def write_old_chunk(path: Path) -> None:
+    """A chunk without content hashes, as written before integrity checks."""
+    import zarr
+
+    shutil.rmtree(path)
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.create_array("embeddings", shape=(10, 16), dtype="float32")[...] = 1.0
+    group.create_array("prompt_id", shape=(10,), dtype="uint64")[...] = np.arange(10, dtype=np.uint64)
+
+
+def other_model(path: Path) -> None:
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["model_fingerprint"] = "f" * 64
+    (path / "zarr.json").write_text(json.dumps(meta))
+
+
+CHUNKS = {
+    "flipped embedding bytes": (lambda c: flip(c / "embeddings/c/0/0", 200), "'embeddings' does not match its recorded sha256 (corrupted or modified)"),
+    "flipped prompt_id bytes": (lambda c: flip(c / "prompt_id/c/0", 20), "'prompt_id' does not match its recorded sha256"),
+    "missing array chunk": (lambda c: (c / "embeddings/c/0/0").unlink(), "'embeddings' does not match its recorded sha256"),
+    "corrupt zarr.json": (lambda c: (c / "zarr.json").write_text("{not json"), "damaged chunk store (JSONDecodeError: Expecting"),
+    "corrupt array metadata": (lambda c: (c / "embeddings/zarr.json").write_text("[]"), "damaged chunk store (embeddings: "),
+    "no content hash": (write_old_chunk, "no content hash recorded for 'prompt_id' (written by an older version)"),
+    "chunk from another model": (other_model, "embedded with model_fingerprint='ffff"),
+}
+
+
+@pytest.mark.parametrize("case", list(CHUNKS))
+def test_damaged_chunk(tmp_path, case):
+    damage, expected = CHUNKS[case]
+    chunks = chunk_files(tmp_path)
+    damage(Path(chunks[1]))
+    params = {"knn": {"k": 3, "index": "flat"}, "density": {"alpha": 1.0, "eps": 1e-6, "max_ratio": None}}
+    outputs = {"weights": str(tmp_path / "weights.parquet"), "meta": str(tmp_path / "metadata.json")}
+    line = run_failing(tmp_path, "knn_weights", density.run, {"chunks": chunks}, outputs, params)
+    assert line.startswith(f"{chunks[1]}: ") and expected in line
+    if case not in ("chunk from another model", "no content hash"):
+        assert line.endswith(f"delete it (rm -r {chunks[1]}) and rerun snakemake to rebuild it")
+
+
+def test_damaged_parquet_artifacts(tmp_path):
+    """Parquet the stages wrote, damaged afterwards: the runner names the file (found among the job's inputs)."""
+    pairs_path = tmp_path / "pairs.parquet"
+    pairs_path.write_bytes(b"PAR1" + b"\0" * 64)
+    outputs = {"prompts": str(tmp_path / "p.parquet"), "summary": str(tmp_path / "p.json")}
+    line = run_failing(tmp_path, "unique_prompts", pairs.run_prompts, {"pairs": str(pairs_path)}, outputs, {})
+    assert line.startswith(f"{pairs_path}: cannot read parquet (ArrowInvalid: ")
+    prompts = prompts_file(tmp_path)
+    flip(prompts, prompts.stat().st_size - 10)  # the footer: pyarrow raises a bare OSError
+    params = {
+        "content": "x", "rows": [0, 8], "device": "cpu", "dtype": "float32", "model_fingerprint": FINGERPRINT,
+        "embed": {"source": "hidden", "layer": -1, "max_length": 64, "batch_tokens": 256},
+    }  # fmt: skip
+    inputs, outputs = {"prompts": str(prompts), "model": str(tmp_path)}, {"chunk": str(tmp_path / "chunk_0.zarr")}
+    line = run_failing(tmp_path, "embed_chunk", embed.run, inputs, outputs, params)
+    assert line.startswith(f"{prompts}: cannot read parquet (OSError: ")
+
+
+def test_unknown_errors_keep_their_traceback(tmp_path):
+    """A bug is not bad input: it is raised with its traceback, not turned into one line."""
+
+    def buggy(input, output, params):
+        return {}["missing"]
+
+    log = tmp_path / "bug.log"
+    with pytest.raises(KeyError):
+        run_step(Smk("bug", {}, {}, {}, log), buggy)
+    assert "Traceback" in log.read_text()
+
+
+# -----------------------------------------------------------------------------
+# config: validated when the workflow is read (before any job), one line naming the key
+
+CONFIG = {
+    "float chunk_size": ({"embed": {"chunk_size": 8.0}}, "config key embed.chunk_size: expected an integer, got 8.0"),
+    "float batch_tokens": ({"embed": {"batch_tokens": 64.0}}, "config key embed.batch_tokens: expected an integer, got 64.0"),
+    "float max_length": ({"embed": {"max_length": 64.0}}, "config key embed.max_length: expected an integer, got 64.0"),
+    "float knn.k": ({"knn": {"k": 3.0}}, "config key knn.k: expected an integer, got 3.0"),
+    "non-integral seed": ({"seed": 1.5}, "config key seed: expected an integer, got 1.5"),
+    "run ..": ({"run": ".."}, "config key run: expected a plain name (letters, digits, '-', '_', '.'; not '.' or '..'), got '..'"),
+    "run with a slash": ({"run": "a/b"}, "config key run: expected a plain name"),
+    "red-team-attempts": (
+        {"data": {"source": "hh-rlhf", "subsets": ["red-team-attempts"]}},
+        "config key data.subsets.0: 'red-team-attempts' is not one of",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG))
+def test_bad_config(case):
+    override, expected = CONFIG[case]
+    with pytest.raises(UserError) as e:
+        load_config(override)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_yaml_syntax_error_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"knn": {"k": 3}}) + "embed: [\n")
+    with pytest.raises(UserError, match=r"bad.yaml:4:1: not valid YAML \(expected the node content"):
+        load_config(bad)
+
+
+def test_unreadable_mirror_file(tmp_path, monkeypatch):
+    """An hh-rlhf mirror file the user cannot read is named when the workflow is read, not inside the job."""
+    path = tmp_path / "helpful-base" / "train.jsonl.gz"
+    path.parent.mkdir()
+    path.write_bytes(gzip.compress(json.dumps(GOOD).encode()))
+    real_open = open
+
+    def deny(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", deny)
+    with pytest.raises(UserError) as e:
+        load_config({"data": {"source": "hh-rlhf", "subsets": ["helpful-base"], "mirror": str(tmp_path)}})
+    assert str(e.value) == f"config key data.mirror: cannot read '{path}' (Permission denied)"

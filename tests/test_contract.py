@@ -48,6 +48,8 @@ def test_every_step_reads_exactly_its_params(audited_run):
     assert_read_equals_declared(records)
     assert "knn.index" in records["knn_weights"]["declared"] and "knn.seed" not in records["knn_weights"]["declared"]
     assert "grpo.token_chunk" not in records["grpo_density"]["declared"]  # rm reward: never reads it
+    assert "density.components" not in records["knn_weights"]["declared"]  # postprocess none: never reads it
+    assert "embed.pooling" in records["embed_chunk_0"]["declared"]
     assert "device" in records["evaluate_model_base"]["declared"] and "dtype" in records["reward_model"]["declared"]
 
 
@@ -59,6 +61,7 @@ def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
     branch = copy / "branch.yaml"
     branch.write_text(yaml.safe_dump({
         "knn": {"index": "ivf", "nlist": 2, "nprobe": 1, "recall_sample": 10},
+        "density": {"postprocess": "abtt", "components": 2, "length_residual": "tokens_turns"},
         "grpo": {"reward": "self_certainty"},
     }))  # fmt: skip
     audit = copy / "audit"
@@ -67,6 +70,7 @@ def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
     records = audits(audit)
     assert set(records) == {"knn_weights", "grpo_uniform"}
     assert {"knn.nlist", "knn.nprobe", "knn.recall_sample", "knn.seed"} <= set(records["knn_weights"]["declared"])
+    assert "density.components" in records["knn_weights"]["declared"]
     assert "grpo.token_chunk" in records["grpo_uniform"]["declared"] and "rm.max_length" not in records["grpo_uniform"]["declared"]
     assert_read_equals_declared(records)
 
@@ -90,6 +94,9 @@ RERUN_MATRIX = [
     ({"embed": {"layer": 1}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 1, "evaluate_model": 1}),
     ({"knn": {"k": 4}}, {"knn_weights": 1, "grpo": 1, "evaluate_model": 1}),
     ({"density": {"alpha": 2.0}}, {"knn_weights": 1, "grpo": 1, "evaluate_model": 1}),
+    ({"embed": {"pooling": "mean"}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 1, "evaluate_model": 1}),
+    ({"density": {"postprocess": "center"}}, {"knn_weights": 1, "grpo": 1, "evaluate_model": 1}),
+    ({"density": {"length_residual": "tokens"}}, {"knn_weights": 1, "grpo": 1, "evaluate_model": 1}),
     ({"rm": {"max_steps": 3}}, {"reward_model": 1, "grpo": 2, "evaluate_model": 3}),
     ({"grpo": {"steps": 2}}, {"grpo": 2, "evaluate_model": 2}),
     ({"grpo": {"reward": "self_certainty"}}, {"grpo": 2, "evaluate_model": 2}),
@@ -108,9 +115,13 @@ def test_rerun_matrix(audited_run, tmp_path, change, expected):
     assert planned_jobs(res.stdout) == {**expected, **DOWNSTREAM}, res.stdout[-3000:]
 
 
-def test_nothing_to_do_without_a_change(audited_run):
+def test_nothing_to_do_without_a_change(audited_run, tmp_path):
     workdir, config, _ = audited_run
     res = snakemake(workdir, "-n", "--configfile", str(config))
+    assert planned_jobs(res.stdout) == {}, res.stdout[-3000:]
+    unread = tmp_path / "unread.yaml"  # density.components is read only by postprocess abtt/whiten
+    unread.write_text(yaml.safe_dump({"density": {"components": 3}}))
+    res = snakemake(workdir, "-n", "--configfile", str(config), str(unread))
     assert planned_jobs(res.stdout) == {}, res.stdout[-3000:]
 
 

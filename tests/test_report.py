@@ -35,7 +35,9 @@ def make_inputs(root: Path) -> dict:
     pd.DataFrame({"prompt_id": ids, "text": texts, "n_pairs": 1, "topic": topics}).to_parquet(root / "prompts.parquet")
     dist = np.where([t.startswith("rare") for t in topics], 0.6, 0.2) + rng.uniform(0, 0.05, len(ids))
     w = dist / dist.sum()
-    pd.DataFrame({"prompt_id": ids, "knn_mean_dist": dist, "density": 1 / dist, "weight": w}).to_parquet(root / "weights.parquet")
+    n_tokens = rng.integers(10, 300, len(ids))
+    weights = {"prompt_id": ids, "knn_mean_dist": dist, "density": 1 / dist, "weight": w, "n_tokens": n_tokens, "turns": 1 + n_tokens // 100}
+    pd.DataFrame(weights).to_parquet(root / "weights.parquet")
     inputs = {"prompts": str(root / "prompts.parquet"), "weights": str(root / "weights.parquet")}
     inputs["prompts_summary"] = write_json(root / "prompts.json", {
         "n_pairs": 50, "n_prompts": 44, "n_multi_turn": 3,
@@ -46,7 +48,8 @@ def make_inputs(root: Path) -> dict:
     ws = {"max_min_ratio": float(w.max() / w.min()), "ess_fraction": 0.9, "entropy_ratio": 0.98}
     inputs["meta"] = write_json(root / "metadata.json", {
         "n": len(ids), "k": 3, "dim": 576, "index": "flat", "recall_at_k": 1.0, "index_bytes": len(ids) * 576 * 4,
-        "source": "hidden", "weight_stats": ws,
+        "source": "hidden", "weight_stats": ws, "pooling": "human", "pooling_fallbacks": 2, "postprocess": "none",
+        "length_residual": "none", "spearman_weight_tokens": 0.0312, "spearman_weight_turns": -0.25,
     })  # fmt: skip
     inputs["rm"] = write_json(root / "rm.json", {
         "eval_accuracy": 0.75, "eval_accuracy_longer_baseline": 0.5, "eval_margin_mean": 0.4, "n_eval": 8, "steps": 40,
@@ -106,4 +109,20 @@ def test_report_renders_the_declared_inputs(tmp_path):
     assert {r["model"] for r in mem["precision_table"]} >= set(M.REFERENCE_MODELS)
     assert mem["model"]["params"] == 134_515_008
     assert "rare prompts get more weight ✓" in summary and "0.750" in summary
+    assert "Spearman(weight, prompt tokens) = **+0.03**, Spearman(weight, Human turns) = -0.25 (|ρ| ≤ 0.2: ✓)" in summary
+    assert "pooling `human`, 2 prompts without Human text mean-pooled" in summary and "weights_vs_tokens.png" in summary
     assert "density − uniform" in summary and "| density | 6 |" in summary
+
+
+def test_weights_vs_tokens_plot_without_lengths(tmp_path):
+    """Weights from chunk stores without per-prompt lengths: a placeholder, and the summary says n/a."""
+    w = pd.DataFrame({"prompt_id": ["a", "b"], "weight": [0.5, 0.5], "rel_weight": [1.0, 1.0]})
+    from density_grpo import plots
+
+    plots.plot_weights_vs_tokens(w, {}, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    ws = {"pooling": "mean", "pooling_fallbacks": 0, "postprocess": "none", "length_residual": "none"}
+    lines = report.length_lines({**ws, "spearman_weight_tokens": None, "spearman_weight_turns": None})
+    assert "Length check: n/a" in lines[-1]
+    lines = report.length_lines({**ws, "spearman_weight_tokens": 0.7, "spearman_weight_turns": 0.5})
+    assert "**+0.70**" in lines[-1] and "✗ the weights follow prompt length" in lines[-1]

@@ -1,14 +1,16 @@
 """Density recipes side by side: do the weights measure how rare a prompt's content is, or how long it is?
 
-    python benchmarks/density_recipes.py [--hh FILE] [--k 10] [--threads N]
+    python benchmarks/density_recipes.py [--hh FILE] [--hh-prompts 300] [--k 10] [--recipes NAME ...]
 
 Two corpora go through the pipeline's own code (prompts from density_grpo.pairs, embeddings from Embedder written as
 chunk stores of embed.chunk_size prompts with their per-prompt lengths, weights from density.compute_weights), with
 the settings of config.yaml except the recipe's keys (embed.pooling, density.postprocess/components/length_residual):
 - the shipped sample data (3 dense topics, 30 rare ones): rare/dense mean weight ratio, as reports/summary.md has it;
 - real HH-RLHF prompts (default: benchmarks/data/hh_helpful_base_test_400.jsonl.gz, see benchmarks/data/README.md):
-  Spearman(weight, prompt tokens) and Spearman(weight, Human turns).
-One embedding pass per pooling; the post-processing and residual recipes reuse it. Then the Spearman agreement between
+  Spearman(weight, prompt tokens) and Spearman(weight, Human turns) over its first --hh-prompts unique prompts
+  (300 of 400 keep the run under 20 min on a busy 2-core CPU; all 400 take about a third longer).
+One embedding pass per pooling, --jobs passes side by side with 1 torch thread each (as the pipeline runs two
+embed_chunk jobs on 2 cores); the post-processing and residual recipes reuse them. Then the Spearman agreement between
 the recipes' HH weights. Targets (issue 12): |Spearman(weight, tokens)| <= 0.2 on HH and a sample ratio >= 2.5.
 The best recipe is the one meeting both with the highest sample ratio (none: the smallest |rho| among ratios >= 2.5).
 The model (config's model.name_or_path) is fetched into resources/models/ when absent.
@@ -72,7 +74,7 @@ def load_prompts(source: str, path: str):
     return unique_prompts(load_pairs(source, [path], None))
 
 
-def embed_corpus(embedder, prompts, root: str, chunk_size: int) -> tuple[list[str], dict]:
+def embed_corpus(embedder, prompts, root: str, chunk_size: int, model: str) -> tuple[list[str], dict]:
     """Embed the prompts as the embed_chunk rule does, one chunk store per chunk_size rows -> (paths, figures)."""
     from density_grpo.embed import prompt_lengths
     from density_grpo.store import write_chunk
@@ -85,39 +87,56 @@ def embed_corpus(embedder, prompts, root: str, chunk_size: int) -> tuple[list[st
         emb = embedder.embed_ids(ids, masks, progress=False)
         n_tokens, seconds = n_tokens + embedder.n_tokens, seconds + embedder.time_s
         path = os.path.join(root, f"chunk_{i}.zarr")
-        write_chunk(path, rows["prompt_id"].tolist(), emb, embedder.attrs(), columns=prompt_lengths(embedder.tokenizer, texts))
+        attrs = embedder.attrs() | {"model": model}
+        write_chunk(path, rows["prompt_id"].tolist(), emb, attrs, columns=prompt_lengths(embedder.tokenizer, texts))
         paths.append(path)
     return paths, {"tokens": n_tokens, "seconds": seconds}
+
+
+def embed_pooling(pooling: str, corpora: dict, model: str, embed: dict, root: str) -> dict:
+    """One worker: load the model, embed every corpus with this pooling -> {corpus: (chunk paths, figures)}."""
+    import torch
+
+    from density_grpo.embed import Embedder
+    from density_grpo.models import load_causal_lm
+
+    torch.set_num_threads(1)
+    lm, tok = load_causal_lm(model, dtype=torch.float32, device="cpu")
+    embedder = Embedder(
+        lm, tok, source=embed["source"], layer=embed["layer"], max_length=embed["max_length"],
+        batch_tokens=embed["batch_tokens"], pooling=pooling,
+    )  # fmt: skip
+    root = os.path.join(root, pooling)
+    return {c: embed_corpus(embedder, prompts, os.path.join(root, c), embed["chunk_size"], model) for c, prompts in corpora.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hh", default=str(HH_FILE), help="HH-RLHF pairs (.jsonl[.gz] of chosen/rejected dialogues)")
+    ap.add_argument("--hh-prompts", type=int, default=300, help="use the first N unique HH prompts")
     ap.add_argument("--k", type=int, default=None, help="neighbours (default: config.yaml's knn.k)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--jobs", type=int, default=2, help="embedding passes side by side, 1 torch thread each")
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     args = ap.parse_args()
 
-    import faiss
-    import torch
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    from density_grpo.density import compute_weights, spearman
-    from density_grpo.embed import Embedder
-    from density_grpo.models import load_causal_lm
+    import faiss
+
+    from density_grpo.density import compute_weights
     from density_grpo.pairs import SAMPLE_PATH
     from density_grpo.report import weights_frame, weights_summary
+    from density_grpo.stats import spearman
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(1)  # a few hundred vectors: thread start-up costs more than it saves
     cfg = load_config()
     e, knn_k = cfg["embed"], args.k or cfg["knn"]["k"]
     path = model_dir(cfg)
     t_start = time.perf_counter()
-    model, tok = load_causal_lm(path, dtype=torch.float32, device="cpu")
-    corpora = {"sample": load_prompts("sample", str(SAMPLE_PATH)), "hh": load_prompts("local", args.hh)}
+    corpora = {"sample": load_prompts("sample", str(SAMPLE_PATH)), "hh": load_prompts("local", args.hh).iloc[: args.hh_prompts]}
     print(
-        f"model {cfg['model']['name_or_path']} (float32, cpu, {torch.get_num_threads()} threads), layer {e['layer']}, "
+        f"model {cfg['model']['name_or_path']} (float32, cpu, {args.jobs} jobs x 1 thread), layer {e['layer']}, "
         f"max_length {e['max_length']}, k {knn_k}; sample: {len(corpora['sample'])} prompts, "
         f"HH: {len(corpora['hh'])} prompts from {os.path.relpath(args.hh, ROOT)}",
         flush=True,
@@ -125,35 +144,33 @@ def main() -> None:
 
     recipes = {name: RECIPES[name] for name in args.recipes}
     rows, hh_weights = {}, {}
+    poolings = list(dict.fromkeys(p for p, _ in recipes.values()))
     with tempfile.TemporaryDirectory() as tmp:
-        for pooling in dict.fromkeys(p for p, _ in recipes.values()):
-            embedder = Embedder(
-                model, tok, source=e["source"], layer=e["layer"], max_length=e["max_length"], batch_tokens=e["batch_tokens"],
-                pooling=pooling,
-            )  # fmt: skip
-            chunks = {}
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {p: pool.submit(embed_pooling, p, corpora, path, e, tmp) for p in poolings}
+            embedded = {}
+            for p, future in futures.items():
+                embedded[p] = future.result()
+                for corpus, (_, fig) in embedded[p].items():
+                    print(f"  embedded {corpus} with pooling {p}: {fig['tokens']:,} tokens in {fig['seconds']:.0f} s", flush=True)
+        for name, (pooling, overrides) in recipes.items():
+            chunks = {corpus: paths for corpus, (paths, _) in embedded[pooling].items()}
+            dens = {**cfg["density"], **overrides}
+            knn = {"k": knn_k, "index": "flat"}
+            row = {}
             for corpus, prompts in corpora.items():
-                chunks[corpus], fig = embed_corpus(embedder, prompts, os.path.join(tmp, pooling, corpus), e["chunk_size"])
-                print(f"  embedded {corpus} with pooling {pooling}: {fig['tokens']:,} tokens in {fig['seconds']:.0f} s", flush=True)
-            for name, (p, overrides) in recipes.items():
-                if p != pooling:
-                    continue
-                dens = {**cfg["density"], **overrides}
-                knn = {"k": knn_k, "index": "flat"}
-                row = {}
-                for corpus, prompts in corpora.items():
-                    df, meta = compute_weights(chunks[corpus], knn, dens, progress=False)
-                    if corpus == "sample":
-                        ws = weights_summary(meta, weights_frame(df, prompts))
-                        row.update(ratio=ws["rare_dense_ratio"], s_rho=meta["spearman_weight_tokens"])
-                    else:
-                        hh_weights[name] = df["weight"].to_numpy()
-                        row.update(
-                            rho_tok=meta["spearman_weight_tokens"], rho_turns=meta["spearman_weight_turns"],
-                            ess=meta["weight_stats"]["ess_fraction"], fallbacks=meta["pooling_fallbacks"],
-                        )  # fmt: skip
-                row["passes"] = abs(row["rho_tok"]) <= MAX_RHO and row["ratio"] >= MIN_RATIO
-                rows[name] = row
+                df, meta = compute_weights(chunks[corpus], knn, dens, progress=False)
+                if corpus == "sample":
+                    ws = weights_summary(meta, weights_frame(df, prompts))
+                    row.update(ratio=ws["rare_dense_ratio"], s_rho=meta["spearman_weight_tokens"])
+                else:
+                    hh_weights[name] = df["weight"].to_numpy()
+                    row.update(
+                        rho_tok=meta["spearman_weight_tokens"], rho_turns=meta["spearman_weight_turns"],
+                        ess=meta["weight_stats"]["ess_fraction"], fallbacks=meta["pooling_fallbacks"],
+                    )  # fmt: skip
+            row["passes"] = abs(row["rho_tok"]) <= MAX_RHO and row["ratio"] >= MIN_RATIO
+            rows[name] = row
 
     head = f"{'recipe':<26} {'sample rare/dense':>17} {'sample rho(w,tok)':>17} {'HH rho(w,tok)':>13} {'HH rho(w,turns)':>15} {'HH ESS/n':>8}  targets"
     print("\n" + head + "\n" + "-" * len(head))

@@ -32,6 +32,7 @@ from density_grpo import memory
 from density_grpo.errors import UserError
 from density_grpo.index_plan import INDEXES, PQ_NBITS, components, default_nlist, index_bytes, ivf_train_size
 from density_grpo.io import provenance, write_json, write_parquet
+from density_grpo.stats import spearman
 from density_grpo.store import read_attrs, read_chunk, read_column
 
 log = logging.getLogger(__name__)
@@ -364,21 +365,6 @@ def density_weights(
     return density, w / w.sum()
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties given their average rank."""
-    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return (ends - (counts - 1) / 2.0)[inverse]
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman rank correlation (Pearson on average ranks); None when either side is constant."""
-    ra, rb = _ranks(a), _ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = math.sqrt(float(ra @ ra) * float(rb @ rb))
-    return float(ra @ rb / denom) if denom > 0 else None
-
-
 def prompt_lengths(chunk_paths: list[str]) -> pd.DataFrame | None:
     """Per prompt, in chunk/row order: n_tokens and turns from the chunk stores; None when a store lacks them."""
     cols: dict[str, list[np.ndarray]] = {"n_tokens": [], "turns": []}
@@ -402,10 +388,10 @@ def length_residual(
     """
     if how not in LENGTH_RESIDUAL:
         raise UserError(f"config key density.length_residual: {how!r} is not one of {', '.join(LENGTH_RESIDUAL)}")
-    y = np.log(np.asarray(dist, dtype=np.float64) + eps)
     names = LENGTH_RESIDUAL[how]
     if not names:
         return np.asarray(dist, dtype=np.float64), {}
+    y = np.log(np.asarray(dist, dtype=np.float64) + eps)
     a = np.column_stack([np.ones(len(y)), *[np.log(np.maximum(lengths[c].to_numpy(np.float64), 1.0)) for c in names]])
     coef = np.linalg.lstsq(a, y, rcond=None)[0]
     fit = {"intercept": float(coef[0]), **{f"log_{c}": float(b) for c, b in zip(names, coef[1:])}}
@@ -499,7 +485,7 @@ def compute_weights(chunk_paths: list[str], knn: dict, dens: dict, progress: boo
         time_postprocess_s=round(time_post, 6), length_residual=resid_how, spearman_weight_tokens=None,
         spearman_weight_turns=None,
     )  # fmt: skip
-    if components is not None or post_how in ("abtt", "whiten"):
+    if post_how in ("abtt", "whiten"):
         meta["components"] = components
     if lengths is not None:
         columns += ["n_tokens", "turns"]

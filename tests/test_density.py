@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from density_grpo.density import (
-    _drop_self, compute_weights, density_weights, fit_postprocess, knn_search, length_residual, predict, spearman,
-    weight_stats,
+    _drop_self, compute_weights, density_weights, fit_postprocess, knn_search, length_residual, predict, weight_stats,
 )  # fmt: skip
 from density_grpo.errors import UserError
+from density_grpo.stats import spearman
 from density_grpo.store import write_chunk
 
 ATTRS = {"model": "test-model", "source": "hidden", "layer": -1}

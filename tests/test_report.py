@@ -125,4 +125,6 @@ def test_weights_vs_tokens_plot_without_lengths(tmp_path):
     lines = report.length_lines({**ws, "spearman_weight_tokens": None, "spearman_weight_turns": None})
     assert "Length check: n/a" in lines[-1]
     lines = report.length_lines({**ws, "spearman_weight_tokens": 0.7, "spearman_weight_turns": 0.5})
-    assert "**+0.70**" in lines[-1] and "✗ the weights follow prompt length" in lines[-1]
+    assert "**+0.70**" in lines[-1] and "✗ longer prompts get more weight" in lines[-1] and "signal" not in lines[-1]
+    lines = report.length_lines({**ws, "spearman_weight_tokens": -0.5, "spearman_weight_turns": None, "spearman_rare_tokens": -0.43})
+    assert "✗ shorter prompts get more weight; here rare-topic prompts are themselves shorter" in lines[-1]

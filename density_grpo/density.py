@@ -6,6 +6,12 @@ everything). A prompt's density is `1 / (mean distance to its k nearest other pr
 weight is `∝ density^-alpha`: prompts in sparse regions are sampled more often.
 
 Memory: at most the index plus one chunk of vectors (plus a training sample for IVF and the recall queries).
+
+Recipes against length leaking into the weights (see README, "Density recipes"): density.postprocess transforms
+the raw embeddings before normalisation (`center`, `abtt`: centre and remove the top principal directions,
+`whiten`), fitted from the mean and d x d covariance accumulated in a first streamed pass and applied chunk by
+chunk; density.length_residual removes from log k-NN distance its linear trend in log prompt tokens (and log
+turns), read from the chunk stores' per-prompt columns.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import faiss
@@ -24,10 +31,14 @@ from density_grpo import memory
 from density_grpo.errors import UserError
 from density_grpo.index_plan import INDEXES, PQ_NBITS, components, default_nlist, index_bytes, ivf_train_size
 from density_grpo.io import provenance, write_json, write_parquet
-from density_grpo.store import read_attrs, read_chunk, read_ids, read_shape
+from density_grpo.stats import spearman
+from density_grpo.store import read_attrs, read_chunk, read_column, read_ids, read_shape
 
 log = logging.getLogger(__name__)
 DUP_DIST = 1e-6  # nearest other neighbour this close counts as an exact duplicate
+POSTPROCESS = ("none", "center", "abtt", "whiten")
+LENGTH_RESIDUAL = {"none": (), "tokens": ("n_tokens",), "tokens_turns": ("n_tokens", "turns")}
+MAX_COV_DIM = 8192  # abtt/whiten hold a few d x d float64 matrices: 1.5 GiB at d = 8192
 
 
 # -----------------------------------------------------------------------------
@@ -49,34 +60,97 @@ def _shapes(chunk_paths: list[str]) -> list[tuple[int, int]]:
     return shapes
 
 
-def _load(path: str) -> tuple[list[str], np.ndarray]:
-    """Read one chunk and L2-normalise a float32 copy of its vectors (zero vectors stay zero)."""
+@dataclass(frozen=True)
+class Postprocess:
+    """x -> (x - mean) @ matrix (matrix None: centring only), applied to raw embeddings before L2 normalisation."""
+
+    how: str
+    mean: np.ndarray
+    matrix: np.ndarray | None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = x.astype(np.float64) - self.mean
+        return y @ self.matrix if self.matrix is not None else y
+
+
+def _read(path: str) -> tuple[list[str], np.ndarray]:
     ids, emb, _ = read_chunk(path)
     if not np.isfinite(emb).all():
         raise UserError(f"{path}: embeddings contain NaN or inf")
-    x = np.array(emb, dtype=np.float32, order="C", copy=True)
+    return ids, emb
+
+
+def _load(path: str, post: Postprocess | None = None) -> tuple[list[str], np.ndarray]:
+    """Read one chunk, post-process it, and L2-normalise a float32 copy of its vectors (zero vectors stay zero)."""
+    ids, emb = _read(path)
+    x = np.array(emb if post is None else post(emb), dtype=np.float32, order="C", copy=True)
     faiss.normalize_L2(x)
     return ids, x
 
 
-def _stream(chunk_paths: list[str], desc: str, progress: bool) -> Iterator[tuple[int, list[str], np.ndarray]]:
+def _stream(
+    chunk_paths: list[str], desc: str, progress: bool, post: Postprocess | None = None
+) -> Iterator[tuple[int, list[str], np.ndarray]]:
     """Yield (global row offset, prompt ids, normalised vectors) for each chunk, in order."""
     start = 0
     for p in tqdm(chunk_paths, desc=desc, unit="chunk", disable=not progress, leave=False):
-        ids, x = _load(p)
+        ids, x = _load(p, post)
         yield start, ids, x
         start += len(ids)
+
+
+def fit_postprocess(
+    chunk_paths: list[str], how: str, components: int | None = None, progress: bool = True
+) -> Postprocess | None:
+    """First streamed pass: the raw embeddings' mean (and d x d covariance) -> the density.postprocess transform.
+
+    center: x - mean. abtt ("all but the top"): centre, then remove the top `components` principal directions
+    (default 1). whiten: centre, project on the top `components` principal directions (default all) and scale
+    each to unit variance (a ridge of 1e-6 x the top eigenvalue keeps tiny ones finite); mapped back to d dims,
+    which keeps distances and the index width. None for "none".
+    """
+    if how not in POSTPROCESS:
+        raise UserError(f"config key density.postprocess: {how!r} is not one of {', '.join(POSTPROCESS)}")
+    if how == "none":
+        return None
+    dim = _shapes(chunk_paths)[0][1]
+    if how != "center" and dim > MAX_COV_DIM:
+        raise UserError(
+            f"density.postprocess={how} needs a {dim} x {dim} covariance: use center or none for dim > {MAX_COV_DIM}"
+        )
+    n, s1, s2 = 0, np.zeros(dim), np.zeros((dim, dim)) if how != "center" else None
+    for p in tqdm(chunk_paths, desc="postprocess fit", unit="chunk", disable=not progress, leave=False):
+        x = _read(p)[1].astype(np.float64)
+        n += len(x)
+        s1 += x.sum(axis=0)
+        if s2 is not None:
+            s2 += x.T @ x
+    mean = s1 / n
+    if how == "center":
+        return Postprocess(how, mean, None)
+    lam, vec = np.linalg.eigh(s2 / n - np.outer(mean, mean))
+    lam, vec = np.clip(lam[::-1], 0.0, None), vec[:, ::-1]  # largest first
+    r = components if components is not None else (1 if how == "abtt" else dim)
+    if not 1 <= r <= dim:
+        raise UserError(f"config key density.components: {r} must be between 1 and the embedding dim {dim}")
+    u = vec[:, :r]
+    if how == "abtt":
+        return Postprocess(how, mean, np.eye(dim) - u @ u.T)
+    scale = np.sqrt(lam[:r] + 1e-6 * max(lam[0], 1e-12))
+    return Postprocess(how, mean, (u / scale) @ u.T)
 
 
 # -----------------------------------------------------------------------------
 # index construction
 
 
-def _train_sample(chunk_paths: list[str], n: int, n_train: int, seed: int, progress: bool) -> np.ndarray:
+def _train_sample(
+    chunk_paths: list[str], n: int, n_train: int, seed: int, progress: bool, post: Postprocess | None = None
+) -> np.ndarray:
     """A seeded uniform sample of n_train normalised rows, gathered chunk by chunk."""
     rows = np.sort(np.random.default_rng(seed).choice(n, size=n_train, replace=False))
     parts = []
-    for start, _, x in _stream(chunk_paths, "knn train sample", progress):
+    for start, _, x in _stream(chunk_paths, "knn train sample", progress, post):
         sel = rows[(rows >= start) & (rows < start + len(x))] - start
         parts.append(x[sel])
     return np.ascontiguousarray(np.concatenate(parts))
@@ -114,7 +188,13 @@ def _rescore(idx: faiss.Index, x: np.ndarray, lab: np.ndarray, unit: bool, block
 
 
 def _recall(
-    chunk_paths: list[str], q_rows: np.ndarray, q_vecs: np.ndarray, approx: np.ndarray, k: int, progress: bool
+    chunk_paths: list[str],
+    q_rows: np.ndarray,
+    q_vecs: np.ndarray,
+    approx: np.ndarray,
+    k: int,
+    progress: bool,
+    post: Postprocess | None = None,
 ) -> float:
     """Mean fraction of the exact k nearest neighbours that the index found, by streamed brute force.
 
@@ -124,7 +204,7 @@ def _recall(
     m = len(q_rows)
     top = np.full((m, k), -np.inf, dtype=np.float32)  # running exact top-k similarities (self excluded)
     approx_sim = np.full((m, k), -np.inf, dtype=np.float32)  # exact similarity of each approximate neighbour
-    for start, _, x in _stream(chunk_paths, "knn recall", progress):
+    for start, _, x in _stream(chunk_paths, "knn recall", progress, post):
         end = start + len(x)
         sim = q_vecs @ x.T
         r, c = np.nonzero((approx >= start) & (approx < end))
@@ -151,6 +231,7 @@ def knn_search(
     recall_sample: int = 1000,
     seed: int = 0,
     progress: bool = True,
+    post: Postprocess | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Mean cosine distance of every prompt to its k nearest other prompts, streamed over chunk stores.
 
@@ -158,6 +239,7 @@ def knn_search(
     results, self removed by id) and rescores the k neighbours with numpy, independently of the chunking.
     Ids are global row numbers in chunk order. For ivf/ivfpq, recall@k is estimated against streamed exact
     search on a seeded sample of rows. ivfpq distances are to PQ-decoded vectors, so approximate.
+    post: a fit_postprocess transform applied to every chunk before normalisation.
     Returns a frame (prompt_id, knn_mean_dist) in chunk/row order, and metadata.
     """
     chunk_paths = [str(p) for p in chunk_paths]
@@ -194,7 +276,7 @@ def knn_search(
             idx.pq.cp.seed = seed
         n_train = ivf_train_size(n, nl, kind)
         idx.cp.seed = seed
-        idx.train(_train_sample(chunk_paths, n, n_train, seed, progress))
+        idx.train(_train_sample(chunk_paths, n, n_train, seed, progress, post))
         idx.nprobe = min(int(nprobe), nl)
         meta.update(nlist=nl, nprobe=int(idx.nprobe), n_train=n_train)
         if kind == "ivfpq":
@@ -203,7 +285,7 @@ def knn_search(
 
     # pass 1: add
     t0 = time.perf_counter()
-    for _, _, x in _stream(chunk_paths, "knn add", progress):
+    for _, _, x in _stream(chunk_paths, "knn add", progress, post):
         if len(x):
             idx.add(x)
     if approx:
@@ -220,7 +302,7 @@ def knn_search(
     prompt_ids: list[str] = []
     mean_dist = np.empty(n, dtype=np.float64)
     n_dup = n_refined = 0
-    for start, ids, x in _stream(chunk_paths, "knn search", progress):
+    for start, ids, x in _stream(chunk_paths, "knn search", progress, post):
         if not len(x):
             continue
         self_ids = np.arange(start, start + len(x), dtype=np.int64)
@@ -245,7 +327,7 @@ def knn_search(
         meta.update(recall_at_k=1.0, recall_estimated=False)
     else:
         t0 = time.perf_counter()
-        recall = _recall(chunk_paths, q_rows, q_vecs, q_found, k, progress)
+        recall = _recall(chunk_paths, q_rows, q_vecs, q_found, k, progress, post)
         times["time_recall_s"] = time.perf_counter() - t0
         meta.update(recall_at_k=recall, recall_estimated=True, recall_sample=len(q_rows), n_refined=n_refined)
     meta.update(
@@ -280,6 +362,39 @@ def density_weights(
     if max_ratio is not None:
         w = np.minimum(w, max_ratio * np.median(w))
     return density, w / w.sum()
+
+
+def prompt_lengths(chunk_paths: list[str]) -> pd.DataFrame | None:
+    """Per prompt, in chunk/row order: n_tokens and turns from the chunk stores; None when a store lacks them."""
+    cols: dict[str, list[np.ndarray]] = {"n_tokens": [], "turns": []}
+    for p in chunk_paths:
+        for name, parts in cols.items():
+            v = read_column(p, name)
+            if v is None:
+                return None
+            parts.append(v)
+    return pd.DataFrame({name: np.concatenate(parts).astype(np.int64) for name, parts in cols.items()})
+
+
+def length_residual(
+    dist: np.ndarray, lengths: pd.DataFrame | None, how: str, eps: float = 1e-6
+) -> tuple[np.ndarray, dict[str, float]]:
+    """k-NN distances with their linear trend in log length removed (density.length_residual).
+
+    OLS of log(dist + eps) on [1, log n_tokens] (tokens) or [1, log n_tokens, log turns] (tokens_turns) over all
+    prompts; returns exp(residual + mean log distance), so the typical distance stays and only the part that
+    length predicts goes, and the fitted coefficients. n scalars: nothing to stream.
+    """
+    if how not in LENGTH_RESIDUAL:
+        raise UserError(f"config key density.length_residual: {how!r} is not one of {', '.join(LENGTH_RESIDUAL)}")
+    names = LENGTH_RESIDUAL[how]
+    if not names:
+        return np.asarray(dist, dtype=np.float64), {}
+    y = np.log(np.asarray(dist, dtype=np.float64) + eps)
+    a = np.column_stack([np.ones(len(y)), *[np.log(np.maximum(lengths[c].to_numpy(np.float64), 1.0)) for c in names]])
+    coef = np.linalg.lstsq(a, y, rcond=None)[0]
+    fit = {"intercept": float(coef[0]), **{f"log_{c}": float(b) for c, b in zip(names, coef[1:])}}
+    return np.exp(y - a @ coef + y.mean()), fit
 
 
 def weight_stats(weight: np.ndarray) -> dict[str, float]:
@@ -332,10 +447,12 @@ def _check_same_embedding(chunk_paths: list[str]) -> dict[str, Any]:
     return first
 
 
-def predict(n: int, dim: int, chunk: int, knn: dict) -> dict:
+def predict(n: int, dim: int, chunk: int, knn: dict, postprocess: str = "none") -> dict:
     """Peak memory of the weights stage for n prompts of `dim` dims in chunks of `chunk` rows (faiss-cpu: host RAM)."""
     nl = default_nlist(n, knn["nlist"]) if knn["index"] != "flat" else 0
     c = components(n, dim, chunk, knn["k"], knn["index"], nl, knn.get("pq_m", 16), knn.get("recall_sample", 0))
+    if postprocess in ("abtt", "whiten"):  # moments, eigenvectors and the transform, float64, plus a float64 chunk
+        c["postprocess (d x d float64)"] = 4 * dim * dim * 8 + 2 * chunk * dim * 8
     return memory.prediction(
         "cpu", {**memory.baseline("faiss", "cpu"), **c},
         "baseline + index + direct map + IVF training sample + chunk + search temps + recall + per-prompt arrays",
@@ -347,27 +464,56 @@ def compute_weights(chunk_paths: list[str], knn: dict, dens: dict, progress: boo
     """kNN search + density weights: a frame (prompt_id, knn_mean_dist, density, weight) in chunk/row order, and metadata.
 
     knn: k, the resolved index and, for IVF indexes, nlist, nprobe, recall_sample, pq_m and the seed of their
-    training and recall samples. dens: alpha, eps, max_ratio.
+    training and recall samples. dens: alpha, eps, max_ratio, postprocess, length_residual and, for abtt/whiten,
+    components. When the chunk stores carry per-prompt n_tokens and turns, the frame gets them too and the
+    metadata the Spearman correlation of the weight with each (the length diagnostics).
     """
     from density_grpo.monitor import expect
 
     chunk_paths = [str(p) for p in chunk_paths]
     shapes = _shapes(chunk_paths)  # dims agree (UserError naming the odd chunk) before any heavy work
     n, dim = sum(s[0] for s in shapes), shapes[0][1]
-    expect(predict(n, dim, max(s[0] for s in shapes), knn))
+    post_how, resid_how = dens["postprocess"], dens["length_residual"]
+    expect(predict(n, dim, max(s[0] for s in shapes), knn, post_how))
     _check_unique_ids(chunk_paths)  # reads (and verifies) the id arrays first
-    attrs = _check_same_embedding(chunk_paths)
+    first = _check_same_embedding(chunk_paths)
+    lengths = prompt_lengths(chunk_paths)
+    if resid_how != "none" and lengths is None:
+        missing = next(p for p in chunk_paths if read_column(p, "n_tokens") is None or read_column(p, "turns") is None)
+        raise UserError(
+            f"density.length_residual={resid_how} needs per-prompt n_tokens and turns, which {missing} lacks: re-embed"
+        )
+    t0 = time.perf_counter()
+    components = dens["components"] if post_how in ("abtt", "whiten") else None
+    post = fit_postprocess(chunk_paths, post_how, components, progress)
+    time_post = time.perf_counter() - t0
     approx = {key: knn[key] for key in ("nlist", "nprobe", "pq_m", "recall_sample", "seed") if key in knn}
-    df, meta = knn_search(chunk_paths, knn["k"], knn["index"], progress=progress, **approx)
-    density, weight = density_weights(df["knn_mean_dist"].to_numpy(), dens["alpha"], dens["eps"], dens["max_ratio"])
+    df, meta = knn_search(chunk_paths, knn["k"], knn["index"], progress=progress, post=post, **approx)
+    dist, resid_fit = length_residual(df["knn_mean_dist"].to_numpy(), lengths, resid_how, dens["eps"])
+    density, weight = density_weights(dist, dens["alpha"], dens["eps"], dens["max_ratio"])
     df["density"] = density
     df["weight"] = weight
+    columns = ["prompt_id", "knn_mean_dist", "density", "weight"]
+    attrs = [first, *(read_attrs(p) for p in chunk_paths[1:])]
     meta.update(
         alpha=dens["alpha"], eps=dens["eps"], max_ratio=dens["max_ratio"], weight_stats=weight_stats(weight),
-        model=attrs["model"], source=attrs["source"], layer=attrs["layer"],
-        n_truncated=sum(read_attrs(p).get("n_truncated", 0) for p in chunk_paths),  # prompts cut to embed.max_length
+        model=first["model"], source=first["source"], layer=first["layer"], pooling=first.get("pooling"),
+        n_truncated=sum(a.get("n_truncated", 0) for a in attrs),  # prompts cut to embed.max_length
+        pooling_fallbacks=sum(a.get("pooling_fallbacks", 0) for a in attrs), postprocess=post_how,
+        time_postprocess_s=round(time_post, 6), length_residual=resid_how, spearman_weight_tokens=None,
+        spearman_weight_turns=None,
     )  # fmt: skip
-    return df[["prompt_id", "knn_mean_dist", "density", "weight"]], meta
+    if post_how in ("abtt", "whiten"):
+        meta["components"] = components
+    if lengths is not None:
+        columns += ["n_tokens", "turns"]
+        df["n_tokens"], df["turns"] = lengths["n_tokens"].to_numpy(), lengths["turns"].to_numpy()
+        meta["spearman_weight_tokens"] = spearman(weight, df["n_tokens"].to_numpy())
+        meta["spearman_weight_turns"] = spearman(weight, df["turns"].to_numpy())
+        if resid_how != "none":  # how much length the raw distances carried before the residual removed it
+            before = spearman(df["knn_mean_dist"].to_numpy(), df["n_tokens"].to_numpy())
+            meta["length_residual_fit"] = {**resid_fit, "spearman_dist_tokens_before": before}
+    return df[columns], meta
 
 
 def run(input: dict, output: dict, params: dict) -> None:
@@ -377,5 +523,8 @@ def run(input: dict, output: dict, params: dict) -> None:
     meta.update(chunks=[str(p) for p in input["chunks"]], time_total_s=time.perf_counter() - t, provenance=provenance(params))
     write_parquet(df, output["weights"])
     write_json(meta, output["meta"])
-    stats = meta["weight_stats"]
-    log.info("weights for %d prompts: max/min %.2f, ESS/n %.2f", len(df), stats["max_min_ratio"], stats["ess_fraction"])
+    stats, rho = meta["weight_stats"], meta["spearman_weight_tokens"]
+    log.info(
+        "weights for %d prompts: max/min %.2f, ESS/n %.2f, Spearman(weight, prompt tokens) %s",
+        len(df), stats["max_min_ratio"], stats["ess_fraction"], "n/a" if rho is None else f"{rho:.2f}",
+    )  # fmt: skip

@@ -5,12 +5,18 @@ tokenize once (keeping at most max_length tokens, from the end), group prompts i
 (longest first), pad right, pool, and write one chunk store per call of `embed_chunk`. A prompt longer than the
 budget runs in windows of positions that carry the KV cache: the same hidden states as one pass (a causal LM's
 position t only sees positions <= t), with memory bounded by the window instead of the whole prompt.
+
+Pooling (embed.pooling) picks which tokens the mean runs over, while the model always reads the whole prompt:
+`mean` every token; `human` the text of every Human turn of an HH dialogue (the "\\n\\nHuman:" /
+"\\n\\nAssistant:" tags and the Assistant turns left out); `last_turn` the final Human turn's text; `last` the
+last token. The pooling mask is computed at tokenization (offset mapping) and travels with the token ids.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 import time
 from typing import Any, Sequence
@@ -23,9 +29,11 @@ from tqdm import tqdm
 from density_grpo import memory, store
 from density_grpo.errors import UserError
 from density_grpo.models import backbone, decoder_layers
+from density_grpo.pairs import ASSISTANT_TAG, HUMAN_TAG
 
 log = logging.getLogger(__name__)
 
+POOLINGS = ("mean", "human", "last_turn", "last")
 # config attributes that make logits a non-linear (softcap) or rescaled function of the final hidden state
 _LOGIT_SCALE_KEYS = ("logit_scale", "logits_scaling", "lm_head_multiplier")
 
@@ -46,6 +54,39 @@ def masked_sums(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
     dtype = torch.promote_types(hidden.dtype, torch.float32)
     m = mask.to(device=hidden.device, dtype=torch.bool).unsqueeze(-1)
     return hidden.to(dtype).masked_fill(~m, 0.0).sum(dim=1), m.sum(dim=1).to(dtype)
+
+
+def dialogue_spans(text: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Character spans of an HH dialogue: (its Human/Assistant tags, the text of each Human turn without its tag)."""
+    tags = sorted((m.start(), m.end()) for tag in (HUMAN_TAG, ASSISTANT_TAG) for m in re.finditer(re.escape(tag), text))
+    human = []
+    for i, (start, end) in enumerate(tags):
+        if text.startswith(HUMAN_TAG, start):
+            human.append((end, tags[i + 1][0] if i + 1 < len(tags) else len(text)))
+    return tags, human
+
+
+def pooling_mask(text: str, offsets: Sequence[tuple[int, int]], pooling: str) -> list[int]:
+    """1 at the tokens the embedding averages over, 0 elsewhere (all 0 when the text has none of them).
+
+    offsets: each token's character span in `text` (special tokens: (0, 0), never inside a span). human and
+    last_turn keep a token that overlaps a Human turn's text and no tag.
+    """
+    n = len(offsets)
+    if pooling == "mean":
+        return [1] * n
+    if pooling == "last":
+        return [0] * (n - 1) + [1] if n else []
+    tags, human = dialogue_spans(text)
+    off = np.asarray(offsets, dtype=np.int64).reshape(n, 2)
+
+    def overlaps(spans: list[tuple[int, int]]) -> np.ndarray:
+        hit = np.zeros(n, dtype=bool)
+        for start, end in spans:
+            hit |= (off[:, 0] < end) & (off[:, 1] > start)
+        return hit
+
+    return (overlaps(human if pooling == "human" else human[-1:]) & ~overlaps(tags)).astype(int).tolist()
 
 
 def gram_factor(weight: torch.Tensor, block_rows: int = 8192) -> torch.Tensor:
@@ -128,6 +169,8 @@ class Embedder:
     source="logits": masked mean of the logits. With a linear head it is stored exactly as
       gram_factor(W) @ mean(h) (d_model dims, same distances and cosines); otherwise the true
       vocab-dim pooled logits are stored.
+    pooling: the tokens the mean runs over (POOLINGS, see the module docstring); a prompt whose mask is
+      empty (no Human text) is mean-pooled instead, counted in `n_fallback`.
     """
 
     def __init__(
@@ -140,9 +183,14 @@ class Embedder:
         batch_tokens: int = 8192,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        pooling: str = "mean",
     ):
         if source not in ("hidden", "logits"):
             raise UserError(f"embed.source must be 'hidden' or 'logits', got {source!r}")
+        if pooling not in POOLINGS:
+            raise UserError(f"embed.pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if pooling in ("human", "last_turn") and not getattr(tokenizer, "is_fast", False):
+            raise UserError(f"embed.pooling={pooling} needs a fast tokenizer (offset mapping); use pooling mean or last")
         if max_length < 1 or batch_tokens < 1:
             raise UserError(f"embed.max_length and embed.batch_tokens must be >= 1, got {max_length}, {batch_tokens}")
         param = next(model.parameters())
@@ -152,7 +200,7 @@ class Embedder:
             raise ValueError(f"model is in {param.dtype}, not the requested {self.dtype}: convert it before embedding")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.source, self.max_length, self.batch_tokens = source, max_length, batch_tokens
+        self.source, self.max_length, self.batch_tokens, self.pooling = source, max_length, batch_tokens, pooling
         self.backbone = backbone(model)
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.layers = decoder_layers(model)
@@ -177,7 +225,7 @@ class Embedder:
                 self.dim = int(getattr(config, "vocab_size", 0)) or None  # confirmed from the logits on first batch
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = pad if pad is not None else 0  # value is irrelevant: pads are masked and right of every real token
-        self.n_tokens, self.time_s, self.n_truncated, self.longest = 0, 0.0, 0, 0
+        self.n_tokens, self.time_s, self.n_truncated, self.longest, self.n_fallback = 0, 0.0, 0, 0, 0
 
     def window(self, batch_size: int) -> int:
         """Positions per forward for a batch of `batch_size` rows: batch_size x window <= embed.batch_tokens."""
@@ -231,27 +279,30 @@ class Embedder:
         pooled = sums / counts.clamp(min=1)
         return pooled @ self.R.T.to(pooled.dtype) if self.R is not None else pooled
 
-    def _run(self, ids: list[list[int]]) -> torch.Tensor:
-        """Right-pad a batch of token id lists and embed it -> (B, dim) float32 on CPU."""
+    def _run(self, ids: list[list[int]], masks: list[list[int]]) -> torch.Tensor:
+        """Right-pad a batch of token id lists (and their pooling masks) and embed it -> (B, dim) float32 on CPU."""
         longest = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
-        for row, x in enumerate(ids):
+        pool_mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        for row, (x, m) in enumerate(zip(ids, masks)):
             input_ids[row, : len(x)] = torch.tensor(x, dtype=torch.long)
             attention_mask[row, : len(x)] = 1
-        out = self._pooled(input_ids.to(self.device), attention_mask.to(self.device))
+            pool_mask[row, : len(m)] = torch.tensor(m, dtype=torch.long)
+        out = self._pooled(input_ids.to(self.device), attention_mask.to(self.device), pool_mask.to(self.device))
         return out.float().cpu()
 
-    def _run_with_retry(self, ids: list[list[int]]) -> torch.Tensor:
+    def _run_with_retry(self, ids: list[list[int]], masks: list[list[int]]) -> torch.Tensor:
         """_run, and on out-of-memory: free the cache, split the batch in half, retry once."""
         try:
-            return self._run(ids)
+            return self._run(ids, masks)
         except torch.OutOfMemoryError:
             pass  # retry outside the except block so the failed batch's tensors can be freed
         _empty_cache(self.device)
-        halves = [ids[: len(ids) // 2], ids[len(ids) // 2 :]] if len(ids) > 1 else [ids]
+        h = len(ids) // 2
+        halves = [(ids[:h], masks[:h]), (ids[h:], masks[h:])] if len(ids) > 1 else [(ids, masks)]
         try:
-            return torch.cat([self._run(h) for h in halves])
+            return torch.cat([self._run(*half) for half in halves])
         except torch.OutOfMemoryError as e:
             raise UserError(
                 f"out of memory embedding a batch of {len(ids)} prompts (longest {max(map(len, ids))} tokens), "
@@ -259,37 +310,49 @@ class Embedder:
                 f"model.dtype (bfloat16/float16) (or lower embed.max_length)"
             ) from e
 
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text, at most max_length kept from the end (a text with no tokens gets one special token).
+    def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids of each text, at most max_length kept from the end, and its pooling mask (1 = pooled).
 
-        Dropping from the left keeps the final request of a long dialogue; leading special tokens (BOS) stay.
+        Dropping from the left keeps the final request of a long dialogue; leading special tokens (BOS) stay. The
+        mask is computed on the whole text (offsets) and truncated with the ids; an empty mask falls back to every
+        token (counted in n_fallback); a text with no tokens gets one special token.
         """
-        ids = self.tokenizer(list(texts), verbose=False)["input_ids"]  # verbose: no warning for overlong texts
+        offsets = self.pooling in ("human", "last_turn")
+        enc = self.tokenizer(list(texts), verbose=False, return_offsets_mapping=offsets)  # verbose: no overlong warning
+        spans = enc["offset_mapping"] if offsets else [[(0, 0)] * len(x) for x in enc["input_ids"]]
         specials = set(self.tokenizer.all_special_ids)
-        self.n_truncated, self.longest = 0, max((len(x) for x in ids), default=0)
-        for i, x in enumerate(ids):
-            if len(x) > self.max_length:
-                head = next((j for j, tok in enumerate(x) if tok not in specials), len(x))
-                head = min(head, self.max_length - 1)
-                ids[i] = x[:head] + x[len(x) - (self.max_length - head) :]
-                self.n_truncated += 1
-        # a text with no tokens (e.g. "") would pool to nothing: give it one special token instead
         filler = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id
-        return [x if len(x) > 0 else [filler] for x in ids]
+        self.n_truncated, self.longest, self.n_fallback = 0, max((len(x) for x in enc["input_ids"]), default=0), 0
+        ids, masks = [], []
+        for text, x, o in zip(texts, enc["input_ids"], spans):
+            m = pooling_mask(text, o, self.pooling)
+            if len(x) > self.max_length:
+                head = min(next((j for j, tok in enumerate(x) if tok not in specials), len(x)), self.max_length - 1)
+                keep = [*range(head), *range(len(x) - (self.max_length - head), len(x))]
+                x, m = [x[j] for j in keep], [m[j] for j in keep]
+                self.n_truncated += 1
+            if not x:  # a text with no tokens (e.g. "") would pool to nothing
+                x, m = [filler], [1]
+            if not any(m):
+                m, self.n_fallback = [1] * len(x), self.n_fallback + 1
+            ids.append(list(x))
+            masks.append(m)
+        return ids, masks
 
     def batches(self, ids: list[list[int]]) -> list[list[int]]:
         """The forward batches `embed_ids` runs (indices into ids)."""
         return token_budget_batches([len(x) for x in ids], self.batch_tokens)
 
-    def embed_ids(self, ids: list[list[int]], progress: bool = True) -> np.ndarray:
-        """Embed tokenized texts -> float32 (n, dim), rows in input order."""
+    def embed_ids(self, ids: list[list[int]], masks: list[list[int]] | None = None, progress: bool = True) -> np.ndarray:
+        """Embed tokenized texts (pooled over `masks`, default every token) -> float32 (n, dim), rows in input order."""
+        masks = masks if masks is not None else [[1] * len(x) for x in ids]
         t0 = time.perf_counter()
         out: np.ndarray | None = None
         with torch.inference_mode(), tqdm(
             total=len(ids), unit="prompt", desc="embed", disable=not progress, file=sys.stderr
         ) as bar:
             for batch in self.batches(ids):
-                emb = self._run_with_retry([ids[i] for i in batch]).numpy()
+                emb = self._run_with_retry([ids[i] for i in batch], [masks[i] for i in batch]).numpy()
                 if out is None:
                     out = np.empty((len(ids), emb.shape[1]), dtype=np.float32)
                 out[batch] = emb
@@ -303,14 +366,15 @@ class Embedder:
 
     def embed(self, texts: list[str], progress: bool = True) -> np.ndarray:
         """Embed `texts` -> float32 (n, dim), rows in input order."""
-        return self.embed_ids(self.tokenize(texts), progress)
+        return self.embed_ids(*self.tokenize(texts), progress=progress)
 
     def attrs(self) -> dict[str, Any]:
         """JSON-able description of the embedding (stored with every chunk)."""
         return {
             "source": self.source,
             "layer": self.layer,
-            "pooling": "mean-masked",
+            "pooling": self.pooling,
+            "pooling_fallbacks": self.n_fallback,
             "dtype": str(self.dtype).removeprefix("torch."),
             "dim": self.dim,
             "transform": self.transform,
@@ -369,6 +433,16 @@ def predict(
     )  # fmt: skip
 
 
+def prompt_lengths(tokenizer: Any, texts: list[str]) -> dict[str, np.ndarray]:
+    """Per prompt: n_tokens (the whole prompt, untruncated) and turns (Human turns, at least 1), for the length
+    diagnostics and the length residual of the weights stage (which then needs no tokenizer)."""
+    ids = tokenizer(list(texts), verbose=False)["input_ids"]
+    return {
+        "n_tokens": np.array([len(x) for x in ids], dtype=np.int64),
+        "turns": np.array([max(1, t.count(HUMAN_TAG)) for t in texts], dtype=np.int64),
+    }
+
+
 def run(input: dict, output: dict, params: dict) -> dict:
     """Rule embed_chunk: rows [start, stop) of prompts.parquet -> one Zarr chunk store; returns throughput figures."""
     import pandas as pd
@@ -391,19 +465,19 @@ def run(input: dict, output: dict, params: dict) -> dict:
     model, tok = load_causal_lm(input["model"], dtype=dtype, device=device)
     embedder = Embedder(
         model, tok, source=e["source"], layer=e["layer"], max_length=e["max_length"], batch_tokens=e["batch_tokens"],
-        device=device, dtype=dtype,
+        device=device, dtype=dtype, pooling=e["pooling"],
     )  # fmt: skip
-    ids = embedder.tokenize(texts)
+    ids, masks = embedder.tokenize(texts)
     true_logits = e["source"] == "logits" and embedder.R is None
     model_cfg = memory.model_config(input["model"])
     lengths, batches = [len(x) for x in ids], embedder.batches(ids)
     expect(predict(model_cfg, lengths, batches, e["source"], true_logits, params["device"], params["dtype"], e["batch_tokens"]))
-    emb = embedder.embed_ids(ids)
+    emb = embedder.embed_ids(ids, masks)
     attrs = embedder.attrs() | {
         "model": input["model"], "model_fingerprint": params["model_fingerprint"], "rows": [start, stop],
         "device": str(device), "content_hash": params["content"],
     }  # fmt: skip
-    store.write_chunk(output["chunk"], rows["prompt_id"].tolist(), emb, attrs)
+    store.write_chunk(output["chunk"], rows["prompt_id"].tolist(), emb, attrs, columns=prompt_lengths(tok, texts))
     log.info("rows %d..%d: %d prompts, %d tokens, %.0f tokens/s (%s, %s)", start, stop, len(texts), embedder.n_tokens, attrs["tokens_per_s"] or 0, device, dtype)
     if embedder.n_truncated:
         log.warning("%d of %d prompts kept only their last embed.max_length=%d tokens (longest: %d)", embedder.n_truncated, len(texts), embedder.max_length, embedder.longest)

@@ -162,6 +162,42 @@ def plot_weights_by_topic(w: pd.DataFrame | None, path: str | Path) -> None:
     _save(fig, path)
 
 
+def plot_weights_vs_tokens(w: pd.DataFrame | None, meta: dict, path: str | Path) -> None:
+    """Scatter of n x weight against prompt tokens (both log), rare vs dense topics coloured, Spearman in the title."""
+    if w is None:
+        return _placeholder(path, "Weight vs prompt length", "no density/weights.parquet")
+    if "n_tokens" not in w:
+        return _placeholder(path, "Weight vs prompt length", "the embedding chunks carry no per-prompt token counts")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    groups = [("dense", "#ff7f0e"), ("rare", "#1f77b4")] if "group" in w and (w["group"] != "").any() else []
+    for g, color in groups:
+        sel = w["group"] == g
+        label = f"{g} topics ({int(sel.sum())})"
+        ax.scatter(w.loc[sel, "n_tokens"], w.loc[sel, "rel_weight"], s=12, alpha=0.6, color=color, label=label)
+    if not groups:
+        ax.scatter(w["n_tokens"], w["rel_weight"], s=12, alpha=0.6, color="#1f77b4")
+    else:
+        ax.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_log(ax.xaxis)
+    _plain_log(ax.yaxis)
+    ax.axhline(1.0, color="black", linestyle=":", linewidth=1)
+    ax.set_xlabel("prompt tokens (whole prompt, log)")
+    ax.set_ylabel("sampling weight × n (1 = uniform, log)")
+    rho = {key: meta.get(f"spearman_weight_{key}") for key in ("tokens", "turns")}
+    rho = {key: "n/a" if v is None else f"{v:+.2f}" for key, v in rho.items()}
+    recipe = f"pooling {meta.get('pooling')}, postprocess {meta.get('postprocess')}, residual {meta.get('length_residual')}"
+    ax.set_title(
+        f"Weight vs prompt length: Spearman ρ(weight, tokens) = {rho['tokens']}, ρ(weight, turns) = {rho['turns']}\n"
+        f"({recipe}; a flat cloud means the weights ignore length)",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
 def plot_grpo_rewards(grpo: dict[str, list[dict]], path: str | Path) -> None:
     """Per GRPO run ("arm/seedN", coloured by arm): reward (± reward_std), mean completion length and step time."""
     plt = _plt()

@@ -21,17 +21,22 @@ from density_grpo import plots
 from density_grpo.io import atomic_path, read_json, write_json
 from density_grpo.memory import MiB, human_bytes as _h
 from density_grpo.pairs import topic_groups
+from density_grpo.stats import spearman
 
 PLOTS = {
     "memory_timeline": "memory_timeline.png",
     "memory_predicted_vs_measured": "memory_predicted_vs_measured.png",
     "weights_hist": "weights_hist.png",
     "weights_by_topic": "weights_by_topic.png",
+    "weights_vs_tokens": "weights_vs_tokens.png",
     "grpo_rewards": "grpo_rewards.png",
     "draws_vs_weight": "draws_vs_weight.png",
     "diversity": "diversity.png",
     "curves": "curves.png",
 }
+PLOT_CAPTIONS = {"weights_vs_tokens": "weights_vs_tokens.rst"}  # under report/; the other plots share plots.rst
+
+
 # -----------------------------------------------------------------------------
 # reading the declared inputs
 
@@ -61,6 +66,8 @@ def weights_frame(weights: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFrame:
 
 def weights_summary(meta: dict, w: pd.DataFrame) -> dict[str, Any]:
     out = {key: meta.get(key) for key in ("n", "k", "dim", "index", "recall_at_k", "index_bytes", "source")}
+    recipe = ("pooling", "pooling_fallbacks", "postprocess", "length_residual")
+    out.update({key: meta.get(key) for key in (*recipe, "spearman_weight_tokens", "spearman_weight_turns")})
     out.update(meta["weight_stats"])
     if "group" in w and (w["group"] != "").any():
         means = w.groupby("group")["rel_weight"].mean()
@@ -69,6 +76,10 @@ def weights_summary(meta: dict, w: pd.DataFrame) -> dict[str, Any]:
             out["n_dense"] = int((w["group"] == "dense").sum())
             out["n_rare"] = int((w["group"] == "rare").sum())
             out["n_rare_topics"] = int(w.loc[w["group"] == "rare", "topic"].nunique())
+            if "n_tokens" in w:  # when rare topics differ in length, a length correlation is partly signal
+                rare = w["group"].isin(["rare", "dense"])
+                is_rare, tokens = (w.loc[rare, "group"] == "rare").to_numpy(), w.loc[rare, "n_tokens"].to_numpy()
+                out["spearman_rare_tokens"] = spearman(is_rare, tokens)
     return out
 
 
@@ -344,6 +355,32 @@ def diversity_md(comp: dict) -> list[str]:
     return lines
 
 
+def length_lines(ws: dict) -> list[str]:
+    """The length check of the weights: how much they follow prompt length rather than content."""
+    rho_tok, rho_turns = ws["spearman_weight_tokens"], ws["spearman_weight_turns"]
+    fallbacks = f", {ws['pooling_fallbacks']} prompts without Human text mean-pooled" if ws["pooling_fallbacks"] else ""
+    recipe = (
+        f"Recipe: pooling `{ws['pooling']}`{fallbacks}, post-processing `{ws['postprocess']}`, "
+        f"length residual `{ws['length_residual']}`."
+    )
+    if rho_tok is None:
+        return [recipe, "Length check: n/a (the embedding chunks carry no per-prompt token counts)."]
+    if abs(rho_tok) <= 0.2:
+        verdict = "✓"
+    else:
+        verdict = f"✗ {'longer' if rho_tok > 0 else 'shorter'} prompts get more weight"
+        rare = ws.get("spearman_rare_tokens")
+        if rare is not None and abs(rare) > 0.2 and (rare > 0) == (rho_tok > 0):
+            side = "longer" if rare > 0 else "shorter"
+            verdict += f"; here rare-topic prompts are themselves {side} (ρ(rare, tokens) = {rare:+.2f}), so part of it is signal"
+        verdict += "; see README, \"Density recipes\""
+    return [
+        recipe,
+        f"Length check: Spearman(weight, prompt tokens) = **{rho_tok:+.2f}**, Spearman(weight, Human turns) = "
+        f"{_f(rho_turns, '+.2f')} (|ρ| ≤ 0.2: {verdict}).",
+    ]
+
+
 def summary_md(run: str, d: dict, ws: dict, mem: dict) -> list[str]:
     ps = d["prompts_summary"]
     topics = ps["topics"]
@@ -363,7 +400,10 @@ def summary_md(run: str, d: dict, ws: dict, mem: dict) -> list[str]:
             f"Mean weight of rare-topic prompts / dense-topic prompts = **{ws['rare_dense_ratio']:.2f}** ({ws['n_rare']} prompts "
             f"in {ws['n_rare_topics']} rare topics vs {ws['n_dense']} dense): {verdict}."
         )
-    lines += ["", f"![weights]({PLOTS['weights_hist']}) ![by topic]({PLOTS['weights_by_topic']})", "", "## Reward model", ""]
+    lines += length_lines(ws)
+    figures = [f"![{name}]({PLOTS[name]})" for name in ("weights_hist", "weights_by_topic", "weights_vs_tokens")]
+    lines += ["", " ".join(figures)]
+    lines += ["", "## Reward model", ""]
     rm = d["rm"]
     lines.append(
         f"Held-out accuracy **{_f(rm['eval_accuracy'], '.3f')}** on {_f(rm['n_eval'])} pairs ({rm['n_eval_dropped_overlap']} held-out "
@@ -466,6 +506,7 @@ def run(input: dict, output: dict, params: dict) -> None:
     plots.plot_predicted_vs_measured(mem["per_rule"], out["memory_predicted_vs_measured"])
     plots.plot_weights_hist(w, out["weights_hist"])
     plots.plot_weights_by_topic(w, out["weights_by_topic"])
+    plots.plot_weights_vs_tokens(w, d["meta"], out["weights_vs_tokens"])
     plots.plot_grpo_rewards(d["grpo"], out["grpo_rewards"])
     plots.plot_draws_vs_weight(d["draws"], w, out["draws_vs_weight"])
     plots.plot_diversity(d["comparison"], out["diversity"])

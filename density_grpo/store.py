@@ -3,6 +3,8 @@
 Layout of `chunk_{i}.zarr`:
   embeddings  float32 (n, dim)
   prompt_id   uint64  (n,)   the 16-hex-digit prompt_id as an integer (Zarr v3 has no stable string dtype)
+  n_tokens    int64   (n,)   per-prompt columns the embedder records (tokens of the whole prompt, Human turns)
+  turns       int64   (n,)
   attrs       model, source, layer, pooling, dtype, dim, ... (whatever the embedder records), and `sha256`:
               the content hash of each array (dtype, shape and bytes), which every reader verifies
 """
@@ -48,19 +50,31 @@ def rebuild_hint(path: str | os.PathLike) -> str:
 
 
 def write_chunk(
-    path: str | os.PathLike, prompt_ids: Sequence[str], embeddings: np.ndarray, attrs: dict[str, Any]
+    path: str | os.PathLike,
+    prompt_ids: Sequence[str],
+    embeddings: np.ndarray,
+    attrs: dict[str, Any],
+    columns: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Write one chunk store atomically (a half-written store never appears at `path`), with its content hashes."""
+    """Write one chunk store atomically (a half-written store never appears at `path`), with its content hashes;
+    columns: extra 1-D per-prompt arrays (e.g. n_tokens, turns)."""
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != len(prompt_ids):
         raise ValueError(f"embeddings shape {emb.shape} does not match {len(prompt_ids)} prompt ids")
     uids = ids_to_uint64(prompt_ids)
+    columns = {name: np.ascontiguousarray(v) for name, v in (columns or {}).items()}
+    for name, v in columns.items():
+        if v.shape != (len(prompt_ids),):
+            raise ValueError(f"column {name!r} has shape {v.shape}, expected ({len(prompt_ids)},)")
     with atomic_path(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         rows = max(1, emb.shape[0])
         group.create_array("embeddings", shape=emb.shape, dtype="float32", chunks=(rows, max(1, emb.shape[1])))[...] = emb
         group.create_array("prompt_id", shape=(len(prompt_ids),), dtype="uint64", chunks=(rows,))[...] = uids
+        for name, v in columns.items():
+            group.create_array(name, shape=v.shape, dtype=v.dtype, chunks=(rows,))[...] = v
         sha = {"embeddings": array_sha256(emb), "prompt_id": array_sha256(uids)}
+        sha |= {name: array_sha256(v) for name, v in columns.items()}
         group.attrs.update({**attrs, "n": int(emb.shape[0]), "dim": int(emb.shape[1]), "sha256": sha})
 
 
@@ -86,7 +100,7 @@ def _read_array(path: str | os.PathLike, group: zarr.Group, name: str, dtype: st
             f"{path}: no content hash recorded for {name!r} (written by an older version): delete the old chunks "
             f"(rm -r {Path(path).parent}) and rerun snakemake to rebuild them"
         )
-    if a.dtype != np.dtype(dtype) or array_sha256(a) != recorded:
+    if (dtype is not None and a.dtype != np.dtype(dtype)) or array_sha256(a) != recorded:
         raise UserError(f"{path}: {name!r} does not match its recorded sha256 (corrupted or modified): {rebuild_hint(path)}")
     return a
 
@@ -120,3 +134,9 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     attrs = dict(_group(path).attrs)
     attrs.pop("sha256", None)
     return attrs
+
+
+def read_column(path: str | os.PathLike, name: str) -> np.ndarray | None:
+    """A per-prompt column of a chunk store (see write_chunk), verified, or None when the store has none by that name."""
+    group = _group(path)
+    return _read_array(path, group, name, None) if name in group else None

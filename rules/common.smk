@@ -13,7 +13,7 @@ from density_grpo.device import is_gpu, plan, plan_train_precision
 from density_grpo.index_plan import choose_index
 from density_grpo.models import fingerprint, model_kind, model_slug
 from density_grpo.pairs import SAMPLE_PATH, texts_hash
-from density_grpo.report import PLOTS
+from density_grpo.report import PLOT_CAPTIONS, PLOTS
 
 RUN = config["run"]
 RES = f"results/{RUN}"
@@ -156,7 +156,7 @@ def _pairs_params():
 
 
 PAIRS_PARAMS = _pairs_params()
-EMBED_PARAMS = {k: config["embed"][k] for k in ("source", "layer", "max_length", "batch_tokens")}
+EMBED_PARAMS = {k: config["embed"][k] for k in ("source", "layer", "max_length", "batch_tokens", "pooling")}
 
 
 def chunk_hash(wildcards):
@@ -190,6 +190,17 @@ def knn_params(wildcards):
     if index == "ivfpq":
         params["pq_m"] = knn["pq_m"]
     return params
+
+
+def _density_params():
+    """The density section; components only where the post-processing reads it (abtt, whiten)."""
+    d = dict(config["density"])
+    if d["postprocess"] not in ("abtt", "whiten"):
+        del d["components"]
+    return d
+
+
+DENSITY_PARAMS = _density_params()
 
 
 def _grpo_params():

@@ -21,6 +21,6 @@ rule knn_weights:
         warn_fraction=WARN,
     params:
         knn=knn_params,
-        density=config["density"],
+        density=DENSITY_PARAMS,
     script:
         "../scripts/weights.py"

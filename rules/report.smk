@@ -18,7 +18,9 @@ rule build_reports:
         bench=report_bench,
     output:
         **{
-            name: report(f"{REPORTS}/{png}", caption="../report/plots.rst", category="Plots")
+            name: report(
+                f"{REPORTS}/{png}", caption=f"../report/{PLOT_CAPTIONS.get(name, 'plots.rst')}", category="Plots"
+            )
             for name, png in PLOTS.items()
         },
         summary=report(SUMMARY, caption="../report/summary.rst", category="Summary"),

@@ -317,7 +317,7 @@ def test_damaged_chunk(tmp_path, case):
     damage, expected = CHUNKS[case]
     chunks = chunk_files(tmp_path)
     damage(Path(chunks[1]))
-    params = {"knn": {"k": 3, "index": "flat"}, "density": {"alpha": 1.0, "eps": 1e-6, "max_ratio": None}}
+    params = {"knn": {"k": 3, "index": "flat"}, "density": {"alpha": 1.0, "eps": 1e-6, "max_ratio": None, "postprocess": "none", "length_residual": "none"}}
     outputs = {"weights": str(tmp_path / "weights.parquet"), "meta": str(tmp_path / "metadata.json")}
     line = run_failing(tmp_path, "knn_weights", density.run, {"chunks": chunks}, outputs, params)
     assert line.startswith(f"{chunks[1]}: ") and expected in line

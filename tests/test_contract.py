@@ -46,6 +46,8 @@ def test_every_step_reads_exactly_its_params(audited_run):
     assert "grpo.token_chunk" not in records["grpo_density_0"]["declared"]  # rm reward: never reads it
     assert "dtype" not in records["reward_model"]["declared"]  # trains in fp32 master weights (train_precision)
     assert "device" in records["evaluate_model_base"]["declared"] and "train_precision" in records["reward_model"]["declared"]
+    assert "density.components" not in records["knn_weights"]["declared"]  # postprocess none: never reads it
+    assert "embed.pooling" in records["embed_chunk_0"]["declared"]
 
 
 def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
@@ -56,6 +58,7 @@ def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
     branch = copy / "branch.yaml"
     branch.write_text(yaml.safe_dump({
         "knn": {"index": "ivf", "nlist": 2, "nprobe": 1, "recall_sample": 10},
+        "density": {"postprocess": "abtt", "components": 2, "length_residual": "tokens_turns"},
         "grpo": {"reward": "self_certainty"},
     }))  # fmt: skip
     audit = copy / "audit"
@@ -66,6 +69,7 @@ def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
     assert {"knn.nlist", "knn.nprobe", "knn.recall_sample", "knn.seed"} <= set(records["knn_weights"]["declared"])
     grpo = records["grpo_uniform_0"]["declared"]
     assert "grpo.token_chunk" in grpo and "rm.max_length" not in grpo
+    assert "density.components" in records["knn_weights"]["declared"]
     assert_read_equals_declared(records)
 
     mirror = tmp_path / "hh" / "helpful-base"
@@ -98,6 +102,10 @@ RERUN_MATRIX = [
     ({"eval": {"every": 2}}, {"grpo": 4, "evaluate_model": 4}),
     ({"seed": 1}, {"reward_model": 1, "grpo": 4, "evaluate_model": 5}),
     ({"device": "cuda"}, {"embed_chunk": 4, "knn_weights": 1, "reward_model": 1, "grpo": 4, "evaluate_model": 5}),
+    # the density recipes (density.* keys) and embed.pooling change the weights like knn.k / embed.layer
+    ({"embed": {"pooling": "mean"}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 2, "evaluate_model": 5}),
+    ({"density": {"postprocess": "center"}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 5}),
+    ({"density": {"length_residual": "tokens"}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 5}),
 ]
 
 
@@ -110,9 +118,13 @@ def test_rerun_matrix(audited_run, tmp_path, change, expected):
     assert planned_jobs(res.stdout) == {**expected, **DOWNSTREAM}, res.stdout[-3000:]
 
 
-def test_nothing_to_do_without_a_change(audited_run):
+def test_nothing_to_do_without_a_change(audited_run, tmp_path):
     workdir, config, _ = audited_run
     res = snakemake(workdir, "-n", "--configfile", str(config))
+    assert planned_jobs(res.stdout) == {}, res.stdout[-3000:]
+    unread = tmp_path / "unread.yaml"  # density.components is read only by postprocess abtt/whiten
+    unread.write_text(yaml.safe_dump({"density": {"components": 3}}))
+    res = snakemake(workdir, "-n", "--configfile", str(config), str(unread))
     assert planned_jobs(res.stdout) == {}, res.stdout[-3000:]
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
+import pandas as pd
 import pytest
 
-from density_grpo.density import _drop_self, compute_weights, density_weights, knn_search, weight_stats
+from density_grpo.density import (
+    _drop_self, compute_weights, density_weights, fit_postprocess, knn_search, length_residual, predict, weight_stats,
+)  # fmt: skip
 from density_grpo.errors import UserError
+from density_grpo.stats import spearman
 from density_grpo.store import write_chunk
 
 ATTRS = {"model": "test-model", "source": "hidden", "layer": -1}
-DENSITY = {"alpha": 1.0, "eps": 1e-6, "max_ratio": None}
+DENSITY = {"alpha": 1.0, "eps": 1e-6, "max_ratio": None, "postprocess": "none", "length_residual": "none"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -23,14 +27,16 @@ def one_faiss_thread():
     faiss.omp_set_num_threads(before)
 
 
-def write_chunks(root, x: np.ndarray, sizes: list[int], id_offset: int = 0) -> list[str]:
-    """Split rows of x into chunk stores of the given sizes; prompt ids are the global row numbers in hex."""
+def write_chunks(root, x: np.ndarray, sizes: list[int], id_offset: int = 0, columns: dict | None = None) -> list[str]:
+    """Split rows of x into chunk stores of the given sizes; prompt ids are the global row numbers in hex.
+    columns: per-row arrays (n_tokens, turns) split the same way."""
     assert sum(sizes) == len(x)
     paths, start = [], 0
     for i, s in enumerate(sizes):
         path = str(root / f"chunk_{i}.zarr")
         ids = [f"{id_offset + j:016x}" for j in range(start, start + s)]
-        write_chunk(path, ids, x[start : start + s], ATTRS)
+        cols = {name: v[start : start + s] for name, v in (columns or {}).items()}
+        write_chunk(path, ids, x[start : start + s], ATTRS, columns=cols)
         paths.append(path)
         start += s
     return paths
@@ -202,3 +208,121 @@ def test_deterministic(approx_chunks):
         compute_weights(paths, {"k": 10, "index": "flat"}, DENSITY, progress=False)[0]["weight"].to_numpy() for _ in range(2)
     ]
     assert flat[0].tobytes() == flat[1].tobytes()
+
+
+# -----------------------------------------------------------------------------
+# recipes: post-processing, length residual, length diagnostics
+
+
+def reference_postprocess(x: np.ndarray, how: str, r: int | None) -> np.ndarray:
+    """Whole-matrix numpy reference of density.postprocess (np.cov over all rows at once)."""
+    x = x.astype(np.float64)
+    y = x - x.mean(axis=0)
+    if how == "center":
+        return y
+    lam, vec = np.linalg.eigh(np.cov(x, rowvar=False, bias=True))
+    lam, vec = lam[::-1], vec[:, ::-1]
+    u = vec[:, : (r or (1 if how == "abtt" else x.shape[1]))]
+    if how == "abtt":
+        return y - (y @ u) @ u.T
+    return (y @ u) / np.sqrt(np.clip(lam[: u.shape[1]], 0, None) + 1e-6 * lam[0])  # same distances as mapped back
+
+
+def length_data(seed: int = 5, n: int = 150, dim: int = 12):
+    """Embeddings whose spread grows with prompt length (long prompts look isolated), plus their lengths."""
+    rng = np.random.default_rng(seed)
+    n_tokens = rng.integers(5, 400, n)
+    turns = 1 + n_tokens // 120
+    centre = rng.standard_normal(dim)
+    x = centre + (n_tokens[:, None] / 800) * rng.standard_normal((n, dim))
+    return x.astype(np.float32), {"n_tokens": n_tokens, "turns": turns}
+
+
+@pytest.mark.parametrize("how, r", [("center", None), ("abtt", None), ("abtt", 3), ("whiten", None), ("whiten", 4)])
+def test_postprocess_streamed_equals_whole(tmp_path, how, r):
+    x = clustered(np.random.default_rng(6), 3, 30, 15, 10, spread=0.3) + 2.0  # off-centre, as LM states are
+    chunked = write_chunks(tmp_path / "five", x, [7, 30, 23, 20, 25])
+    whole = write_chunks(tmp_path / "one", x, [105])
+    post = fit_postprocess(chunked, how, r, progress=False)
+    y, ref = post(x), reference_postprocess(x, how, r)
+    np.testing.assert_allclose(y @ y.T, ref @ ref.T, atol=1e-6)  # same inner products (whiten maps back to d dims)
+    assert np.abs(y.mean(axis=0)).max() < 1e-9  # every recipe centres
+    if how == "abtt":  # the top principal directions are gone
+        top = np.linalg.eigh(np.cov(x, rowvar=False))[1][:, ::-1][:, : r or 1]
+        assert np.abs(y @ top).max() < 1e-8
+    if how == "whiten":  # unit variance on the kept directions, nothing on the others
+        lam = np.sort(np.linalg.eigvalsh(np.cov(y, rowvar=False, bias=True)))[::-1]
+        np.testing.assert_allclose(lam[: r or 10], 1.0, atol=1e-4)
+        assert np.abs(lam[(r or 10) :]).max(initial=0) < 1e-9
+    expected = brute_force_mean_dist(reference_postprocess(x, how, r), 4)
+    for paths in (chunked, whole):
+        dens = {**DENSITY, "postprocess": how, "components": r}
+        df, meta = compute_weights(paths, {"k": 4, "index": "flat"}, dens, progress=False)
+        np.testing.assert_allclose(df["knn_mean_dist"].to_numpy(), expected, atol=1e-5)
+        assert meta["postprocess"] == how and meta["dim"] == 10
+    raw = compute_weights(chunked, {"k": 4, "index": "flat"}, DENSITY, progress=False)[0]["knn_mean_dist"].to_numpy()
+    assert not np.allclose(raw, expected, atol=1e-3)  # the recipe changes the distances
+    with pytest.raises(UserError, match="density.components"):
+        fit_postprocess(chunked, how if how != "center" else "abtt", 11, progress=False)
+
+
+def test_length_residual_removes_the_length_trend():
+    rng = np.random.default_rng(7)
+    tokens = rng.integers(5, 500, 300)
+    turns = 1 + rng.integers(0, 4, 300)
+    dist = np.exp(0.4 * np.log(tokens) - 0.2 * np.log(turns) + 0.1 * rng.standard_normal(300)) / 20
+    lengths = pd.DataFrame({"n_tokens": tokens, "turns": turns})
+    same, fit = length_residual(dist, lengths, "none")
+    assert fit == {} and np.array_equal(same, dist)
+    for how, names in (("tokens", ["n_tokens"]), ("tokens_turns", ["n_tokens", "turns"])):
+        adj, fit = length_residual(dist, lengths, how)
+        assert adj.shape == dist.shape and (adj > 0).all()
+        resid = np.log(adj)
+        for c in names:  # OLS: the residual carries no linear trend in any regressor
+            assert abs(np.corrcoef(resid, np.log(lengths[c]))[0, 1]) < 1e-9
+        assert np.mean(np.log(adj)) == pytest.approx(np.mean(np.log(dist + 1e-6)))  # typical distance kept
+        assert fit["log_n_tokens"] == pytest.approx(0.4, abs=0.03)
+    assert fit["log_turns"] == pytest.approx(-0.2, abs=0.05)
+    with pytest.raises(UserError, match="density.length_residual"):
+        length_residual(dist, lengths, "chars")
+
+
+def test_spearman():
+    assert spearman(np.array([1, 2, 3, 4]), np.array([1, 3, 2, 4])) == pytest.approx(0.8)
+    assert spearman(np.arange(5), -np.arange(5.0) ** 3) == pytest.approx(-1.0)
+    assert spearman(np.array([1, 1, 2, 2]), np.array([1, 2, 3, 4])) == pytest.approx(2 / np.sqrt(5))  # ties: average rank
+    assert spearman(np.ones(4), np.arange(4)) is None
+
+
+def test_length_diagnostics_and_residual(tmp_path):
+    x, cols = length_data()
+    chunked = write_chunks(tmp_path / "three", x, [40, 60, 50], columns=cols)
+    whole = write_chunks(tmp_path / "one", x, [150], columns=cols)
+    knn = {"k": 5, "index": "flat"}
+    df, meta = compute_weights(chunked, knn, DENSITY, progress=False)
+    assert list(df.columns) == ["prompt_id", "knn_mean_dist", "density", "weight", "n_tokens", "turns"]
+    assert df["n_tokens"].tolist() == cols["n_tokens"].tolist() and df["turns"].tolist() == cols["turns"].tolist()
+    assert meta["spearman_weight_tokens"] == pytest.approx(spearman(df["weight"].to_numpy(), cols["n_tokens"]))
+    assert meta["spearman_weight_tokens"] > 0.5 and meta["spearman_weight_turns"] > 0.3  # the leak, measured
+    assert meta["length_residual"] == "none" and "length_residual_fit" not in meta
+    for how in ("tokens", "tokens_turns"):
+        dens = {**DENSITY, "length_residual": how, "postprocess": "center"}
+        dc, mc = compute_weights(chunked, knn, dens, progress=False)
+        dw, _ = compute_weights(whole, knn, dens, progress=False)
+        np.testing.assert_allclose(dc["weight"], dw["weight"], rtol=1e-9)  # chunked == whole
+        assert abs(mc["spearman_weight_tokens"]) < 0.2 < meta["spearman_weight_tokens"]
+        before = spearman(dc["knn_mean_dist"].to_numpy(), cols["n_tokens"])  # knn_mean_dist stays the raw distance
+        assert mc["length_residual_fit"]["spearman_dist_tokens_before"] == pytest.approx(before) and before > 0.2
+        assert mc["length_residual_fit"]["log_n_tokens"] > 0
+    bare = write_chunks(tmp_path / "bare", x, [150])  # chunk stores without per-prompt lengths
+    df, meta = compute_weights(bare, knn, DENSITY, progress=False)
+    assert "n_tokens" not in df and meta["spearman_weight_tokens"] is None and meta["spearman_weight_turns"] is None
+    with pytest.raises(UserError, match=r"density.length_residual=tokens needs .*bare/chunk_0.zarr"):
+        compute_weights(bare, knn, {**DENSITY, "length_residual": "tokens"}, progress=False)
+
+
+def test_postprocess_memory_is_predicted():
+    knn = {"k": 10, "index": "flat", "nlist": None}
+    plain = predict(1000, 576, 128, knn)["total_bytes"]
+    assert predict(1000, 576, 128, knn, "center")["total_bytes"] == plain
+    assert predict(1000, 576, 128, knn, "whiten")["total_bytes"] - plain >= 4 * 576 * 576 * 8

@@ -9,7 +9,7 @@ import transformers
 
 from density_grpo import store
 from density_grpo import embed
-from density_grpo.embed import Embedder, gram_factor, head_is_linear, mean_pool, token_budget_batches
+from density_grpo.embed import Embedder, gram_factor, head_is_linear, mean_pool, pooling_mask, token_budget_batches
 from density_grpo.errors import UserError
 from tiny_model import build_tiny_model
 
@@ -101,6 +101,72 @@ def test_computes_only_what_is_needed(tiny):
             h.remove()
 
 
+DIALOGUES = [
+    "\n\nHuman: How do I make a good risotto with mushrooms?\n\nAssistant:",
+    "\n\nHuman: What is the capital of France?\n\nAssistant: Paris.\n\nHuman: And of Italy?\n\nAssistant:",
+    "\n\nHuman: Tell me a joke.\n\nAssistant: Why did the programmer quit? No arrays.\n\nHuman: Another one"
+    " please, about computers?\n\nAssistant:",
+]
+HUMAN_TEXT = [  # what a reader calls the Human turns' text, per dialogue (leading spaces belong to the words)
+    [" How do I make a good risotto with mushrooms?"],
+    [" What is the capital of France?", " And of Italy?"],
+    [" Tell me a joke.", " Another one please, about computers?"],
+]
+
+
+def test_pooling_mask_on_characters():
+    """With one token per character, the masks select exactly the Human turns' characters."""
+    text = DIALOGUES[1]
+    offsets = [(i, i + 1) for i in range(len(text))] + [(0, 0)]  # a trailing special token is never pooled
+    chars = lambda mask: "".join(text[a:b] for (a, b), m in zip(offsets, mask) if m)  # noqa: E731
+    assert chars(pooling_mask(text, offsets, "human")) == "".join(HUMAN_TEXT[1])
+    assert chars(pooling_mask(text, offsets, "last_turn")) == HUMAN_TEXT[1][-1]
+    assert pooling_mask(text, offsets, "mean") == [1] * len(offsets)
+    assert pooling_mask(text, offsets, "last") == [0] * (len(offsets) - 1) + [1]
+    assert not any(pooling_mask("Tell me a joke.", [(0, 4), (4, 15)], "human"))  # no Human tag: nothing to pool
+
+
+def test_human_pooling_pools_exactly_the_human_tokens(tiny):
+    model, tokenizer = tiny
+    embedder = Embedder(model, tokenizer, pooling="human", batch_tokens=10_000)
+    ids, masks = embedder.tokenize(DIALOGUES)
+    rows = []
+    with torch.inference_mode():
+        for text, x, m, human in zip(DIALOGUES, ids, masks, HUMAN_TEXT):
+            assert tokenizer.decode([t for t, keep in zip(x, m) if keep]) == "".join(human)  # the human text, nothing else
+            hidden = model(input_ids=torch.tensor([x]), output_hidden_states=True).hidden_states[-1][0]
+            rows.append(hidden[torch.tensor(m, dtype=torch.bool)].mean(dim=0).numpy())  # the whole dialogue as context
+    got = embedder.embed(DIALOGUES, progress=False)
+    np.testing.assert_allclose(got, np.stack(rows), atol=1e-5)
+    for i, text in enumerate(DIALOGUES):  # right padding: the mask travels with the ids, batch-independent
+        np.testing.assert_allclose(embedder.embed([text], progress=False)[0], got[i], atol=1e-5)
+    assert embedder.attrs()["pooling"] == "human" and embedder.attrs()["pooling_fallbacks"] == 0
+    last_turn = Embedder(model, tokenizer, pooling="last_turn").embed(DIALOGUES, progress=False)
+    np.testing.assert_allclose(last_turn[0], got[0], atol=1e-6)  # one turn: the same tokens
+    assert not np.allclose(last_turn[1], got[1], atol=1e-3)
+    last = Embedder(model, tokenizer, pooling="last").embed(DIALOGUES[:1], progress=False)
+    with torch.inference_mode():
+        expected = model(**tokenizer(DIALOGUES[:1], return_tensors="pt"), output_hidden_states=True).hidden_states[-1][0, -1]
+    np.testing.assert_allclose(last[0], expected.numpy(), atol=1e-5)
+
+
+def test_human_pooling_falls_back_to_mean(tiny):
+    model, tokenizer = tiny
+    plain = ["Tell me a joke.", "Hi", ""]
+    embedder = Embedder(model, tokenizer, pooling="human")
+    np.testing.assert_allclose(embedder.embed(plain, progress=False), Embedder(model, tokenizer).embed(plain, progress=False))
+    assert embedder.attrs()["pooling_fallbacks"] == 2  # "" has no token of its own: one filler token, mean-pooled
+    with pytest.raises(UserError, match="embed.pooling"):
+        Embedder(model, tokenizer, pooling="max")
+
+    class Slow:
+        is_fast = False
+        pad_token_id = bos_token_id = eos_token_id = 0
+
+    with pytest.raises(UserError, match="fast tokenizer"):
+        Embedder(model, Slow(), pooling="human")
+
+
 def test_gram_factor_random():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(500, 16, generator=g)
@@ -173,7 +239,7 @@ def test_deterministic_and_input_order(tiny):
     np.testing.assert_allclose(embedder.embed([TEXTS[i] for i in perm], progress=False), a[perm], atol=1e-5)
     attrs = embedder.attrs()
     assert attrs["n_tokens"] == sum(len(x) for x in tokenizer(TEXTS)["input_ids"])
-    assert attrs["tokens_per_s"] > 0 and attrs["pooling"] == "mean-masked" and attrs["dtype"] == "float32"
+    assert attrs["tokens_per_s"] > 0 and attrs["pooling"] == "mean" and attrs["dtype"] == "float32"
 
 
 def test_embed_step_writes_the_chunk_store(tmp_path):
@@ -186,7 +252,7 @@ def test_embed_step_writes_the_chunk_store(tmp_path):
     pd.DataFrame({"prompt_id": [prompt_id(t) for t in TEXTS], "text": TEXTS}).to_parquet(prompts)
     params = {
         "content": texts_hash(TEXTS[2:6]), "rows": [2, 6], "device": "cpu", "dtype": "float32", "model_fingerprint": "fp",
-        "embed": {"source": "hidden", "layer": -1, "max_length": 64, "batch_tokens": 128},
+        "embed": {"source": "hidden", "layer": -1, "max_length": 64, "batch_tokens": 128, "pooling": "mean"},
     }  # fmt: skip
     out = {"chunk": str(tmp_path / "chunk_1.zarr")}
     figures = embed.run({"prompts": str(prompts), "model": str(model_dir)}, out, params)
@@ -197,6 +263,13 @@ def test_embed_step_writes_the_chunk_store(tmp_path):
     np.testing.assert_allclose(emb, Embedder(model, tokenizer).embed(TEXTS[2:6], progress=False), atol=1e-6)
     assert attrs["rows"] == [2, 6] and attrs["content_hash"] == params["content"] and attrs["transform"] == "none"
     assert attrs["model_fingerprint"] == "fp"
+    full = [len(x) for x in tokenizer(TEXTS[2:6])["input_ids"]]
+    assert store.read_column(out["chunk"], "n_tokens").tolist() == full
+    assert store.read_column(out["chunk"], "turns").tolist() == [2, 1, 1, 1]  # a prompt without tags: one turn
+    cut = {"chunk": str(tmp_path / "cut.zarr")}
+    embed.run({"prompts": str(prompts), "model": str(model_dir)}, cut, {**params, "embed": {**params["embed"], "max_length": 16}})
+    assert store.read_column(cut["chunk"], "n_tokens").tolist() == full  # the whole prompt, not the max_length cut
+    assert store.read_attrs(cut["chunk"])["n_tokens"] == sum(min(n, 16) for n in full)
     assert figures["n_prompts"] == 4 and figures["tokens_per_s"] > 0
     with pytest.raises(UserError, match="changed since the workflow was planned"):
         embed.run({"prompts": str(prompts), "model": str(model_dir)}, out, {**params, "rows": [1, 5]})
@@ -246,7 +319,7 @@ def test_windows_match_one_pass(tiny, monkeypatch, layer, source, dtype):
         kw = dict(source="hidden" if source == "hidden" else "logits", layer=layer, max_length=256, dtype=dtype)
         one = Embedder(model, tokenizer, batch_tokens=10_000, **kw)
         windowed = Embedder(model, tokenizer, batch_tokens=32, **kw)
-        ids = one.tokenize([LONG, TEXTS[0]])
+        ids, _ = one.tokenize([LONG, TEXTS[0]])
         assert len(ids[0]) > 150 and windowed.window(1) == 32
         batch = torch.tensor(ids[:1])
         with torch.inference_mode():
@@ -263,7 +336,7 @@ def test_windows_slice_every_per_token_mask(tiny):
     """A right-padded batch of several rows in windows: ids, attention mask and a pooling mask slice together."""
     model, tokenizer = tiny
     embedder = Embedder(model, tokenizer, batch_tokens=10_000)
-    ids = embedder.tokenize([LONG, TEXTS[2], TEXTS[4]])
+    ids, _ = embedder.tokenize([LONG, TEXTS[2], TEXTS[4]])
     longest = max(map(len, ids))
     input_ids = torch.full((3, longest), embedder.pad_id)
     attention = torch.zeros((3, longest), dtype=torch.long)
@@ -285,7 +358,8 @@ def test_max_length_keeps_the_end(tiny):
     model, tokenizer = tiny
     embedder = Embedder(model, tokenizer, max_length=12)
     full = tokenizer(LONG)["input_ids"]
-    ids = embedder.tokenize([LONG, "Hi"])
+    ids, masks = embedder.tokenize([LONG, "Hi"])
+    assert [len(m) for m in masks] == [len(x) for x in ids]  # the pooling mask is cut with the ids
     assert ids == [full[-12:], tokenizer("Hi")["input_ids"]]
     assert tokenizer.decode(ids[0]).endswith("please.\n\nAssistant:")
     attrs = embedder.attrs()
@@ -293,6 +367,18 @@ def test_max_length_keeps_the_end(tiny):
     # a leading special token (BOS) stays in front of the kept tail
     bos = tokenizer.bos_token_id
     monkey = Embedder(model, tokenizer, max_length=5)
-    monkey.tokenizer = lambda texts, verbose: {"input_ids": [[bos, 10, 11, 12, 13, 14, 15]]}
+    monkey.tokenizer = lambda texts, **kw: {"input_ids": [[bos, 10, 11, 12, 13, 14, 15]]}
     monkey.tokenizer.all_special_ids, monkey.tokenizer.bos_token_id = [bos], bos
-    assert monkey.tokenize(["x"]) == [[bos, 12, 13, 14, 15]]
+    assert monkey.tokenize(["x"])[0] == [[bos, 12, 13, 14, 15]]
+
+
+def test_human_pooling_mask_survives_left_truncation(tiny):
+    """Left truncation cuts the ids and the pooling mask together: the kept tail pools exactly its human tokens."""
+    model, tokenizer = tiny
+    text = "\n\nHuman: first question here\n\nAssistant: a long answer " + "word " * 40 + "\n\nHuman: final request\n\nAssistant:"
+    whole = Embedder(model, tokenizer, pooling="human", max_length=10_000)
+    cut = Embedder(model, tokenizer, pooling="human", max_length=16)
+    (ids_w,), (mask_w,) = whole.tokenize([text])
+    (ids_c,), (mask_c,) = cut.tokenize([text])
+    assert ids_c == ids_w[-16:] and mask_c == mask_w[-16:] and any(mask_c)
+    assert "final request" in tokenizer.decode([t for t, m in zip(ids_c, mask_c) if m])

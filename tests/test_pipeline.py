@@ -51,16 +51,19 @@ def test_full_run_artifacts(tiny_run):
     assert len(prompts) == 30 and prompts["prompt_id"].is_unique
     assert all(t.endswith("\n\nAssistant:") for t in prompts["text"])
     weights = pd.read_parquet(workdir / RES / "density/weights.parquet")
-    assert list(weights.columns) == ["prompt_id", "knn_mean_dist", "density", "weight"]
+    assert list(weights.columns) == ["prompt_id", "knn_mean_dist", "density", "weight", "n_tokens", "turns"]
     assert weights["prompt_id"].tolist() == prompts["prompt_id"].tolist()
+    assert weights["turns"].tolist() == prompts["text"].str.count("\n\nHuman:").tolist() and (weights["n_tokens"] > 5).all()
     assert weights["weight"].sum() == pytest.approx(1.0)
     meta = yaml.safe_load((workdir / RES / "density/metadata.json").read_text())
     assert meta["n"] == 30 and meta["k"] == 3 and meta["index"] == "flat"
     assert meta["provenance"]["params"]["knn"] == {"k": 3, "index": "flat"}
+    assert meta["pooling"] == "human" and meta["pooling_fallbacks"] == 0 and meta["postprocess"] == "none"
+    assert -1 <= meta["spearman_weight_tokens"] <= 1 and meta["spearman_weight_turns"] is None  # every tiny prompt: 1 turn
     chunks = sorted((workdir / RES / "embed").glob("chunk_*.zarr"))
     assert [c.name for c in chunks] == [f"chunk_{i}.zarr" for i in range(4)]
     ids, emb, attrs = read_chunk(chunks[-1])
-    assert len(ids) == 6 and emb.shape == (6, 32) and attrs["source"] == "hidden" and attrs["pooling"] == "mean-masked"
+    assert len(ids) == 6 and emb.shape == (6, 32) and attrs["source"] == "hidden" and attrs["pooling"] == "human"
     card = json.loads((workdir / RES / "model.json").read_text())
     assert attrs["model_fingerprint"] == card["fingerprint"] and len(card["fingerprint"]) == 64
     assert meta["n_truncated"] == sum(read_chunk(c)[2]["n_truncated"] for c in chunks)

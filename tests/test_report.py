@@ -63,7 +63,9 @@ def make_inputs(root: Path) -> dict:
     pd.DataFrame({"prompt_id": ids, "text": texts, "n_pairs": 1, "topic": topics}).to_parquet(root / "prompts.parquet")
     dist = np.where([t.startswith("rare") for t in topics], 0.6, 0.2) + rng.uniform(0, 0.05, len(ids))
     w = dist / dist.sum()
-    pd.DataFrame({"prompt_id": ids, "knn_mean_dist": dist, "density": 1 / dist, "weight": w}).to_parquet(root / "weights.parquet")
+    n_tokens = rng.integers(10, 300, len(ids))
+    weights = {"prompt_id": ids, "knn_mean_dist": dist, "density": 1 / dist, "weight": w, "n_tokens": n_tokens, "turns": 1 + n_tokens // 100}
+    pd.DataFrame(weights).to_parquet(root / "weights.parquet")
     inputs = {"prompts": str(root / "prompts.parquet"), "weights": str(root / "weights.parquet")}
     inputs["prompts_summary"] = write_json(root / "prompts.json", {
         "n_pairs": 50, "n_prompts": 44, "n_multi_turn": 3,
@@ -74,7 +76,8 @@ def make_inputs(root: Path) -> dict:
     ws = {"max_min_ratio": float(w.max() / w.min()), "ess_fraction": 0.9, "entropy_ratio": 0.98}
     inputs["meta"] = write_json(root / "metadata.json", {
         "n": len(ids), "k": 3, "dim": 576, "index": "flat", "recall_at_k": 1.0, "index_bytes": len(ids) * 576 * 4,
-        "source": "hidden", "weight_stats": ws,
+        "source": "hidden", "weight_stats": ws, "pooling": "human", "pooling_fallbacks": 2, "postprocess": "none",
+        "length_residual": "none", "spearman_weight_tokens": 0.0312, "spearman_weight_turns": -0.25,
     })  # fmt: skip
     inputs["rm"] = write_json(root / "rm.json", {
         "eval_accuracy": 0.75, "eval_accuracy_longer_baseline": 0.5, "n_eval_dropped_overlap": 3, "eval_margin_mean": 0.4, "n_eval": 8, "steps": 40,
@@ -134,3 +137,21 @@ def test_report_renders_the_declared_inputs(tmp_path):
     assert "density − uniform" in summary and "| density/seed0 | 6 |" in summary
     assert "**mean RM reward**: density − uniform = +0.977 [+0.681, +1.36] (95% CI); the interval excludes zero: density is higher" in summary
     assert "**Vendi within prompt (centred)**" in summary and "Per stratum" in summary
+    assert "Spearman(weight, prompt tokens) = **+0.03**, Spearman(weight, Human turns) = -0.25 (|ρ| ≤ 0.2: ✓)" in summary
+    assert "pooling `human`, 2 prompts without Human text mean-pooled" in summary and "weights_vs_tokens.png" in summary
+
+
+def test_weights_vs_tokens_plot_without_lengths(tmp_path):
+    """Weights from chunk stores without per-prompt lengths: a placeholder, and the summary says n/a."""
+    w = pd.DataFrame({"prompt_id": ["a", "b"], "weight": [0.5, 0.5], "rel_weight": [1.0, 1.0]})
+    from density_grpo import plots
+
+    plots.plot_weights_vs_tokens(w, {}, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    ws = {"pooling": "mean", "pooling_fallbacks": 0, "postprocess": "none", "length_residual": "none"}
+    lines = report.length_lines({**ws, "spearman_weight_tokens": None, "spearman_weight_turns": None})
+    assert "Length check: n/a" in lines[-1]
+    lines = report.length_lines({**ws, "spearman_weight_tokens": 0.7, "spearman_weight_turns": 0.5})
+    assert "**+0.70**" in lines[-1] and "✗ longer prompts get more weight" in lines[-1] and "signal" not in lines[-1]
+    lines = report.length_lines({**ws, "spearman_weight_tokens": -0.5, "spearman_weight_turns": None, "spearman_rare_tokens": -0.43})
+    assert "✗ shorter prompts get more weight; here rare-topic prompts are themselves shorter" in lines[-1]

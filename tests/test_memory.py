@@ -71,10 +71,12 @@ def test_faiss_index_bytes():
     n, d = 10_000, 576
     assert ip.index_bytes(n, d, "flat") == n * d * 4
     assert ip.index_bytes(n, d, "ivf", nlist=100) == n * (d * 4 + 8) + 100 * d * 4
-    assert ip.index_bytes(n, d, "ivfpq", nlist=100, pq_m=16) == n * (16 + 8) + 100 * d * 4 + 256 * d * 4
+    assert ip.index_bytes(n, d, "ivfpq", nlist=100, pq_m=16) == n * (16 + 8 + 2 * d) + 100 * d * 4 + 256 * d * 4
+    assert ip.index_bytes(n, d, "ivfjoin", nlist=100) == n * d * 4 + 100 * d * 4
     assert ip.default_nlist(1_000_000) == 4000 and ip.default_nlist(10_000) == 256  # >= 39 points per list
     assert ip.choose_index("auto", 1000, d, 100_000, 8.0) == "flat"
-    assert ip.choose_index("auto", 200_000, d, 100_000, 8.0) == "ivf"
+    assert ip.choose_index("auto", 200_000, d, 100_000, 8.0) == "ivfjoin"
+    assert ip.default_nlist(1_000_000, index="ivfjoin") == 2000
     assert ip.choose_index("auto", 10_000_000, d, 100_000, 8.0) == "ivfpq"
 
 

@@ -174,13 +174,14 @@ EXACT_ACCURACY = {
 # kNN search
 
 
-def _join_search(
-    chunk_paths: list[str], n: int, dim: int, k: int, nlist: int | None, nprobe: int, fix_fraction: float,
+def _matrix_search(
+    chunk_paths: list[str], n: int, dim: int, k: int, kind: str, nlist: int | None, nprobe: int, fix_fraction: float,
     fix_nprobe: int, q_rows: np.ndarray, seed: int, progress: bool,
 ) -> tuple[list[str], np.ndarray, dict, dict]:  # fmt: skip
-    """ivfjoin: all normalised vectors in one matrix, the IVF self-join (knn_join), then the sample check in memory.
+    """flat and ivfjoin: all normalised vectors in one matrix (the size of a flat index), read once.
 
-    Returns prompt ids, each row's k neighbour similarities, metadata and phase times.
+    flat: exact search by BLAS in blocks of rows. ivfjoin: the IVF self-join (knn_join), then the sample check.
+    Returns prompt ids, each row's k neighbour similarities (rescored row by row), metadata and phase times.
     """
     t0 = time.perf_counter()
     x = np.empty((n, dim), dtype=np.float32)
@@ -189,6 +190,11 @@ def _join_search(
         x[start : start + len(xc)] = xc
         prompt_ids.extend(ids)
     t_load = time.perf_counter() - t0
+    if kind == "flat":
+        t0 = time.perf_counter()
+        rows = np.arange(n, dtype=np.int64)
+        sim = knn_join.rescore(x, rows, knn_join.exact_knn(x, rows, k)[1])
+        return prompt_ids, sim, {}, {"time_add_s": t_load, "time_search_s": time.perf_counter() - t0}
     nl = default_nlist(n, nlist, "ivfjoin")
     n_train = ivf_train_size(n, nl, "ivfjoin")
     workers = max(1, faiss.omp_get_max_threads())
@@ -224,12 +230,13 @@ def knn_search(
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Mean cosine distance of every prompt to its k nearest other prompts, streamed over chunk stores.
+    """Mean cosine distance of every prompt to its k nearest other prompts, over chunk stores.
 
-    flat/ivf/ivfpq: pass 1 adds each chunk's normalised vectors to a FAISS index, pass 2 searches each chunk
-    against it (k+1 results, self removed by id) and rescores the k neighbours with numpy, independently of the
-    chunking. ivfpq ranks rerank·(k+1) PQ candidates per row by their float16-stored vectors (IndexRefine), so
-    its distances are those of the re-ranked neighbours. ivfjoin: see knn_join (one in-memory matrix, no index).
+    flat and ivfjoin read the normalised vectors once into one matrix (the size of a flat index): flat searches it
+    exactly by BLAS in large blocks of rows, ivfjoin by the IVF self-join (knn_join). ivf/ivfpq stream: pass 1 adds
+    each chunk to a FAISS index, pass 2 searches each chunk against it; ivfpq re-ranks rerank·(k+1) PQ candidates
+    per row by float16 copies of the vectors (IndexRefine). All search for k+1 neighbours, remove self by id and
+    rescore the k neighbours row by row with numpy, so results do not depend on the chunking or batching.
     Ids are global row numbers in chunk order. For approximate indexes, recall@k and the relative error of the
     mean distance are measured against exact search on a seeded sample of rows (see sample_accuracy).
     Returns a frame (prompt_id, knn_mean_dist) in chunk/row order, and metadata.
@@ -245,19 +252,21 @@ def knn_search(
         raise UserError(f"config key knn.index: {index!r} is not one of auto, {', '.join(INDEXES)}")
     kind = index
     meta: dict[str, Any] = {"n": n, "k": int(k), "dim": dim, "index": kind}
-    approx = kind != "flat"
     q_rows = np.array([], dtype=np.int64)
-    if approx:
+    if kind != "flat":
         q_rows = np.sort(np.random.default_rng(seed + 1).choice(n, size=min(recall_sample, n), replace=False))
 
-    if kind == "ivfjoin":
-        prompt_ids, sim, extra, times = _join_search(
-            chunk_paths, n, dim, k, nlist, nprobe, fix_fraction, fix_nprobe, q_rows, seed, progress
+    if kind in ("flat", "ivfjoin"):
+        prompt_ids, sim, extra, times = _matrix_search(
+            chunk_paths, n, dim, k, kind, nlist, nprobe, fix_fraction, fix_nprobe, q_rows, seed, progress
         )
         dist = np.clip(1.0 - sim, 0.0, None)
         mean_dist = dist.mean(axis=1)
         n_dup = int((dist.min(axis=1) <= DUP_DIST).sum())
-        meta.update(extra, recall_estimated=True, recall_sample=len(q_rows))
+        if kind == "flat":
+            meta.update(EXACT_ACCURACY, recall_estimated=False)
+        else:
+            meta.update(extra, recall_estimated=True, recall_sample=len(q_rows))
     else:
         prompt_ids, mean_dist, n_dup, times = _index_search(
             chunk_paths, n, dim, k, kind, nlist, nprobe, pq_m, rerank, q_rows, seed, progress, meta
@@ -275,40 +284,34 @@ def _index_search(
     chunk_paths: list[str], n: int, dim: int, k: int, kind: str, nlist: int | None, nprobe: int, pq_m: int,
     rerank: int, q_rows: np.ndarray, seed: int, progress: bool, meta: dict,
 ) -> tuple[list[str], np.ndarray, int, dict]:  # fmt: skip
-    """flat/ivf/ivfpq with a FAISS index, streamed: prompt ids, mean distances, exact duplicates and phase times.
-    Adds the index settings and, for ivf/ivfpq, the sample accuracy to `meta`."""
+    """ivf/ivfpq with a FAISS index, streamed: prompt ids, mean distances, exact duplicates and phase times.
+    Adds the index settings and the sample accuracy to `meta`."""
     times = dict(time_train_s=0.0, time_add_s=0.0, time_search_s=0.0, time_recall_s=0.0)
 
-    # build (and for IVF, train) the index
+    # build and train the index
     t0 = time.perf_counter()
-    approx = kind != "flat"
-    if not approx:
-        idx = ivf = faiss.IndexFlatIP(dim)
+    nl = default_nlist(n, nlist, kind)
+    quantizer = faiss.IndexFlatIP(dim)
+    if kind == "ivf":
+        idx = ivf = faiss.IndexIVFFlat(quantizer, dim, nl, faiss.METRIC_INNER_PRODUCT)
     else:
-        nl = default_nlist(n, nlist, kind)
-        quantizer = faiss.IndexFlatIP(dim)
-        if kind == "ivf":
-            idx = ivf = faiss.IndexIVFFlat(quantizer, dim, nl, faiss.METRIC_INNER_PRODUCT)
-        else:
-            if dim % pq_m:
-                raise UserError(f"knn.pq_m={pq_m} must divide the embedding dim {dim}")
-            if n < (1 << PQ_NBITS):
-                raise UserError(
-                    f"knn.index=ivfpq needs at least {1 << PQ_NBITS} prompts to train its codebooks, got {n}"
-                )
-            ivf = faiss.IndexIVFPQ(quantizer, dim, nl, pq_m, PQ_NBITS, faiss.METRIC_INNER_PRODUCT)
-            ivf.pq.cp.seed = seed
-            # re-rank rerank·(k+1) PQ candidates with float16 copies of the vectors: raw PQ scores bias distances
-            vectors = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-            idx = faiss.IndexRefine(ivf, vectors)
-            idx.k_factor = float(rerank)
-        n_train = ivf_train_size(n, nl, kind)
-        ivf.cp.seed = seed
-        idx.train(_train_sample(chunk_paths, n, n_train, seed, progress))
-        ivf.nprobe = min(int(nprobe), nl)
-        meta.update(nlist=nl, nprobe=int(ivf.nprobe), n_train=n_train)
-        if kind == "ivfpq":
-            meta.update(pq_m=int(pq_m), rerank=int(rerank))
+        if dim % pq_m:
+            raise UserError(f"knn.pq_m={pq_m} must divide the embedding dim {dim}")
+        if n < (1 << PQ_NBITS):
+            raise UserError(f"knn.index=ivfpq needs at least {1 << PQ_NBITS} prompts to train its codebooks, got {n}")
+        ivf = faiss.IndexIVFPQ(quantizer, dim, nl, pq_m, PQ_NBITS, faiss.METRIC_INNER_PRODUCT)
+        ivf.pq.cp.seed = seed
+        # re-rank rerank·(k+1) PQ candidates with float16 copies of the vectors: raw PQ scores bias distances
+        vectors = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        idx = faiss.IndexRefine(ivf, vectors)
+        idx.k_factor = float(rerank)
+    n_train = ivf_train_size(n, nl, kind)
+    ivf.cp.seed = seed
+    idx.train(_train_sample(chunk_paths, n, n_train, seed, progress))
+    ivf.nprobe = min(int(nprobe), nl)
+    meta.update(nlist=nl, nprobe=int(ivf.nprobe), n_train=n_train)
+    if kind == "ivfpq":
+        meta.update(pq_m=int(pq_m), rerank=int(rerank))
     times["time_train_s"] = time.perf_counter() - t0
 
     # pass 1: add
@@ -348,17 +351,14 @@ def _index_search(
         q_found[sel] = lab[q_rows[sel] - start]
     times["time_search_s"] = time.perf_counter() - t0
 
-    if not approx:
-        meta.update(EXACT_ACCURACY, recall_estimated=False)
-    else:
-        t0 = time.perf_counter()
-        approx_sim, exact_sim = _exact_sample(chunk_paths, q_rows, q_vecs, q_found, k, progress)
-        reported = mean_dist[q_rows] if kind == "ivfpq" else None  # ivfpq: scored by the float16 copies
-        times["time_recall_s"] = time.perf_counter() - t0
-        meta.update(
-            sample_accuracy(approx_sim, exact_sim, reported), recall_estimated=True, recall_sample=len(q_rows),
-            n_refined=n_refined,
-        )  # fmt: skip
+    t0 = time.perf_counter()
+    approx_sim, exact_sim = _exact_sample(chunk_paths, q_rows, q_vecs, q_found, k, progress)
+    reported = mean_dist[q_rows] if kind == "ivfpq" else None  # ivfpq: scored by the float16 copies
+    times["time_recall_s"] = time.perf_counter() - t0
+    meta.update(
+        sample_accuracy(approx_sim, exact_sim, reported), recall_estimated=True, recall_sample=len(q_rows),
+        n_refined=n_refined,
+    )  # fmt: skip
     return prompt_ids, mean_dist, n_dup, times
 
 

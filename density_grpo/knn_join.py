@@ -133,8 +133,9 @@ def reverse_edges(sim: np.ndarray, lab: np.ndarray, k: int) -> tuple[np.ndarray,
     return s[keep].reshape(n, k), col[keep].reshape(n, k)
 
 
-def rescore(x: np.ndarray, rows: np.ndarray, lab: np.ndarray, block: int = 4096) -> np.ndarray:
-    """Similarity of each x[rows] to its neighbours, row by row in float32 (independent of how lists were batched)."""
+def rescore(x: np.ndarray, rows: np.ndarray, lab: np.ndarray, block: int = 2048) -> np.ndarray:
+    """Similarity of each x[rows] to its neighbours, row by row in float32 (BLAS results depend on how rows were
+    batched; numpy's row-wise sum does not)."""
     out = np.empty(lab.shape, dtype=np.float64)
     for s in range(0, len(rows), block):
         out[s : s + block] = np.einsum("ikd,id->ik", x[lab[s : s + block]], x[rows[s : s + block]])
@@ -184,12 +185,20 @@ def ivf_join(
     return rescore(x, all_rows, lab), lab, info
 
 
-def exact_knn(x: np.ndarray, rows: np.ndarray, k: int, block: int = 1 << 17) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest other rows of x[rows] by brute force over blocks of x: (similarity, ids), most similar first."""
-    q = np.ascontiguousarray(x[rows])
-    best_d = np.full((len(rows), k + 1), -np.inf, dtype=np.float32)
-    best_i = np.full((len(rows), k + 1), -1, dtype=np.int64)
-    for s in range(0, len(x), block):
-        d, i = faiss.knn(q, x[s : s + block], min(k + 1, len(x) - s), metric=IP)
-        best_d, best_i = _merge(np.hstack([best_d, d]), np.hstack([best_i, i + s]), k + 1)
-    return drop_self(best_d, best_i, rows)
+def exact_knn(
+    x: np.ndarray, rows: np.ndarray, k: int, q_block: int = 8192, block: int = 1 << 17
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest other rows of x[rows] by BLAS over blocks of queries and of x: (similarity, ids), most similar
+    first (a zero vector, similarity 0 to all, keeps its k first ties)."""
+    sim = np.empty((len(rows), k), dtype=np.float32)
+    lab = np.empty((len(rows), k), dtype=np.int64)
+    for qs in range(0, len(rows), q_block):
+        r = rows[qs : qs + q_block]
+        q = np.ascontiguousarray(x[r])
+        best_d = np.full((len(r), k + 1), -np.inf, dtype=np.float32)
+        best_i = np.full((len(r), k + 1), -1, dtype=np.int64)
+        for s in range(0, len(x), block):
+            d, i = faiss.knn(q, x[s : s + block], min(k + 1, len(x) - s), metric=IP)
+            best_d, best_i = _merge(np.hstack([best_d, d]), np.hstack([best_i, i + s]), k + 1)
+        sim[qs : qs + q_block], lab[qs : qs + q_block] = drop_self(best_d, best_i, r)
+    return sim, lab

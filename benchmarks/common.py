@@ -152,3 +152,24 @@ def result(name: str, **values) -> str:
     """The machine-readable last line."""
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     return f"RESULT {name} " + " ".join(f"{k}={fmt(v)}" for k, v in values.items())
+
+
+def default_model() -> str:
+    """The default model's folder (resources/models/smollm2-135m-instruct), fetched and converted once if absent."""
+    from density_grpo.models import fetch_model
+
+    path = os.path.join(ROOT, "resources", "models", "smollm2-135m-instruct")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        fetch_model("smollm2-135m-instruct", path)
+    return path
+
+
+def set_threads(threads: int) -> None:
+    """Same threads for every library that computes here: torch, faiss (OpenMP) and numpy/scipy's BLAS."""
+    import faiss
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    threadpool_limits(threads)

@@ -1,6 +1,6 @@
 """The weights stage at scale: N=1,000,000 synthetic prompts at the default model's width, against exact search.
 
-    python benchmarks/knn_scale.py [--n 1000000] [--kind hard] [--compare-n 100000] [--quick]
+    python benchmarks/knn_scale.py [--n 1000000] [--kind hard] [--compare-n 50000] [--quick]
 
 Data: `common.synthetic` (clustered on a latent subspace, LM-style anisotropy and offset, a long tail of rare
 points), written as chunk stores. The stage (`density.compute_weights` with `knn.index: auto` and the other knn
@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=576, help="SmolLM2-135M hidden size")
     ap.add_argument("--kind", default="hard", help="synthetic data: clustered | lm | hard")
     ap.add_argument("--chunk", type=int, default=8192, help="rows per chunk store")
-    ap.add_argument("--compare-n", type=int, default=100_000, help="rows for the all-index comparison (0: skip)")
+    ap.add_argument("--compare-n", type=int, default=50_000, help="rows for the all-index comparison (0: skip)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--quick", action="store_true", help="N=100,000, compare at 20,000")
     ap.add_argument("--stage", help=argparse.SUPPRESS)  # child mode

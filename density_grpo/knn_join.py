@@ -148,13 +148,14 @@ def ivf_join(
 ) -> tuple[np.ndarray, np.ndarray, dict]:  # fmt: skip
     """k nearest other rows of every row of unit-norm x: (similarity (n, k) float64, ids (n, k) int64, info).
 
-    info: the phase times (train, assign, search, reverse, fix, in s), the rows fixed and the GEMM work done.
+    info: the phase times (train, assign, search, reverse, fix, in s), the lists and the rows fixed.
     """
     n = len(x)
-    nlist, nprobe, fix_nprobe = min(nlist, n), min(nprobe, nlist), min(max(fix_nprobe, nprobe), nlist)
     times, all_rows = {}, np.arange(n, dtype=np.int64)
     t = time.perf_counter()
-    centroids = train_centroids(x, nlist, n_train, seed)
+    centroids = train_centroids(x, min(nlist, n), n_train, seed)
+    nlist = len(centroids)
+    nprobe, fix_nprobe = min(nprobe, nlist), min(max(fix_nprobe, nprobe), nlist)
     times["train"], t = time.perf_counter() - t, time.perf_counter()
     probes = assign(x, all_rows, centroids, nprobe)
     order = np.argsort(probes[:, 0], kind="stable")  # lists: every row in its nearest centroid's list

@@ -53,6 +53,17 @@ def gemm_gflops(threads: int, n: int = 2048, repeats: int = 3) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak RSS: VmHWM, which (unlike ru_maxrss) does not start at the parent's RSS after fork+exec."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class PeakRSS:
     """Samples this process's RSS on a thread; `peak` is the highest value seen (bytes)."""
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import time
 
 import numpy as np
 
-from common import ROOT, machine, result, synthetic, table, write_stores
+from common import ROOT, machine, peak_rss_bytes, result, synthetic, table, write_stores
 
 SAMPLE = 2000
 
@@ -70,7 +69,7 @@ def stage(args: argparse.Namespace) -> None:
     df, meta = compute_weights(paths, knn, dens, progress=False)
     wall = time.perf_counter() - t
     np.savez(args.out, mean_dist=df["knn_mean_dist"].to_numpy(), weight=df["weight"].to_numpy())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     meta.pop("weight_stats", None)
     print(json.dumps({"seconds": wall, "peak_rss_gb": peak / 1e9, "meta": meta}))
 

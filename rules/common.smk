@@ -236,10 +236,7 @@ REPORT_PARAMS = {
     "dtype": DTYPE,
     "warn_fraction": config["memory"]["warn_fraction"],
     "embed": {k: config["embed"][k] for k in ("chunk_size", "batch_tokens")},
-    "knn": {
-        k: config["knn"][k]
-        for k in ("k", "index", "exact_max", "max_index_gb", "nlist", "nprobe", "pq_m", "fix_fraction", "fix_nprobe", "recall_sample")
-    },
+    "knn": {k: v for k, v in config["knn"].items() if k != "rerank"},  # all but ivfpq's re-ranking factor
     "grpo": {
         k: config["grpo"][k] for k in ("prompts_per_step", "num_generations", "max_completion_length", "token_chunk")
     },

@@ -1,6 +1,6 @@
 """GRPO step rate and peak memory: the project's train_grpo vs plain TRL GRPOTrainer, same everything else.
 
-    python benchmarks/grpo_step.py [--steps 6] [--repeats 2] [--threads N] [--quick]
+    python benchmarks/grpo_step.py [--steps 6] [--repeats 3] [--threads N] [--quick]
 
 Both sides: the real default model (SmolLM2-135M-Instruct) in fp32 (CPU: fp32 master weights, no autocast), the
 sample data's prompts, config.yaml's grpo settings (prompts_per_step, num_generations, max_completion_length,
@@ -11,8 +11,8 @@ pad-token setup and the same torch threads.
   seeded Dirichlet draw so the sampler really weighs), collapse curves off (curve_prompts None);
 - TRL: GRPOTrainer with its own sampler;
 - project + curves: train_grpo with eval.curve_prompts held-out prompts, every eval.every steps (reported apart).
-Each run is a fresh subprocess (its peak RSS is its own: VmHWM); runs alternate project / TRL, `--repeats`
-times, then one curves run. steps/s: median over steps 2.. of the per-step wall time (step 1 includes warm-up).
+Each run is a fresh subprocess (its peak RSS is its own: VmHWM); runs alternate project / TRL / project + curves,
+`--repeats` times; medians. steps/s: median over steps 2.. of the per-step wall time (step 1 includes warm-up).
 The last line is machine-readable: RESULT grpo speed_vs_trl=<project steps/s / TRL's> memory_vs_trl=<peak ratio>
 """
 
@@ -112,7 +112,7 @@ def run(variant: str, steps: int, threads: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="median of 3 runs: one disturbed run does not count")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--quick", action="store_true", help="3 steps, 1 repeat, no curves run")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # worker mode
@@ -126,13 +126,11 @@ def main() -> None:
     print(f"SmolLM2-135M-Instruct fp32, {args.threads} threads, {args.steps} steps x {g['prompts_per_step']} prompts x "
           f"{g['num_generations']} completions x {g['max_completion_length']} tokens, self-certainty reward; "
           f"{args.repeats} interleaved repeats", flush=True)  # fmt: skip
-    runs: dict[str, list[dict]] = {"project": [], "trl": []}
+    runs: dict[str, list[dict]] = {"project": [], "trl": []} if args.quick else {"project": [], "trl": [], "project+curves": []}
     for _ in range(args.repeats):
         for variant in runs:
             runs[variant].append(run(variant, args.steps, args.threads))
             print(f"  {variant}: {runs[variant][-1]['steps_per_s']:.4f} steps/s, peak {runs[variant][-1]['peak_gb']:.2f} GB", flush=True)
-    if not args.quick:
-        runs["project+curves"] = [run("project+curves", args.steps, args.threads)]
     med = {v: {key: statistics.median(r[key] for r in rs) for key in ("steps_per_s", "peak_gb", "wall_s")} for v, rs in runs.items()}
     rows = [{"variant": v, "steps/s": m["steps_per_s"], "s/step": 1 / m["steps_per_s"], "peak GB": m["peak_gb"], "wall s": m["wall_s"]} for v, m in med.items()]
     print(table(rows))

@@ -33,6 +33,7 @@ DUP_DIST = 1e-6  # nearest other neighbour this close counts as an exact duplica
 # faiss (1.15) uses BLAS for brute-force scores only when a search has more queries than this threshold (default
 # 128,000); below it a SIMD kernel runs ~14x slower here (128-row chunks: 6.9 vs 100 GFLOP/s). Same results.
 faiss.cvar.distance_compute_blas_threshold = 20
+faiss.cvar.distance_compute_blas_database_bs = 4096  # 4096 x 4096 score tiles (64 MB), not 4096 x 1024: fewer passes
 
 
 # -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import math
 
 INDEXES = ("flat", "ivf", "ivfpq", "ivfjoin")
 PQ_NBITS = 8  # bits per PQ sub-quantizer code
-FAISS_BLAS_BLOCK_BYTES = 4096 * 1024 * 4  # IndexFlat search: query block x database block of float32 scores
+FAISS_BLAS_BLOCK_BYTES = 4096 * 4096 * 4  # brute-force search: query block x database block of float32 scores
 
 
 def choose_index(requested: str, n: int, dim: int, exact_max: int, max_index_gb: float) -> str:

@@ -1,11 +1,14 @@
-# Quickstart: `make run` (install + default pipeline), `make test` (install + test suite).
+# Quickstart: `make run` (install + default pipeline), `make test` (install + test suite), `make bench` (benchmarks/).
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 
-.PHONY: install run test lint dag clean
+BENCHMARKS := embed_throughput knn_weights knn_scale grpo_step self_certainty_memory incremental
+BENCH_ARGS ?=
+
+.PHONY: install run test lint dag bench clean
 
 install: $(STAMP)
 
@@ -13,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=/path/to/python3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,cluster]' -c constraints.txt
+	$(BIN)/pip install --quiet -e '.[dev,cluster,bench]' -c constraints.txt
 	touch $(STAMP)
 
 run: install
@@ -25,6 +28,9 @@ test: install
 lint: install
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check .
+
+bench: install  # each prints a table, then a RESULT line; BENCH_ARGS=--quick for smaller sizes
+	@for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py $(BENCH_ARGS) || exit 1; done
 
 dag: install  # the rule graph from snakemake --rulegraph (tests/test_dag.py fails when docs/pipeline.dot is stale)
 	$(BIN)/python tools/rulegraph.py docs/pipeline.dot

@@ -5,7 +5,8 @@ cosine distance `1 - ip` (clipped at 0; in [0, 2]; a zero vector is left at zero
 everything). A prompt's density is `1 / (mean distance to its k nearest other prompts + eps)` and its sampling
 weight is `∝ density^-alpha`: prompts in sparse regions are sampled more often.
 
-Memory: at most the index plus one chunk of vectors (plus a training sample for IVF and the recall queries).
+Memory: at most the index plus one chunk of vectors (plus a training sample for IVF and the recall queries);
+flat and ivfjoin hold all normalised vectors in one float32 matrix (the size of a flat index) and no index.
 
 Recipes against length leaking into the weights (see README, "Density recipes"): density.postprocess transforms
 the raw embeddings before normalisation (`center`, `abtt`: centre and remove the top principal directions,
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from density_grpo import memory
+from density_grpo import knn_join, memory
 from density_grpo.errors import UserError
 from density_grpo.index_plan import INDEXES, PQ_NBITS, components, default_nlist, index_bytes, ivf_train_size
 from density_grpo.io import provenance, write_json, write_parquet
@@ -39,6 +40,10 @@ DUP_DIST = 1e-6  # nearest other neighbour this close counts as an exact duplica
 POSTPROCESS = ("none", "center", "abtt", "whiten")
 LENGTH_RESIDUAL = {"none": (), "tokens": ("n_tokens",), "tokens_turns": ("n_tokens", "turns")}
 MAX_COV_DIM = 8192  # abtt/whiten hold a few d x d float64 matrices: 1.5 GiB at d = 8192
+# faiss (1.15) uses BLAS for brute-force scores only when a search has more queries than this threshold (default
+# 128,000); below it a SIMD kernel runs ~14x slower here (128-row chunks: 6.9 vs 100 GFLOP/s). Same results.
+faiss.cvar.distance_compute_blas_threshold = 20
+faiss.cvar.distance_compute_blas_database_bs = 4096  # 4096 x 4096 score tiles (64 MB), not 4096 x 1024: fewer passes
 
 
 # -----------------------------------------------------------------------------
@@ -165,42 +170,29 @@ def _drop_self(sim: np.ndarray, lab: np.ndarray, self_ids: np.ndarray) -> tuple[
     return sim[keep].reshape(m, k1 - 1), lab[keep].reshape(m, k1 - 1)
 
 
-def _rescore(idx: faiss.Index, x: np.ndarray, lab: np.ndarray, unit: bool, block: int = 1024) -> np.ndarray:
+def _rescore(idx: faiss.Index, x: np.ndarray, lab: np.ndarray, block: int = 1024) -> np.ndarray:
     """Similarity of each query row to its found neighbours' stored vectors, as float64.
 
     faiss picks BLAS or SIMD kernels by batch size, so its scores depend on how rows are chunked; numpy's
     row-wise sum does not, which makes knn_mean_dist independent of the chunk size.
-    unit: re-normalise the stored vectors (PQ-decoded vectors are only roughly unit length).
     """
     out = np.empty(lab.shape, dtype=np.float64)
     for i in range(0, len(x), block):
         lb = lab[i : i + block]
-        nb = idx.reconstruct_batch(lb.ravel())
-        if unit:
-            faiss.normalize_L2(nb)
-        nb = nb.reshape(*lb.shape, -1)
+        nb = idx.reconstruct_batch(lb.ravel()).reshape(*lb.shape, -1)
         out[i : i + block] = (nb * x[i : i + block, None, :]).sum(axis=2)
     return out
 
 
 # -----------------------------------------------------------------------------
-# recall of an approximate index
+# accuracy of an approximate search on a sample of rows
 
 
-def _recall(
-    chunk_paths: list[str],
-    q_rows: np.ndarray,
-    q_vecs: np.ndarray,
-    approx: np.ndarray,
-    k: int,
-    progress: bool,
+def _exact_sample(
+    chunk_paths: list[str], q_rows: np.ndarray, q_vecs: np.ndarray, approx: np.ndarray, k: int, progress: bool,
     post: Postprocess | None = None,
-) -> float:
-    """Mean fraction of the exact k nearest neighbours that the index found, by streamed brute force.
-
-    Tie-aware: an approximate neighbour counts as found when its exact similarity reaches the exact k-th best
-    (so with exact duplicates any of the tied ids is right). Without ties this is plain id-set recall@k.
-    """
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """By streamed brute force: (exact similarity of each approximate neighbour, exact top-k similarities)."""
     m = len(q_rows)
     top = np.full((m, k), -np.inf, dtype=np.float32)  # running exact top-k similarities (self excluded)
     approx_sim = np.full((m, k), -np.inf, dtype=np.float32)  # exact similarity of each approximate neighbour
@@ -213,12 +205,89 @@ def _recall(
         sim[own, q_rows[own] - start] = -np.inf
         both = np.concatenate([top, sim], axis=1)
         top = np.partition(both, both.shape[1] - k, axis=1)[:, -k:]
-    kth = top.min(axis=1, keepdims=True)
-    return float(np.mean(approx_sim >= kth - 1e-6))
+    return approx_sim, top
+
+
+def sample_accuracy(approx_sim: np.ndarray, exact_sim: np.ndarray, approx_dist: np.ndarray | None = None) -> dict[str, float]:
+    """recall@k and the relative error of each row's mean k-NN distance against exact search, on a sample of rows.
+
+    approx_sim: exact similarities of the k neighbours the search found (m, k); exact_sim: the true top-k;
+    approx_dist: the mean distances the search reports, where they are not those of approx_sim (ivfpq).
+    Recall is tie-aware: a found neighbour counts when its similarity reaches the exact k-th best (with exact
+    duplicates any of the tied ids is right); without ties it is id-set recall@k. A miss can only make a row's
+    mean distance larger, and misses concentrate on sparse rows, which the average hides: so the error is also
+    reported for the top decile of exact distance (the top weight decile for alpha > 0).
+    """
+    kth = exact_sim.min(axis=1, keepdims=True)
+    approx_d = np.clip(1.0 - approx_sim.astype(np.float64), 0.0, None).mean(axis=1) if approx_dist is None else approx_dist
+    exact_d = np.clip(1.0 - exact_sim.astype(np.float64), 0.0, None).mean(axis=1)
+    rel = (approx_d - exact_d) / np.maximum(exact_d, DUP_DIST)
+    top = exact_d >= np.quantile(exact_d, 0.9)
+    rho = spearman(approx_d, exact_d) if len(rel) > 1 else None
+    return {
+        "recall_at_k": float(np.mean(approx_sim >= kth - 1e-6)),
+        "dist_rel_err_mean": float(np.mean(np.abs(rel))),
+        "dist_rel_err_median": float(np.median(np.abs(rel))),
+        "dist_rel_err_p99": float(np.quantile(np.abs(rel), 0.99)),
+        "dist_rel_err_max": float(np.abs(rel).max()),
+        "top_decile_dist_rel_err_mean": float(np.mean(np.abs(rel[top]))),
+        "top_decile_dist_rel_err_median": float(np.median(np.abs(rel[top]))),
+        "top_decile_dist_rel_err_max": float(np.abs(rel[top]).max()),
+        "sample_dist_spearman": 1.0 if rho is None else rho,
+    }
+
+
+EXACT_ACCURACY = {
+    "recall_at_k": 1.0, "dist_rel_err_mean": 0.0, "dist_rel_err_median": 0.0, "dist_rel_err_p99": 0.0,
+    "dist_rel_err_max": 0.0, "top_decile_dist_rel_err_mean": 0.0, "top_decile_dist_rel_err_median": 0.0,
+    "top_decile_dist_rel_err_max": 0.0, "sample_dist_spearman": 1.0,
+}  # fmt: skip
 
 
 # -----------------------------------------------------------------------------
 # kNN search
+
+
+def _matrix_search(
+    chunk_paths: list[str], n: int, dim: int, k: int, kind: str, nlist: int | None, nprobe: int, fix_fraction: float,
+    fix_nprobe: int, q_rows: np.ndarray, seed: int, progress: bool, post: Postprocess | None = None,
+) -> tuple[list[str], np.ndarray, dict, dict]:  # fmt: skip
+    """flat and ivfjoin: all normalised vectors in one matrix (the size of a flat index), read once.
+
+    flat: exact search by BLAS in blocks of rows. ivfjoin: the IVF self-join (knn_join), then the sample check.
+    Returns prompt ids, each row's k neighbour similarities (rescored row by row), metadata and phase times.
+    """
+    t0 = time.perf_counter()
+    x = np.empty((n, dim), dtype=np.float32)
+    prompt_ids: list[str] = []
+    for start, ids, xc in _stream(chunk_paths, "knn load", progress, post):
+        x[start : start + len(xc)] = xc
+        prompt_ids.extend(ids)
+    t_load = time.perf_counter() - t0
+    if kind == "flat":
+        t0 = time.perf_counter()
+        rows = np.arange(n, dtype=np.int64)
+        sim = knn_join.rescore(x, rows, knn_join.exact_knn(x, rows, k)[1])
+        return prompt_ids, sim, {}, {"time_add_s": t_load, "time_search_s": time.perf_counter() - t0}
+    nl = default_nlist(n, nlist, "ivfjoin")
+    n_train = ivf_train_size(n, nl, "ivfjoin")
+    workers = max(1, faiss.omp_get_max_threads())
+    sim, lab, info = knn_join.ivf_join(x, k, nl, nprobe, n_train, fix_fraction, fix_nprobe, seed, workers)
+    t = info["times"]
+    log.info("ivfjoin: " + ", ".join(f"{key} {v:.1f}s" for key, v in t.items()))
+    t0 = time.perf_counter()
+    exact = knn_join.rescore(x, q_rows, knn_join.exact_knn(x, q_rows, k)[1])
+    acc = sample_accuracy(sim[q_rows], exact)
+    meta = {
+        "nlist": info["nlist"], "nprobe": info["nprobe"], "n_train": n_train, "fix_fraction": fix_fraction,
+        "fix_nprobe": info["fix_nprobe"], "n_fixed": info["n_fixed"], "n_refined": info["n_exact"],
+        "list_imbalance": round(info["list_imbalance"], 4), "workers": workers, **acc,
+    }  # fmt: skip
+    times = {
+        "time_train_s": t["train"], "time_add_s": t_load + t["assign"], "time_search_s": t["search"],
+        "time_reverse_s": t["reverse"], "time_fix_s": t["fix"], "time_recall_s": time.perf_counter() - t0,
+    }  # fmt: skip
+    return prompt_ids, sim, meta, times
 
 
 def knn_search(
@@ -226,19 +295,25 @@ def knn_search(
     k: int,
     index: str = "flat",
     nlist: int | None = None,
-    nprobe: int = 16,
+    nprobe: int = 32,
     pq_m: int = 16,
+    rerank: int = 16,
+    fix_fraction: float = 0.1,
+    fix_nprobe: int = 128,
     recall_sample: int = 1000,
     seed: int = 0,
     progress: bool = True,
     post: Postprocess | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Mean cosine distance of every prompt to its k nearest other prompts, streamed over chunk stores.
+    """Mean cosine distance of every prompt to its k nearest other prompts, over chunk stores.
 
-    Pass 1 adds each chunk's normalised vectors to the index, pass 2 searches each chunk against it (k+1
-    results, self removed by id) and rescores the k neighbours with numpy, independently of the chunking.
-    Ids are global row numbers in chunk order. For ivf/ivfpq, recall@k is estimated against streamed exact
-    search on a seeded sample of rows. ivfpq distances are to PQ-decoded vectors, so approximate.
+    flat and ivfjoin read the normalised vectors once into one matrix (the size of a flat index): flat searches it
+    exactly by BLAS in large blocks of rows, ivfjoin by the IVF self-join (knn_join). ivf/ivfpq stream: pass 1 adds
+    each chunk to a FAISS index, pass 2 searches each chunk against it; ivfpq re-ranks rerank·(k+1) PQ candidates
+    per row by float16 copies of the vectors (IndexRefine). All search for k+1 neighbours, remove self by id and
+    rescore the k neighbours row by row with numpy, so results do not depend on the chunking or batching.
+    Ids are global row numbers in chunk order. For approximate indexes, recall@k and the relative error of the
+    mean distance are measured against exact search on a seeded sample of rows (see sample_accuracy).
     post: a fit_postprocess transform applied to every chunk before normalisation.
     Returns a frame (prompt_id, knn_mean_dist) in chunk/row order, and metadata.
     """
@@ -253,34 +328,66 @@ def knn_search(
         raise UserError(f"config key knn.index: {index!r} is not one of auto, {', '.join(INDEXES)}")
     kind = index
     meta: dict[str, Any] = {"n": n, "k": int(k), "dim": dim, "index": kind}
+    q_rows = np.array([], dtype=np.int64)
+    if kind != "flat":
+        q_rows = np.sort(np.random.default_rng(seed + 1).choice(n, size=min(recall_sample, n), replace=False))
+
+    if kind in ("flat", "ivfjoin"):
+        prompt_ids, sim, extra, times = _matrix_search(
+            chunk_paths, n, dim, k, kind, nlist, nprobe, fix_fraction, fix_nprobe, q_rows, seed, progress, post
+        )
+        dist = np.clip(1.0 - sim, 0.0, None)
+        mean_dist = dist.mean(axis=1)
+        n_dup = int((dist.min(axis=1) <= DUP_DIST).sum())
+        if kind == "flat":
+            meta.update(EXACT_ACCURACY, recall_estimated=False)
+        else:
+            meta.update(extra, recall_estimated=True, recall_sample=len(q_rows))
+    else:
+        prompt_ids, mean_dist, n_dup, times = _index_search(
+            chunk_paths, n, dim, k, kind, nlist, nprobe, pq_m, rerank, q_rows, seed, progress, meta, post
+        )
+    meta.update(
+        n_exact_duplicates=n_dup,
+        index_bytes=index_bytes(n, dim, kind, meta.get("nlist", 0), pq_m),
+        **{key: round(v, 6) for key, v in times.items()},
+    )
+    df = pd.DataFrame({"prompt_id": pd.Series(prompt_ids, dtype=str), "knn_mean_dist": mean_dist})
+    return df, meta
+
+
+def _index_search(
+    chunk_paths: list[str], n: int, dim: int, k: int, kind: str, nlist: int | None, nprobe: int, pq_m: int,
+    rerank: int, q_rows: np.ndarray, seed: int, progress: bool, meta: dict, post: Postprocess | None = None,
+) -> tuple[list[str], np.ndarray, int, dict]:  # fmt: skip
+    """ivf/ivfpq with a FAISS index, streamed: prompt ids, mean distances, exact duplicates and phase times.
+    Adds the index settings and the sample accuracy to `meta`."""
     times = dict(time_train_s=0.0, time_add_s=0.0, time_search_s=0.0, time_recall_s=0.0)
 
-    # build (and for IVF, train) the index
+    # build and train the index
     t0 = time.perf_counter()
-    approx = kind != "flat"
-    if not approx:
-        idx = faiss.IndexFlatIP(dim)
+    nl = default_nlist(n, nlist, kind)
+    quantizer = faiss.IndexFlatIP(dim)
+    if kind == "ivf":
+        idx = ivf = faiss.IndexIVFFlat(quantizer, dim, nl, faiss.METRIC_INNER_PRODUCT)
     else:
-        nl = default_nlist(n, nlist)
-        quantizer = faiss.IndexFlatIP(dim)
-        if kind == "ivf":
-            idx = faiss.IndexIVFFlat(quantizer, dim, nl, faiss.METRIC_INNER_PRODUCT)
-        else:
-            if dim % pq_m:
-                raise UserError(f"knn.pq_m={pq_m} must divide the embedding dim {dim}")
-            if n < (1 << PQ_NBITS):
-                raise UserError(
-                    f"knn.index=ivfpq needs at least {1 << PQ_NBITS} prompts to train its codebooks, got {n}"
-                )
-            idx = faiss.IndexIVFPQ(quantizer, dim, nl, pq_m, PQ_NBITS, faiss.METRIC_INNER_PRODUCT)
-            idx.pq.cp.seed = seed
-        n_train = ivf_train_size(n, nl, kind)
-        idx.cp.seed = seed
-        idx.train(_train_sample(chunk_paths, n, n_train, seed, progress, post))
-        idx.nprobe = min(int(nprobe), nl)
-        meta.update(nlist=nl, nprobe=int(idx.nprobe), n_train=n_train)
-        if kind == "ivfpq":
-            meta["pq_m"] = int(pq_m)
+        if dim % pq_m:
+            raise UserError(f"knn.pq_m={pq_m} must divide the embedding dim {dim}")
+        if n < (1 << PQ_NBITS):
+            raise UserError(f"knn.index=ivfpq needs at least {1 << PQ_NBITS} prompts to train its codebooks, got {n}")
+        ivf = faiss.IndexIVFPQ(quantizer, dim, nl, pq_m, PQ_NBITS, faiss.METRIC_INNER_PRODUCT)
+        ivf.pq.cp.seed = seed
+        # re-rank rerank·(k+1) PQ candidates with float16 copies of the vectors: raw PQ scores bias distances
+        vectors = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        idx = faiss.IndexRefine(ivf, vectors)
+        idx.k_factor = float(rerank)
+    n_train = ivf_train_size(n, nl, kind)
+    ivf.cp.seed = seed
+    idx.train(_train_sample(chunk_paths, n, n_train, seed, progress, post))
+    ivf.nprobe = min(int(nprobe), nl)
+    meta.update(nlist=nl, nprobe=int(ivf.nprobe), n_train=n_train)
+    if kind == "ivfpq":
+        meta.update(pq_m=int(pq_m), rerank=int(rerank))
     times["time_train_s"] = time.perf_counter() - t0
 
     # pass 1: add
@@ -288,15 +395,12 @@ def knn_search(
     for _, _, x in _stream(chunk_paths, "knn add", progress, post):
         if len(x):
             idx.add(x)
-    if approx:
-        idx.make_direct_map()  # lets _rescore reconstruct stored vectors by id
+    if kind == "ivf":
+        ivf.make_direct_map()  # lets _rescore reconstruct stored vectors by id
     times["time_add_s"] = time.perf_counter() - t0
 
     # pass 2: search; keep the recall queries' vectors and results on the way
     t0 = time.perf_counter()
-    q_rows = np.array([], dtype=np.int64)
-    if approx:
-        q_rows = np.sort(np.random.default_rng(seed + 1).choice(n, size=min(recall_sample, n), replace=False))
     q_vecs = np.zeros((len(q_rows), dim), dtype=np.float32)
     q_found = np.zeros((len(q_rows), k), dtype=np.int64)
     prompt_ids: list[str] = []
@@ -309,12 +413,12 @@ def knn_search(
         sim, lab = idx.search(x, k + 1)
         missing = (lab < 0).any(axis=1)
         if missing.any():  # an IVF probe found < k+1 candidates: search those rows over every list
-            idx.nprobe = idx.nlist
+            ivf.nprobe = ivf.nlist
             sim[missing], lab[missing] = idx.search(np.ascontiguousarray(x[missing]), k + 1)
-            idx.nprobe = meta["nprobe"]
+            ivf.nprobe = meta["nprobe"]
             n_refined += int(missing.sum())
         _, lab = _drop_self(sim, lab, self_ids)
-        dist = np.clip(1.0 - _rescore(idx, x, lab, unit=kind == "ivfpq"), 0.0, None)
+        dist = np.clip(1.0 - _rescore(idx, x, lab), 0.0, None)
         mean_dist[start : start + len(x)] = dist.mean(axis=1)
         n_dup += int((dist.min(axis=1) <= DUP_DIST).sum())
         prompt_ids.extend(ids)
@@ -323,20 +427,15 @@ def knn_search(
         q_found[sel] = lab[q_rows[sel] - start]
     times["time_search_s"] = time.perf_counter() - t0
 
-    if not approx:
-        meta.update(recall_at_k=1.0, recall_estimated=False)
-    else:
-        t0 = time.perf_counter()
-        recall = _recall(chunk_paths, q_rows, q_vecs, q_found, k, progress, post)
-        times["time_recall_s"] = time.perf_counter() - t0
-        meta.update(recall_at_k=recall, recall_estimated=True, recall_sample=len(q_rows), n_refined=n_refined)
+    t0 = time.perf_counter()
+    approx_sim, exact_sim = _exact_sample(chunk_paths, q_rows, q_vecs, q_found, k, progress, post)
+    reported = mean_dist[q_rows] if kind == "ivfpq" else None  # ivfpq: scored by the float16 copies
+    times["time_recall_s"] = time.perf_counter() - t0
     meta.update(
-        n_exact_duplicates=n_dup,
-        index_bytes=index_bytes(n, dim, kind, meta.get("nlist", 0), pq_m),
-        **{key: round(v, 6) for key, v in times.items()},
-    )
-    df = pd.DataFrame({"prompt_id": pd.Series(prompt_ids, dtype=str), "knn_mean_dist": mean_dist})
-    return df, meta
+        sample_accuracy(approx_sim, exact_sim, reported), recall_estimated=True, recall_sample=len(q_rows),
+        n_refined=n_refined,
+    )  # fmt: skip
+    return prompt_ids, mean_dist, n_dup, times
 
 
 # -----------------------------------------------------------------------------
@@ -449,24 +548,27 @@ def _check_same_embedding(chunk_paths: list[str]) -> dict[str, Any]:
 
 def predict(n: int, dim: int, chunk: int, knn: dict, postprocess: str = "none") -> dict:
     """Peak memory of the weights stage for n prompts of `dim` dims in chunks of `chunk` rows (faiss-cpu: host RAM)."""
-    nl = default_nlist(n, knn["nlist"]) if knn["index"] != "flat" else 0
-    c = components(n, dim, chunk, knn["k"], knn["index"], nl, knn.get("pq_m", 16), knn.get("recall_sample", 0))
+    nl = default_nlist(n, knn["nlist"], knn["index"]) if knn["index"] != "flat" else 0
+    join = {key: knn[key] for key in ("nprobe", "fix_fraction", "fix_nprobe") if key in knn}
+    c = components(n, dim, chunk, knn["k"], knn["index"], nl, knn.get("pq_m", 16), knn.get("recall_sample", 0), **join)
     if postprocess in ("abtt", "whiten"):  # moments, eigenvectors and the transform, float64, plus a float64 chunk
         c["postprocess (d x d float64)"] = 4 * dim * dim * 8 + 2 * chunk * dim * 8
     return memory.prediction(
         "cpu", {**memory.baseline("faiss", "cpu"), **c},
-        "baseline + index + direct map + IVF training sample + chunk + search temps + recall + per-prompt arrays",
-        "knn.index (ivf/ivfpq) or knn.max_index_gb", n=n, dim=dim, index=knn["index"], nlist=nl,
+        "baseline + index (ivfjoin: the vectors) + direct map + IVF training sample + join temps + chunk + search temps"
+        " + recall + per-prompt arrays",
+        "knn.index (ivfjoin/ivfpq) or knn.max_index_gb", n=n, dim=dim, index=knn["index"], nlist=nl,
     )  # fmt: skip
 
 
 def compute_weights(chunk_paths: list[str], knn: dict, dens: dict, progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """kNN search + density weights: a frame (prompt_id, knn_mean_dist, density, weight) in chunk/row order, and metadata.
 
-    knn: k, the resolved index and, for IVF indexes, nlist, nprobe, recall_sample, pq_m and the seed of their
-    training and recall samples. dens: alpha, eps, max_ratio, postprocess, length_residual and, for abtt/whiten,
-    components. When the chunk stores carry per-prompt n_tokens and turns, the frame gets them too and the
-    metadata the Spearman correlation of the weight with each (the length diagnostics).
+    knn: k, the resolved index and, for IVF indexes, nlist, nprobe, recall_sample and the seed of their training
+    and recall samples; ivfpq also pq_m and rerank, ivfjoin fix_fraction and fix_nprobe. dens: alpha, eps,
+    max_ratio, postprocess, length_residual and, for abtt/whiten, components. When the chunk stores carry
+    per-prompt n_tokens and turns, the frame gets them too and the metadata the Spearman correlation of the weight
+    with each (the length diagnostics).
     """
     from density_grpo.monitor import expect
 
@@ -487,7 +589,8 @@ def compute_weights(chunk_paths: list[str], knn: dict, dens: dict, progress: boo
     components = dens["components"] if post_how in ("abtt", "whiten") else None
     post = fit_postprocess(chunk_paths, post_how, components, progress)
     time_post = time.perf_counter() - t0
-    approx = {key: knn[key] for key in ("nlist", "nprobe", "pq_m", "recall_sample", "seed") if key in knn}
+    keys = ("nlist", "nprobe", "pq_m", "rerank", "fix_fraction", "fix_nprobe", "recall_sample", "seed")
+    approx = {key: knn[key] for key in keys if key in knn}
     df, meta = knn_search(chunk_paths, knn["k"], knn["index"], progress=progress, post=post, **approx)
     dist, resid_fit = length_residual(df["knn_mean_dist"].to_numpy(), lengths, resid_how, dens["eps"])
     density, weight = density_weights(dist, dens["alpha"], dens["eps"], dens["max_ratio"])

@@ -174,7 +174,7 @@ def make_rm_reward(rm_dir: str, device, dtype, max_length: int, batch_size: int 
 
 @torch.no_grad()
 def self_certainty(
-    hidden: torch.Tensor, lm_head: torch.nn.Module, mask: torch.Tensor, token_chunk: int = 256, temperature: float = 1.0
+    hidden: torch.Tensor, lm_head: torch.nn.Module, mask: torch.Tensor, token_chunk: int = 128, temperature: float = 1.0
 ) -> torch.Tensor:
     """Intuitor's self-certainty per sequence, without ever building the B x T x V logits.
 
@@ -182,15 +182,27 @@ def self_certainty(
     Per position, with z = lm_head(h) / temperature over the V-token vocab: logsumexp(z) - mean(z), which is
     KL(uniform || softmax(z)) + log V (the constant log V is dropped: it cancels in GRPO's group advantages).
     Returns the masked mean per sequence, float32 (B,) (0 for a row with no scored position). Only the masked
-    positions go through lm_head, `token_chunk` at a time, so the extra memory is ~token_chunk x V floats.
+    positions go through lm_head, `token_chunk` at a time, and each chunk's logits are reduced in place (one
+    token_chunk x V float32 buffer, reused for every chunk when the head is a plain fp32 nn.Linear; no logsumexp
+    temporaries): logsumexp(z) - mean(z) = log sum exp(z - m) - mean(z - m) for m = max(z). Small chunks stay in
+    cache, so this is also faster than the full-logits version on CPU.
     """
     mask = mask.bool()
     rows = mask.nonzero(as_tuple=True)[0]
     h = hidden[mask]  # (N, H), N = scored positions
     per_token = torch.empty(h.size(0), dtype=torch.float32, device=hidden.device)
+    w = lm_head.weight if type(lm_head) is torch.nn.Linear and lm_head.bias is None else None
+    buf = None
+    if w is not None and w.dtype == h.dtype == torch.float32:
+        buf = torch.empty(min(token_chunk, h.size(0)), w.size(0), dtype=torch.float32, device=h.device)
     for start in range(0, h.size(0), token_chunk):
-        z = lm_head(h[start : start + token_chunk]).float() / temperature
-        per_token[start : start + token_chunk] = torch.logsumexp(z, dim=-1) - z.mean(dim=-1)
+        part = h[start : start + token_chunk]
+        z = lm_head(part).float() if buf is None else torch.mm(part, w.t(), out=buf[: part.size(0)])
+        if temperature != 1.0:
+            z.div_(temperature)
+        z.sub_(z.amax(dim=-1, keepdim=True))
+        centred_mean = z.mean(dim=-1)
+        per_token[start : start + token_chunk] = z.exp_().sum(dim=-1).log_() - centred_mean
         del z  # free this chunk's logits before the next one is allocated
     total = torch.zeros(hidden.size(0), dtype=torch.float32, device=hidden.device).index_add_(0, rows, per_token)
     return total / mask.sum(dim=1).clamp(min=1)
@@ -229,7 +241,7 @@ def pack_prompt_completion(
 
 
 def make_self_certainty_reward(
-    model, tokenizer, token_chunk: int = 256, temperature: float = 1.0
+    model, tokenizer, token_chunk: int = 128, temperature: float = 1.0
 ) -> Callable[..., list[float]]:
     """TRL reward function: the current policy's self-certainty on its own completions (Intuitor; no reward model).
 

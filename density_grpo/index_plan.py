@@ -8,40 +8,49 @@ from __future__ import annotations
 
 import math
 
-INDEXES = ("flat", "ivf", "ivfpq")
+INDEXES = ("flat", "ivf", "ivfpq", "ivfjoin")
 PQ_NBITS = 8  # bits per PQ sub-quantizer code
-FAISS_BLAS_BLOCK_BYTES = 4096 * 1024 * 4  # IndexFlat search: query block x database block of float32 scores
+FAISS_BLAS_BLOCK_BYTES = 4096 * 4096 * 4  # brute-force search: query block x database block of float32 scores
 
 
 def choose_index(requested: str, n: int, dim: int, exact_max: int, max_index_gb: float) -> str:
-    """The index `knn.index` resolves to: auto = flat up to exact_max prompts, IVF beyond, IVF-PQ beyond memory."""
+    """The index `knn.index` resolves to: auto = flat up to exact_max prompts, the IVF self-join beyond while its
+    float32 vectors fit max_index_gb, IVF-PQ (codes + float16 vectors for re-ranking) beyond that.
+    benchmarks/knn_scale.py measures the choice at 1M prompts; plain ivf is never faster than ivfjoin."""
     if requested != "auto":
         return requested
     if n <= exact_max:
         return "flat"
-    return "ivf" if n * dim * 4 <= max_index_gb * 1e9 else "ivfpq"
+    return "ivfjoin" if n * dim * 4 <= max_index_gb * 1e9 else "ivfpq"
 
 
-def default_nlist(n: int, nlist: int | None = None) -> int:
-    """IVF lists used for n vectors: knn.nlist (null: ~4·sqrt(n)), capped so faiss k-means has >= 39 points a list."""
-    nl = int(nlist) if nlist is not None else round(4 * math.sqrt(n))
+def default_nlist(n: int, nlist: int | None = None, index: str = "ivf") -> int:
+    """IVF lists used for n vectors: knn.nlist (null: ~4·sqrt(n), ivfjoin ~2·sqrt(n): its cost per list is one GEMM,
+    so fewer, larger lists cost little), capped so faiss k-means has >= 39 points a list."""
+    nl = int(nlist) if nlist is not None else round((2 if index == "ivfjoin" else 4) * math.sqrt(n))
     return max(1, min(nl, n // 39))
 
 
 def ivf_train_size(n: int, nlist: int, index: str) -> int:
-    """Vectors sampled to train an IVF (64 per list) or IVF-PQ index (also >= 39 per PQ centroid)."""
+    """Vectors sampled to train IVF lists (64 per list; ivfjoin's 10-iteration spherical k-means: 40) or an IVF-PQ
+    index (also >= 39 per PQ centroid)."""
+    if index == "ivfjoin":
+        return min(n, 40 * nlist)
     return min(n, 64 * nlist) if index == "ivf" else min(n, max(64 * nlist, 39 * (1 << PQ_NBITS)))
 
 
 def index_bytes(n: int, dim: int, index: str, nlist: int = 0, pq_m: int = 16) -> int:
-    """FAISS index size. flat: n·d·4. ivf: n·(d·4 + 8 id) + nlist·d·4 centroids.
-    ivfpq: n·(m code bytes + 8 id) + nlist·d·4 centroids + 256·d·4 PQ codebooks (8 bits per sub-quantizer)."""
+    """Index size. flat: n·d·4. ivf: n·(d·4 + 8 id) + nlist·d·4 centroids. ivfjoin: the n·d·4 matrix + centroids.
+    ivfpq: n·(m code bytes + 8 id + d·2 float16 re-ranking copy) + nlist·d·4 centroids + 256·d·4 PQ codebooks
+    (8 bits per sub-quantizer)."""
     if index == "flat":
         return n * dim * 4
     if index == "ivf":
         return n * (dim * 4 + 8) + nlist * dim * 4
+    if index == "ivfjoin":
+        return n * dim * 4 + nlist * dim * 4
     if index == "ivfpq":
-        return n * (pq_m + 8) + nlist * dim * 4 + (1 << PQ_NBITS) * dim * 4
+        return n * (pq_m + 8 + 2 * dim) + nlist * dim * 4 + (1 << PQ_NBITS) * dim * 4
     raise ValueError(f"index must be one of {', '.join(INDEXES)}, got {index!r}")
 
 
@@ -52,12 +61,25 @@ def search_temp_bytes(chunk: int, k: int, dim: int) -> int:
     return found + 2 * min(chunk, 1024) * k * dim * 4 + FAISS_BLAS_BLOCK_BYTES
 
 
-def components(n: int, dim: int, chunk: int, k: int, index: str, nlist: int, pq_m: int, recall_sample: int) -> dict:
+def join_temp_bytes(n: int, k: int, nprobe: int, fix_fraction: float, fix_nprobe: int, workers: int = 2) -> int:
+    """ivfjoin beside its matrix: the probe map (int32 probes, int64 sort order and probing rows), a running top-(k+1)
+    (float32 + int64) per worker, and the reverse-edge pass (2·n·k edges: ids, keys, sort orders)."""
+    probe_map = n * max(nprobe, fix_fraction * fix_nprobe) * (4 + 8 + 8)
+    return int(probe_map + workers * n * (k + 1) * 12 + 2 * n * k * 40)
+
+
+def components(
+    n: int, dim: int, chunk: int, k: int, index: str, nlist: int, pq_m: int, recall_sample: int, nprobe: int = 32,
+    fix_fraction: float = 0.1, fix_nprobe: int = 128,
+) -> dict:  # fmt: skip
     """Bytes of the weights stage by component (an upper bound: the IVF training sample is freed before the search)."""
     c = {"index": index_bytes(n, dim, index, nlist, pq_m)}
+    if index == "ivfjoin":
+        c["join"] = join_temp_bytes(n, k, nprobe, fix_fraction, fix_nprobe)
     if index != "flat":
         rs = min(n, recall_sample)
-        c["direct_map"] = n * 8
+        if index == "ivf":
+            c["direct_map"] = n * 8
         c["train_sample"] = ivf_train_size(n, nlist, index) * dim * 4
         c["recall"] = rs * dim * 4 + 2 * rs * chunk * 4
     c["chunk"] = 2 * chunk * dim * 4  # read + normalised copy

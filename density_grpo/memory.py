@@ -342,9 +342,10 @@ def scaling_table(n0: int, dim: int, vocab: int, chunk_size: int, knn: Mapping, 
     for scale in (1, 10, 100, 1000):
         n = n0 * scale
         kind = ip.choose_index(knn["index"], n, dim, knn["exact_max"], knn["max_index_gb"])
-        nl = ip.default_nlist(n, knn["nlist"])
+        nl = ip.default_nlist(n, knn["nlist"], kind)
+        join = {key: knn[key] for key in ("nprobe", "fix_fraction", "fix_nprobe")}
         peak = BASELINE_BYTES["faiss"] + sum(
-            ip.components(n, dim, min(n, chunk_size), knn["k"], kind, nl if kind != "flat" else 0, knn["pq_m"], knn["recall_sample"]).values()
+            ip.components(n, dim, min(n, chunk_size), knn["k"], kind, nl if kind != "flat" else 0, knn["pq_m"], knn["recall_sample"], **join).values()
         )
         rows.append({
             "scale": scale, "n": n, "chunks": math.ceil(n / chunk_size),
@@ -366,13 +367,13 @@ def recommendations(
     budget = warn_fraction * ram
     free_for_index = budget - BASELINE_BYTES["faiss"]
     n_flat = int(free_for_index // (dim * 4))
-    n_pq = int(free_for_index // (pq_m + 16))  # codes + id + direct map
+    n_pq = int(free_for_index // (pq_m + 8 + 2 * dim))  # codes + id + float16 copy for re-ranking
     out = [f"Machine RAM {ram / 2**30:.1f} GiB; budget {warn_fraction:.0%} of it = {budget / 2**30:.1f} GiB."]
     out.append(
-        f"Index: a flat (exact) or IVF-flat index of {dim}-dim fp32 vectors fits up to ~{n_flat:,} prompts here; "
-        f"IVF-PQ (m={pq_m}) up to ~{n_pq:,}. knn.index: auto picks "
+        f"Index: a flat (exact) index or ivfjoin's matrix of {dim}-dim fp32 vectors fits up to ~{n_flat:,} prompts here; "
+        f"IVF-PQ (m={pq_m}, float16 re-ranking copies) up to ~{n_pq:,}. knn.index: auto picks "
         + ", ".join(f"{r['auto_index']} at N={r['n']:,}" for r in scaling)
-        + ". Flat search is all-pairs (time ~N^2): beyond ~1e5 prompts prefer ivf for speed, ivfpq only beyond memory."
+        + ". Flat search is all-pairs (time ~N^2): beyond ~1e5 prompts prefer ivfjoin for speed, ivfpq only beyond memory."
     )
     for r in scaling:
         if r["knn_peak_bytes"] > budget:

@@ -180,7 +180,8 @@ def embed_dim():
 
 
 def knn_params(wildcards):
-    """k and the resolved index; the IVF knobs and the seed of IVF's samples only for IVF indexes."""
+    """k and the resolved index; the IVF knobs and the seed of IVF's samples only for IVF indexes, and each
+    index's own knobs only for it."""
     knn = config["knn"]
     n = pq.ParquetFile(checkpoints.unique_prompts.get().output.prompts).metadata.num_rows
     index = choose_index(knn["index"], n, embed_dim(), knn["exact_max"], knn["max_index_gb"])
@@ -188,7 +189,9 @@ def knn_params(wildcards):
     if index != "flat":
         params.update(nlist=knn["nlist"], nprobe=knn["nprobe"], recall_sample=knn["recall_sample"], seed=config["seed"])
     if index == "ivfpq":
-        params["pq_m"] = knn["pq_m"]
+        params.update(pq_m=knn["pq_m"], rerank=knn["rerank"])
+    if index == "ivfjoin":
+        params.update(fix_fraction=knn["fix_fraction"], fix_nprobe=knn["fix_nprobe"])
     return params
 
 
@@ -273,7 +276,7 @@ REPORT_PARAMS = {
     "dtype": DTYPE,
     "warn_fraction": config["memory"]["warn_fraction"],
     "embed": {k: config["embed"][k] for k in ("chunk_size", "batch_tokens")},
-    "knn": {k: config["knn"][k] for k in ("k", "index", "exact_max", "max_index_gb", "nlist", "pq_m", "recall_sample")},
+    "knn": {k: v for k, v in config["knn"].items() if k != "rerank"},  # all but ivfpq's re-ranking factor
     "grpo": {
         k: config["grpo"][k] for k in ("prompts_per_step", "num_generations", "max_completion_length", "token_chunk")
     },

@@ -51,13 +51,13 @@ def test_every_step_reads_exactly_its_params(audited_run):
 
 
 def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
-    """The IVF index, the self-certainty reward and the hh-rlhf source declare (and read) other keys."""
+    """The IVF self-join, the self-certainty reward and the hh-rlhf source declare (and read) other keys."""
     workdir, config, _ = audited_run
     copy = copy_run(workdir, tmp_path / "copy")
     config = copy / "tiny.yaml"
     branch = copy / "branch.yaml"
     branch.write_text(yaml.safe_dump({
-        "knn": {"index": "ivf", "nlist": 2, "nprobe": 1, "recall_sample": 10},
+        "knn": {"index": "ivfjoin", "nlist": 2, "nprobe": 1, "recall_sample": 10},
         "density": {"postprocess": "abtt", "components": 2, "length_residual": "tokens_turns"},
         "grpo": {"reward": "self_certainty"},
     }))  # fmt: skip
@@ -66,7 +66,8 @@ def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
     snakemake(copy, "weights", "results/tiny/grpo/uniform/seed0/metrics.jsonl", "--configfile", str(config), str(branch), env=env)
     records = audits(audit)
     assert set(records) == {"knn_weights", "grpo_uniform_0"}
-    assert {"knn.nlist", "knn.nprobe", "knn.recall_sample", "knn.seed"} <= set(records["knn_weights"]["declared"])
+    knn_keys = {"knn.nlist", "knn.nprobe", "knn.recall_sample", "knn.seed", "knn.fix_fraction", "knn.fix_nprobe"}
+    assert knn_keys <= set(records["knn_weights"]["declared"]) and "knn.rerank" not in records["knn_weights"]["declared"]
     grpo = records["grpo_uniform_0"]["declared"]
     assert "grpo.token_chunk" in grpo and "rm.max_length" not in grpo
     assert "density.components" in records["knn_weights"]["declared"]

@@ -152,7 +152,7 @@ def test_auto_index_choice():
     from density_grpo.index_plan import choose_index
 
     assert choose_index("auto", 320, 16, exact_max=320, max_index_gb=8.0) == "flat"
-    assert choose_index("auto", 320, 16, exact_max=319, max_index_gb=8.0) == "ivf"
+    assert choose_index("auto", 320, 16, exact_max=319, max_index_gb=8.0) == "ivfjoin"
     assert choose_index("auto", 320, 16, exact_max=100, max_index_gb=1e-6) == "ivfpq"  # 320*16*4 bytes > 1 kB
     assert choose_index("ivfpq", 10, 16, exact_max=100, max_index_gb=8.0) == "ivfpq"
 
@@ -208,6 +208,87 @@ def test_deterministic(approx_chunks):
         compute_weights(paths, {"k": 10, "index": "flat"}, DENSITY, progress=False)[0]["weight"].to_numpy() for _ in range(2)
     ]
     assert flat[0].tobytes() == flat[1].tobytes()
+
+
+def relative_errors(df, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Relative error of the reported mean k-NN distance vs brute force, and the top-decile mask of exact distance."""
+    exact = brute_force_mean_dist(x.astype(np.float64), k)
+    rel = (df["knn_mean_dist"].to_numpy() - exact) / np.maximum(exact, 1e-6)
+    return rel, exact >= np.quantile(exact, 0.9)
+
+
+def test_sample_accuracy_fields():
+    from density_grpo.density import sample_accuracy
+
+    exact = np.array([[0.9, 0.8], [0.9, 0.8], [0.5, 0.4], [0.95, 0.9]] * 5)
+    approx = exact.copy()
+    approx[2] = [0.5, 0.2]  # a sparse row lost its 2nd neighbour: mean distance 0.55 -> 0.65
+    acc = sample_accuracy(approx, exact)
+    assert acc["recall_at_k"] == pytest.approx(1 - 1 / 40)
+    assert acc["dist_rel_err_max"] == pytest.approx(0.1 / 0.55)
+    assert acc["top_decile_dist_rel_err_max"] == pytest.approx(0.1 / 0.55)  # row 2 is in the top distance decile
+    assert acc["dist_rel_err_median"] == 0.0 and acc["dist_rel_err_mean"] == pytest.approx(0.1 / 0.55 / 20)
+    assert acc["sample_dist_spearman"] > 0.9
+
+
+def test_ivfjoin_reports_its_error_against_exact(approx_chunks):
+    """With every row in the sample, the reported recall and distance errors are those of brute force."""
+    x, paths = approx_chunks
+    args = dict(k=10, index="ivfjoin", nlist=16, nprobe=1, recall_sample=len(x), progress=False)
+    df, meta = knn_search(paths, fix_fraction=0.0, **args)
+    rel, top = relative_errors(df, x, 10)
+    assert (rel >= -1e-4).all()  # misses only make a distance larger (float32 vs float64 rounding aside)
+    assert meta["recall_estimated"] and 0.5 < meta["recall_at_k"] < 1.0
+    assert meta["dist_rel_err_max"] == pytest.approx(np.abs(rel).max(), rel=1e-4, abs=1e-6)
+    assert meta["dist_rel_err_mean"] == pytest.approx(np.abs(rel).mean(), rel=1e-3, abs=1e-6)
+    assert meta["top_decile_dist_rel_err_mean"] == pytest.approx(np.abs(rel[top]).mean(), rel=1e-3, abs=1e-6)
+    assert meta["top_decile_dist_rel_err_mean"] > 0 and meta["n_fixed"] == 0
+    # the fix pass (here: the top half re-searched over every list) only improves, most where misses land
+    fixed, fmeta = knn_search(paths, fix_fraction=0.5, fix_nprobe=16, **args)
+    rel_fixed, _ = relative_errors(fixed, x, 10)
+    assert (rel_fixed <= rel + 1e-9).all() and fmeta["n_fixed"] == len(x) // 2
+    assert fmeta["top_decile_dist_rel_err_mean"] < meta["top_decile_dist_rel_err_mean"]
+
+
+def test_ivfjoin_every_list_is_exact(approx_chunks):
+    x, paths = approx_chunks
+    df, meta = knn_search(paths, k=10, index="ivfjoin", nlist=16, nprobe=16, recall_sample=300, progress=False)
+    np.testing.assert_allclose(df["knn_mean_dist"].to_numpy(), brute_force_mean_dist(x.astype(np.float64), 10), atol=1e-5)
+    assert meta["recall_at_k"] == 1.0 and meta["dist_rel_err_max"] < 1e-5 and meta["nlist"] == 16
+
+
+def test_reverse_edges_and_best_distinct():
+    from density_grpo.knn_join import best_distinct, reverse_edges
+
+    # row 0 found 1 and 2; row 1 missed 0 (found 2, 3); row 2 found 0, 1; row 3 found 1, 2
+    lab = np.array([[1, 2], [2, 3], [0, 1], [1, 2]])
+    sim = np.array([[0.9, 0.8], [0.7, 0.1], [0.8, 0.7], [0.1, 0.05]])
+    s, l = reverse_edges(sim, lab, 2)
+    assert l[1].tolist() == [0, 2] and s[1].tolist() == [0.9, 0.7]  # 0 offered itself to 1
+    assert l[0].tolist() == [1, 2] and l[3].tolist() == [1, 2]
+    s, l = best_distinct(np.array([[0.9, 0.5, 0.9, 0.3]]), np.array([[4, 7, 4, -1]]), 2)
+    assert sorted(l[0].tolist()) == [4, 7]
+
+
+@pytest.mark.parametrize("rerank", [1, 32])
+def test_ivfpq_reranks_and_reports_its_error(small_chunks, rerank):
+    """IVF-PQ re-ranks PQ candidates with the stored vectors: with enough candidates its weights match exact search
+    within the error it reports; rerank=1 (no re-ranking) is measurably worse and says so."""
+    x, paths = small_chunks
+    cfg = {"k": 10, "index": "ivfpq", "nlist": 4, "nprobe": 4, "pq_m": 4, "rerank": rerank, "recall_sample": len(x)}
+    df, meta = compute_weights(paths, cfg, DENSITY, progress=False)
+    rel, top = relative_errors(df, x, 10)
+    assert meta["dist_rel_err_max"] == pytest.approx(np.abs(rel).max(), rel=1e-3, abs=1e-5)
+    assert meta["top_decile_dist_rel_err_median"] == pytest.approx(np.median(np.abs(rel[top])), rel=1e-3, abs=1e-5)
+    exact = compute_weights(paths, {"k": 10, "index": "flat"}, DENSITY, progress=False)[0]["weight"].to_numpy()
+    w = df["weight"].to_numpy()
+    # weight ∝ distance (alpha 1): each weight is off by its distance error, up to the common normalisation
+    bound = meta["dist_rel_err_max"]
+    assert np.abs(w / exact - 1).max() <= (1 + bound) / (1 - bound) - 1 + 1e-4
+    if rerank == 32:
+        assert meta["recall_at_k"] >= 0.99 and meta["dist_rel_err_max"] < 0.005 and meta["rerank"] == 32
+    else:
+        assert meta["recall_at_k"] < 0.9 and meta["dist_rel_err_max"] > 0.01
 
 
 # -----------------------------------------------------------------------------

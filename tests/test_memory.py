@@ -71,10 +71,12 @@ def test_faiss_index_bytes():
     n, d = 10_000, 576
     assert ip.index_bytes(n, d, "flat") == n * d * 4
     assert ip.index_bytes(n, d, "ivf", nlist=100) == n * (d * 4 + 8) + 100 * d * 4
-    assert ip.index_bytes(n, d, "ivfpq", nlist=100, pq_m=16) == n * (16 + 8) + 100 * d * 4 + 256 * d * 4
+    assert ip.index_bytes(n, d, "ivfpq", nlist=100, pq_m=16) == n * (16 + 8 + 2 * d) + 100 * d * 4 + 256 * d * 4
+    assert ip.index_bytes(n, d, "ivfjoin", nlist=100) == n * d * 4 + 100 * d * 4
     assert ip.default_nlist(1_000_000) == 4000 and ip.default_nlist(10_000) == 256  # >= 39 points per list
     assert ip.choose_index("auto", 1000, d, 100_000, 8.0) == "flat"
-    assert ip.choose_index("auto", 200_000, d, 100_000, 8.0) == "ivf"
+    assert ip.choose_index("auto", 200_000, d, 100_000, 8.0) == "ivfjoin"
+    assert ip.default_nlist(1_000_000, index="ivfjoin") == 2000
     assert ip.choose_index("auto", 10_000_000, d, 100_000, 8.0) == "ivfpq"
 
 
@@ -124,6 +126,10 @@ def test_stage_predictions_use_their_shapes():
 
     k = density.predict(1_000_000, 576, 128, {"k": 10, "index": "ivf", "nlist": None, "recall_sample": 1000})
     assert k["components"]["index"] == ip.index_bytes(1_000_000, 576, "ivf", ip.default_nlist(1_000_000))
+    knn = {"k": 10, "index": "ivfjoin", "nlist": None, "nprobe": 32, "fix_fraction": 0.1, "fix_nprobe": 128, "recall_sample": 1000}
+    j = density.predict(1_000_000, 576, 8192, knn)
+    assert j["components"]["index"] == 1_000_000 * 576 * 4 + 2000 * 576 * 4 and "direct_map" not in j["components"]
+    assert 4e9 < j["total_bytes"] < 5e9  # benchmarks/knn_scale.py measured a 4.4 GB peak at 1M x 576
 
     g = {**REPO_CONFIG["grpo"], "reward": "self_certainty"}
     sc = grpo.predict(cfg, {"grpo": g, "dtype": "float32", "train_precision": "fp32"}, 72, "cpu")

@@ -16,7 +16,10 @@ BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmea
 PARAMS = {
     "run": "synthetic", "runs": ["density/seed0", "uniform/seed0"], "device": "cpu", "dtype": "float32", "warn_fraction": 0.9,
     "embed": {"chunk_size": 128, "batch_tokens": 4096},
-    "knn": {"k": 3, "index": "auto", "exact_max": 100_000, "max_index_gb": 8.0, "nlist": None, "pq_m": 16, "recall_sample": 1000},
+    "knn": {
+        "k": 3, "index": "auto", "exact_max": 100_000, "max_index_gb": 8.0, "nlist": None, "nprobe": 32, "pq_m": 16,
+        "fix_fraction": 0.1, "fix_nprobe": 128, "recall_sample": 1000,
+    },  # fmt: skip
     "grpo": {"prompts_per_step": 2, "num_generations": 4, "max_completion_length": 32, "token_chunk": 256},
 }  # fmt: skip
 

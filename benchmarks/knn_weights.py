@@ -29,7 +29,7 @@ import numpy as np
 from common import PeakRSS, default_model, machine, result, set_threads, synthetic, table, write_stores
 
 K = 10
-DENSITY = {"alpha": 1.0, "eps": 1e-6, "max_ratio": None}
+DENSITY = {"alpha": 1.0, "eps": 1e-6, "max_ratio": None, "postprocess": "none", "length_residual": "none"}
 
 
 def sklearn_weights(x: np.ndarray, metric: str = "minkowski") -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +43,7 @@ def sklearn_weights(x: np.ndarray, metric: str = "minkowski") -> tuple[np.ndarra
     keep[keep.all(axis=1), -1] = False  # self not returned (exact duplicates): drop the farthest
     dist, ids = dist[keep].reshape(len(x), K), ids[keep].reshape(len(x), K)
     cos_dist = dist if metric == "cosine" else dist.astype(np.float64) ** 2 / 2  # unit vectors: |a-b|^2 / 2
-    return density_weights(np.clip(cos_dist, 0, None).mean(axis=1), **DENSITY)[1], ids
+    return density_weights(np.clip(cos_dist, 0, None).mean(axis=1), DENSITY["alpha"], DENSITY["eps"])[1], ids
 
 
 def project_weights(paths: list[str]) -> np.ndarray:

@@ -304,6 +304,7 @@ def knn_search(
     seed: int = 0,
     progress: bool = True,
     post: Postprocess | None = None,
+    shapes: list[tuple[int, int]] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Mean cosine distance of every prompt to its k nearest other prompts, over chunk stores.
 
@@ -314,11 +315,12 @@ def knn_search(
     rescore the k neighbours row by row with numpy, so results do not depend on the chunking or batching.
     Ids are global row numbers in chunk order. For approximate indexes, recall@k and the relative error of the
     mean distance are measured against exact search on a seeded sample of rows (see sample_accuracy).
-    post: a fit_postprocess transform applied to every chunk before normalisation.
+    post: a fit_postprocess transform applied to every chunk before normalisation; shapes: the chunks' (n, dim)
+    when the caller has read them already.
     Returns a frame (prompt_id, knn_mean_dist) in chunk/row order, and metadata.
     """
     chunk_paths = [str(p) for p in chunk_paths]
-    shapes = _shapes(chunk_paths)
+    shapes = shapes or _shapes(chunk_paths)
     n, dim = sum(s[0] for s in shapes), shapes[0][1]
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise UserError(f"knn.k={k!r} must be a positive integer")
@@ -532,18 +534,18 @@ def _check_unique_ids(chunk_paths: list[str]) -> None:
 SAME_EMBEDDING = ("model_fingerprint", "source", "layer", "pooling", "dtype", "transform", "max_length")
 
 
-def _check_same_embedding(chunk_paths: list[str]) -> dict[str, Any]:
-    """All chunks come from one model (content fingerprint) and one embedding recipe; returns chunk 0's attrs."""
-    first = read_attrs(chunk_paths[0])
-    for p in chunk_paths[1:]:
-        attrs = read_attrs(p)
+def _check_same_embedding(chunk_paths: list[str]) -> list[dict[str, Any]]:
+    """All chunks come from one model (content fingerprint) and one embedding recipe; returns every chunk's attrs."""
+    all_attrs = [read_attrs(p) for p in chunk_paths]
+    first = all_attrs[0]
+    for p, attrs in zip(chunk_paths[1:], all_attrs[1:]):
         for key in SAME_EMBEDDING:
             if attrs.get(key) != first.get(key):
                 raise UserError(
                     f"{p}: embedded with {key}={attrs.get(key)!r} but {chunk_paths[0]} with {first.get(key)!r}: "
                     "delete the chunks that differ and rerun snakemake"
                 )
-    return first
+    return all_attrs
 
 
 def predict(n: int, dim: int, chunk: int, knn: dict, postprocess: str = "none") -> dict:
@@ -578,7 +580,8 @@ def compute_weights(chunk_paths: list[str], knn: dict, dens: dict, progress: boo
     post_how, resid_how = dens["postprocess"], dens["length_residual"]
     expect(predict(n, dim, max(s[0] for s in shapes), knn, post_how))
     _check_unique_ids(chunk_paths)  # reads (and verifies) the id arrays first
-    first = _check_same_embedding(chunk_paths)
+    attrs = _check_same_embedding(chunk_paths)
+    first = attrs[0]
     lengths = prompt_lengths(chunk_paths)
     if resid_how != "none" and lengths is None:
         missing = next(p for p in chunk_paths if read_column(p, "n_tokens") is None or read_column(p, "turns") is None)
@@ -591,13 +594,12 @@ def compute_weights(chunk_paths: list[str], knn: dict, dens: dict, progress: boo
     time_post = time.perf_counter() - t0
     keys = ("nlist", "nprobe", "pq_m", "rerank", "fix_fraction", "fix_nprobe", "recall_sample", "seed")
     approx = {key: knn[key] for key in keys if key in knn}
-    df, meta = knn_search(chunk_paths, knn["k"], knn["index"], progress=progress, post=post, **approx)
+    df, meta = knn_search(chunk_paths, knn["k"], knn["index"], progress=progress, post=post, shapes=shapes, **approx)
     dist, resid_fit = length_residual(df["knn_mean_dist"].to_numpy(), lengths, resid_how, dens["eps"])
     density, weight = density_weights(dist, dens["alpha"], dens["eps"], dens["max_ratio"])
     df["density"] = density
     df["weight"] = weight
     columns = ["prompt_id", "knn_mean_dist", "density", "weight"]
-    attrs = [first, *(read_attrs(p) for p in chunk_paths[1:])]
     meta.update(
         alpha=dens["alpha"], eps=dens["eps"], max_ratio=dens["max_ratio"], weight_stats=weight_stats(weight),
         model=first["model"], source=first["source"], layer=first["layer"], pooling=first.get("pooling"),

@@ -112,7 +112,9 @@ def read_chunk(path: str | os.PathLike) -> tuple[list[str], np.ndarray, dict[str
     emb = _read_array(path, group, "embeddings", "float32")
     if emb.ndim != 2 or len(ids) != emb.shape[0]:
         raise UserError(f"{path}: {len(ids)} prompt ids for embeddings of shape {emb.shape}: {rebuild_hint(path)}")
-    return uint64_to_ids(ids), emb, read_attrs(path)
+    attrs = dict(group.attrs)
+    attrs.pop("sha256", None)
+    return uint64_to_ids(ids), emb, attrs
 
 
 def read_ids(path: str | os.PathLike) -> np.ndarray:

@@ -9,7 +9,8 @@ Intervals: percentile bootstrap. Each resample draws the evaluated prompts with 
 every model (paired: all models answered the same prompts), and each arm's seeds with replacement. The noise floor
 is the same statistic between two independent sample sets of the base model. Per stratum (rare / dense prompts by
 density weight) the prompts are resampled within the stratum. Curves: diversity against step, and at matched reward
-and matched KL to the base model (each run's curve interpolated at a level every run reached; seeds resampled).
+and matched KL to the base model: each run's curve interpolated at a level every run reached after step 0 (at step 0
+every run is the base model), the curve prompts resampled (paired) and the seeds resampled.
 """
 
 from __future__ import annotations
@@ -162,45 +163,59 @@ def curve_points(curves: dict[str, dict[int, list[dict]]], embeddings: dict[str,
             pts = []
             for row, emb in zip(rows, embeddings[arm][s]):
                 e = emb.astype(np.float64) - centre
+                per_prompt = [vendi_score(x) for x in e]
                 pts.append({
                     **row,
-                    "vendi_within": float(np.mean([vendi_score(x) for x in e])),
+                    "vendi_within": float(np.mean(per_prompt)),
+                    "vendi_within_per_prompt": per_prompt,
                     "vendi_across": vendi_score(e.reshape(-1, e.shape[-1])),
                 })  # fmt: skip
             out[arm][s] = pts
     return out
 
 
+def _at(pts: list[dict], x: str, level: float, key: str) -> np.ndarray:
+    """`key` (a scalar, or per prompt for vendi_within) of one run's curve interpolated linearly at x = level."""
+    order = sorted(pts, key=lambda p: p[x])
+    xs = [p[x] for p in order]
+    if key == "vendi_within" and all("vendi_within_per_prompt" in p for p in order):
+        ys = np.array([p["vendi_within_per_prompt"] for p in order])  # (points, prompts)
+        return np.array([np.interp(level, xs, ys[:, j]) for j in range(ys.shape[1])])
+    return np.array([np.interp(level, xs, [p[key] for p in order])])
+
+
 def matched(points: dict[str, dict[int, list[dict]]], x: str, B: int, seed: int) -> dict[str, Any]:
     """Diversity of each arm at one level of `x` (reward_mean or kl_to_base) that every run's curve reached.
 
-    Each run's curve is interpolated linearly at the level, the arms' mean over seeds compared with seeds resampled
-    (the only source of spread here). None when the runs' ranges do not overlap.
+    The level is the middle of the range every run covered after step 0 (at step 0 every run is the base model, so a
+    level reached only there compares the base model with itself). Each run's curve is interpolated linearly at the
+    level; the arms' means are compared with the seeds resampled and, for vendi_within, the curve prompts resampled
+    (paired: every run samples the same curve prompts). None when the ranges do not overlap.
     """
     runs = [(arm, pts) for arm in ARMS if arm in points for pts in points[arm].values()]
-    if len(runs) < 2 or not all(len(p) >= 2 for _, p in runs):
-        return {"level": None, "note": "needs at least two curve points per run"}
-    lo = max(min(p[x] for p in pts) for _, pts in runs)
-    hi = min(max(p[x] for p in pts) for _, pts in runs)
+    if len(runs) < 2 or not all(len([p for p in pts if p["step"] > 0]) >= 1 and len(pts) >= 2 for _, pts in runs):
+        return {"level": None, "note": "needs curve points after step 0 for every run"}
+    later = [[p[x] for p in pts if p["step"] > 0] for _, pts in runs]
+    ranges = [(min(v), max(v)) for v in later]
+    lo, hi = max(r[0] for r in ranges), min(r[1] for r in ranges)
     if lo > hi:
-        return {"level": None, "note": f"the runs' {x} ranges do not overlap"}
+        return {"level": None, "note": f"the runs' {x} ranges after step 0 do not overlap"}
     level = (lo + hi) / 2
-    out: dict[str, Any] = {"level": level, "range": [lo, hi]}
+    out: dict[str, Any] = {"level": level, "range": [lo, hi], "resampled": "seeds; curve prompts for vendi_within"}
     rng = np.random.default_rng([seed, sum(map(ord, x))])
     for key in ("vendi_within", "vendi_across", "distinct_2_within"):
-        at = {}
-        for arm in ARMS:
-            if arm in points:
-                vals = []
-                for pts in points[arm].values():
-                    order = sorted(pts, key=lambda p: p[x])
-                    vals.append(float(np.interp(level, [p[x] for p in order], [p[key] for p in order])))
-                at[arm] = np.array(vals)
-        out[key] = {"values": {a: float(v.mean()) for a, v in at.items()}}
+        at = {arm: np.stack([_at(pts, x, level, key) for pts in points[arm].values()]) for arm in ARMS if arm in points}
+        out[key] = {"values": {a: float(v.mean()) for a, v in at.items()}}  # v: (seeds, prompts or 1)
         if len(at) == 2:
             d, u = at["density"], at["uniform"]
-            boot = [rng.choice(d, len(d)).mean() - rng.choice(u, len(u)).mean() for _ in range(B)]
-            out[key]["density_minus_uniform"] = interval(np.array(boot), d.mean() - u.mean())
+            n_p = d.shape[1] if d.shape[1] == u.shape[1] else 1
+            boot = np.empty(B)
+            for b in range(B):
+                p = rng.integers(0, n_p, n_p) if n_p > 1 else slice(None)
+                sd, su = rng.integers(0, len(d), len(d)), rng.integers(0, len(u), len(u))
+                boot[b] = d[sd][:, p].mean() - u[su][:, p].mean()
+            out[key]["density_minus_uniform"] = interval(boot, d.mean() - u.mean())
+    out["n_seeds"] = {arm: len(points[arm]) for arm in ARMS if arm in points}
     return out
 
 

@@ -349,8 +349,12 @@ def diversity_md(comp: dict) -> list[str]:
             if mt["level"] is None:
                 lines.append(f"- At matched {what}: not available ({mt['note']}).")
             elif "density_minus_uniform" in mt["vendi_within"]:
-                lines.append(f"- At matched {what} ({mt['level']:.3g}, on the collapse curves): Vendi within, density − uniform = "
-                             f"{_ci(mt['vendi_within']['density_minus_uniform'])} (seeds resampled).")  # fmt: skip
+                d = mt["vendi_within"]["density_minus_uniform"]
+                zero = "excludes zero" if d["excludes_zero"] else "includes zero"
+                few = min(mt["n_seeds"].values())
+                rough = f"; with {few} seeds per arm this interval is rough" if few < 5 else ""
+                lines.append(f"- At matched {what} ({mt['level']:.3g}, on the collapse curves after step 0): Vendi within, "
+                             f"density − uniform = {_ci(d)} (curve prompts and seeds resampled); the interval {zero}{rough}.")  # fmt: skip
     lines += ["", f"![diversity]({PLOTS['diversity']}) ![curves]({PLOTS['curves']})", ""]
     return lines
 

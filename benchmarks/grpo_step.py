@@ -136,9 +136,10 @@ def main() -> None:
     print(table(rows))
     if "project+curves" in med:
         c, p = med["project+curves"], med["project"]
-        print(f"curve overhead: {p['steps_per_s'] / c['steps_per_s'] - 1:+.1%} time per step, "
-              f"{c['peak_gb'] - p['peak_gb']:+.2f} GB peak (eval.curve_prompts={config()['eval']['curve_prompts']}, "
-              f"every {config()['eval']['every']} steps)")  # fmt: skip
+        ev = config()["eval"]
+        print(f"collapse curves: {c['wall_s'] / p['wall_s'] - 1:+.1%} wall time, {c['peak_gb'] - p['peak_gb']:+.2f} GB peak "
+              f"({ev['curve_prompts']} prompts x {ev['curve_samples']} samples at step 0 and every {ev['every']} steps; "
+              "they run between steps, so steps/s does not include them)")  # fmt: skip
     print(result("grpo", speed_vs_trl=med["project"]["steps_per_s"] / med["trl"]["steps_per_s"],
                  memory_vs_trl=med["project"]["peak_gb"] / med["trl"]["peak_gb"]))  # fmt: skip
 

@@ -3,7 +3,8 @@
     python benchmarks/knn_weights.py [--n 28000] [--seed-n 8000] [--repeats 3] [--quick]
 
 A. N=28,000 x 576 (the default model's width; synthetic LM-like embeddings, `common.synthetic`), k=10, in chunk
-   stores of 128 rows (embed.chunk_size's default). Project: `density.compute_weights` with index flat (what
+   stores of 128 rows (embed.chunk_size's default; a second row with 1,024-row stores shows the share of reading
+   and verifying 219 small stores; RESULT uses the default). Project: `density.compute_weights` with index flat (what
    `auto` picks at this N): reads the stores, normalises, exact search, weights. sklearn:
    `NearestNeighbors(n_neighbors=k+1).fit(x).kneighbors(x)` on the same (unit) vectors held in memory, then the
    same weight formula. Interleaved repeats, medians. Agreement: fraction of prompts whose k-NN id sets are
@@ -67,9 +68,9 @@ def same_sets(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean((np.sort(a, axis=1) == np.sort(b, axis=1)).all(axis=1)))
 
 
-def part_a(n: int, repeats: int, tmp: str) -> dict:
+def part_a(n: int, repeats: int, tmp: str, chunk: int = 128) -> dict:
     x = synthetic(n, 576, "lm", seed=1)
-    paths = write_stores(os.path.join(tmp, "a"), x, 128)
+    paths = write_stores(os.path.join(tmp, f"a{chunk}"), x, chunk)
     times = {"project": [], "sklearn": []}
     for _ in range(repeats):
         t = time.perf_counter()
@@ -80,7 +81,7 @@ def part_a(n: int, repeats: int, tmp: str) -> dict:
         times["sklearn"].append(time.perf_counter() - t)
     med = {key: statistics.median(v) for key, v in times.items()}
     return {
-        "n": n, "dim": x.shape[1], "project_s": med["project"], "sklearn_s": med["sklearn"],
+        "n": n, "dim": x.shape[1], "store_rows": chunk, "project_s": med["project"], "sklearn_s": med["sklearn"],
         "speedup": med["sklearn"] / med["project"], "same_sets": same_sets(project_ids(x), ids_sklearn),
         "max_rel_weight_diff": float(np.max(np.abs(w_project / w_sklearn - 1))),
     }  # fmt: skip
@@ -134,8 +135,9 @@ def main() -> None:
     print(f"{args.threads} threads for both sides; k={K}; A: median of {args.repeats} interleaved repeats", flush=True)
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         a = part_a(args.n, args.repeats, tmp)
+        a_big = part_a(args.n, args.repeats, tmp, chunk=1024)
         print("\nA. weights stage (flat) vs sklearn NearestNeighbors, same embeddings, incl. weights")
-        print(table([a]), flush=True)
+        print(table([a, a_big]), flush=True)
         b = part_b(args.seed_n, tmp)
         print("\nB. seeds' literal stage (sklearn on vocab-dim pooled logits) vs the stage on R p; same_sets vs cosine")
         print(table([b]))

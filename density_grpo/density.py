@@ -161,15 +161,6 @@ def _train_sample(
     return np.ascontiguousarray(np.concatenate(parts))
 
 
-def _drop_self(sim: np.ndarray, lab: np.ndarray, self_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Remove each row's own id from its k+1 results; where self is absent, drop the last (farthest) result."""
-    drop = lab == self_ids[:, None]
-    drop[~drop.any(axis=1), -1] = True
-    keep = ~drop
-    m, k1 = lab.shape
-    return sim[keep].reshape(m, k1 - 1), lab[keep].reshape(m, k1 - 1)
-
-
 def _rescore(idx: faiss.Index, x: np.ndarray, lab: np.ndarray, block: int = 1024) -> np.ndarray:
     """Similarity of each query row to its found neighbours' stored vectors, as float64.
 
@@ -419,7 +410,7 @@ def _index_search(
             sim[missing], lab[missing] = idx.search(np.ascontiguousarray(x[missing]), k + 1)
             ivf.nprobe = meta["nprobe"]
             n_refined += int(missing.sum())
-        _, lab = _drop_self(sim, lab, self_ids)
+        _, lab = knn_join.drop_self(sim, lab, self_ids)
         dist = np.clip(1.0 - _rescore(idx, x, lab), 0.0, None)
         mean_dist[start : start + len(x)] = dist.mean(axis=1)
         n_dup += int((dist.min(axis=1) <= DUP_DIST).sum())

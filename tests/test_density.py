@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from density_grpo.density import (
-    _drop_self, compute_weights, density_weights, fit_postprocess, knn_search, length_residual, predict, weight_stats,
+    compute_weights, density_weights, fit_postprocess, knn_search, length_residual, predict, weight_stats,
 )  # fmt: skip
 from density_grpo.errors import UserError
+from density_grpo.knn_join import drop_self
 from density_grpo.stats import spearman
 from density_grpo.store import write_chunk
 
@@ -78,7 +79,7 @@ def test_drop_self_by_id_not_position():
     # row 0: a duplicate (id 5) comes before self (id 2); row 1: self absent -> drop the last result
     lab = np.array([[5, 2, 7], [1, 3, 4]])
     sim = np.array([[1.0, 1.0, 0.5], [0.9, 0.8, 0.7]], dtype=np.float32)
-    s, l = _drop_self(sim, lab, np.array([2, 9]))
+    s, l = drop_self(sim, lab, np.array([2, 9]))
     assert l.tolist() == [[5, 7], [1, 3]]
     np.testing.assert_allclose(s, [[1.0, 0.5], [0.9, 0.8]])
 

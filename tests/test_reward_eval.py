@@ -237,6 +237,6 @@ def test_evaluate_then_compare(tiny_model, trained_rm, tmp_path):
     assert v["density_minus_uniform"]["diff"] == 0.0  # both arms are the same samples
     assert 1.0 - 1e-9 <= v["values"]["base"] <= 3 + 1e-9 and "noise_floor" in v
     assert c["metrics"]["vendi_within"]["strata"]["dense"]["values"]["density"] > 0
-    assert set(c["curves"]) == {"density", "uniform"} and c["matched"]["reward"]["level"] == pytest.approx(0.1)
+    assert set(c["curves"]) == {"density", "uniform"} and c["matched"]["reward"]["level"] == pytest.approx(0.2)  # after step 0 only
     for png in ("c.png", "curves.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

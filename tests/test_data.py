@@ -90,10 +90,13 @@ def test_pair_from_hh_shared_prefix():
 
 
 def test_pair_from_hh_rejected_diverges_earlier():
-    """The rejected answer must not be filed under the chosen dialogue's prompt when the prompts differ."""
+    """A pair that diverges at an earlier Assistant reply (real HH data has a few) is filed under the shared part."""
     rejected = "\n\nHuman: Hi!\n\nAssistant: What?\n\nHuman: How do I boil an egg?\n\nAssistant: No idea."
-    with pytest.raises(ValueError, match="different prompts \\(they differ at character 25;"):
-        pair_from_hh(MULTI, rejected)
+    prompt, chosen_response, rejected_response = pair_from_hh(MULTI, rejected)
+    assert prompt == "\n\nHuman: Hi!\n\nAssistant:"
+    assert prompt + chosen_response == MULTI and prompt + rejected_response == rejected
+    with pytest.raises(ValueError, match="different prompts \\(they differ at character 9;"):
+        pair_from_hh("\n\nHuman: a?\n\nAssistant: x", "\n\nHuman: b?\n\nAssistant: y")
     with pytest.raises(ValueError, match="'rejected' has no"):
         pair_from_hh(MULTI, "\n\nHuman: something else entirely")
 

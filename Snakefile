@@ -3,7 +3,7 @@
 # Run: snakemake --cores all [target] [--configfile partial.yaml]
 import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -16,10 +16,9 @@ configfile: f"{workflow.basedir}/config.yaml"
 
 
 try:
-    validate_config(config)  # one line naming the offending key
+    validate_config(config)  # the schema (one line naming the key), then each section's cross-field checks
 except UserError as e:
     raise WorkflowError(str(e)) from None
-validate(config, "schemas/config.schema.yaml")
 
 
 include: "rules/common.smk"

@@ -115,7 +115,9 @@ def run_step(smk: Any, step: Step) -> None:
         log.warning("removed %s, left behind by an interrupted job", tmp)
     audit = os.environ.get("DENSITY_GRPO_AUDIT_PARAMS")  # a folder: record which params each step read
     if audit:
-        params = RecordingParams(params)
+        from density_grpo import config
+
+        params, config.AUDIT = RecordingParams(params), set()  # plain keys, and the typed sections' fields
     try:
         if "memory" in outputs:
             warn_fraction = float(smk.resources.get("warn_fraction", 0.9))
@@ -129,7 +131,8 @@ def run_step(smk: Any, step: Step) -> None:
             from density_grpo.io import write_json
 
             job = "_".join([smk.rule, *map(str, dict(smk.wildcards.items()).values())])
-            write_json({"rule": smk.rule, "declared": sorted(params.leaves()), "read": sorted(params.read)}, f"{audit}/{job}.json")
+            read = sorted(params.read | config.AUDIT)
+            write_json({"rule": smk.rule, "declared": sorted(params.leaves()), "read": read}, f"{audit}/{job}.json")
     except UserError as e:
         log.error("%s", e)
         sys.exit(1)

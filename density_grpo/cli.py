@@ -30,20 +30,11 @@ def setup_logging(log_file: str | None = None) -> None:
     logging.getLogger("density_grpo").setLevel(logging.INFO)
 
 
-def _plain(value: Any) -> Any:
-    """Snakemake's Namedlist/params values -> str, list, dict, scalars."""
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def named(namedlist: Any) -> dict[str, Any]:
     """The named entries of a Snakemake Namedlist (input, output, params) as a plain dict."""
-    return {str(k): _plain(v) for k, v in namedlist.items()}
+    from density_grpo.io import plain
+
+    return {str(k): plain(v) for k, v in namedlist.items()}
 
 
 class RecordingParams(dict):
@@ -107,7 +98,7 @@ def run_step(smk: Any, step: Step) -> None:
     setup_logging(smk.log[0] if len(smk.log) else None)
     from density_grpo.device import set_threads
     from density_grpo.io import remove_stale_temps
-    from density_grpo.monitor import MemoryMonitor, note
+    from density_grpo.monitor import MemoryMonitor, job_name, note
 
     set_threads(smk.threads)
     inputs, outputs, params = named(smk.input), named(smk.output), named(smk.params)
@@ -130,7 +121,7 @@ def run_step(smk: Any, step: Step) -> None:
         if audit:
             from density_grpo.io import write_json
 
-            job = "_".join([smk.rule, *map(str, dict(smk.wildcards.items()).values())])
+            job = job_name(smk.rule, dict(smk.wildcards.items()).values())
             read = sorted(params.read | config.AUDIT)
             write_json({"rule": smk.rule, "declared": sorted(params.leaves()), "read": read}, f"{audit}/{job}.json")
     except UserError as e:

@@ -15,13 +15,12 @@ every run is the base model), the curve prompts resampled (paired) and the seeds
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Callable
 
 import numpy as np
 
-from density_grpo.evaluate import distinct_n, pairwise_cosine_distance, vendi_score
+from density_grpo.stats import distinct_n, pairwise_cosine_distance, vendi_score
 from density_grpo.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,15 @@ METRICS: dict[str, tuple[str, str]] = {
     "length_tokens": ("mean length (tokens)", "within"),
 }
 HEADLINE = ("vendi_within", "vendi_across", "distinct_2_within", "reward_mean")
-CURVE_KEYS = ("vendi_within", "vendi_across", "distinct_2_within", "reward_mean", "kl_to_base", "length_tokens")
+# differences reported: (a, b) -> name; base_b is the base model's second sample set
+PAIRS = {
+    ("density", "uniform"): "density_minus_uniform",
+    ("density", "base"): "density_minus_base",
+    ("uniform", "base"): "uniform_minus_base",
+    ("control", "base"): "control_minus_base",
+    ("base", "base_b"): "noise_floor",
+}
+DETECTABLE_SE = 2.8  # a difference of 2.8 standard errors: a 95% interval excludes zero with 80% power (1.96 + 0.84)
 
 
 # -----------------------------------------------------------------------------
@@ -86,8 +93,14 @@ class Run:
 
 
 def interval(samples: np.ndarray, point: float) -> dict[str, Any]:
+    """95% percentile interval of a bootstrap distribution, its standard error and the smallest difference of this
+    design that a 95% interval would exclude zero for with 80% power (DETECTABLE_SE standard errors)."""
     lo, hi = np.percentile(samples, [2.5, 97.5])
-    return {"diff": float(point), "lo": float(lo), "hi": float(hi), "excludes_zero": bool(lo > 0 or hi < 0)}
+    se = float(np.std(samples, ddof=1)) if len(samples) > 1 else 0.0
+    return {
+        "diff": float(point), "lo": float(lo), "hi": float(hi), "excludes_zero": bool(lo > 0 or hi < 0), "se": se,
+        "detectable": DETECTABLE_SE * se,
+    }  # fmt: skip
 
 
 def bootstrap_diff(
@@ -109,8 +122,8 @@ def bootstrap_diff(
 def compare_models(groups: dict[str, list[Run]], key: str, idx: np.ndarray, B: int, seed: int) -> dict[str, Any]:
     """One metric over the prompts `idx`: each group's value (mean over its runs) and the differences with intervals.
 
-    groups: "base" (the base model's first sample set), "base_b" (its second: the noise floor), "density",
-    "uniform" (one Run per seed); arms may be missing.
+    groups: "base" (the base model's first sample set), "base_b" (its second: the noise floor), "control" (the
+    base model at the control temperature), "density", "uniform" (one Run per seed); any but base may be missing.
     """
     kind = METRICS[key][1]
     if kind == "within":
@@ -137,11 +150,9 @@ def compare_models(groups: dict[str, list[Run]], key: str, idx: np.ndarray, B: i
             out["values"][g] = value(g, np.arange(n), np.arange(len(runs)))
         if g in ARMS:
             out["per_seed"][g] = [value(g, np.arange(n), np.array([k])) for k in range(len(runs))]
-    pairs = [("density", "uniform"), ("density", "base"), ("uniform", "base"), ("base", "base_b")]
-    for a, b in pairs:
+    for (a, b), name in PAIRS.items():
         if a in groups and b in groups:
             rng = np.random.default_rng([seed, len(idx), sum(map(ord, key + a + b))])
-            name = "noise_floor" if b == "base_b" else f"{a}_minus_{b}"
             out[name] = bootstrap_diff(
                 lambda p, sa, sb: (value(a, p, sa), value(b, p, sb)), n, (len(groups[a]), len(groups[b])), B, rng
             )
@@ -224,13 +235,18 @@ def matched(points: dict[str, dict[int, list[dict]]], x: str, B: int, seed: int)
 
 
 def run(input: dict, output: dict, params: dict) -> None:
-    """Rule compare: base vs each arm (seeds pooled) per metric and per stratum, with 95% intervals; curves.
+    """Rule compare: base vs the control and each arm (seeds pooled) per metric and per stratum, with 95% intervals
+    and the smallest detectable difference; the collapse curves; the two figures.
 
-    input: evals/embeddings (base first, then each arm x seed, as params.models names them), curves/curve_embeddings
-    (each arm x seed, as params.runs names them). params: models, runs, bootstrap, seed.
+    input: evals/embeddings (in the order params.models names them: base, control if any, each arm x seed),
+    curves/curve_embeddings (each arm x seed, as params.runs names them). params: models, runs, eval (bootstrap,
+    control_temperature), seed.
     """
+    from density_grpo.config import EvalConfig
+    from density_grpo.io import read_jsonl
     from density_grpo.plots import plot_curves, plot_diversity
 
+    ev_cfg = EvalConfig.from_params(params["eval"])
     evals = [read_json(p) for p in input["evals"]]
     embs = [np.load(p)["embeddings"] for p in input["embeddings"]]
     centre = np.concatenate([e.reshape(-1, e.shape[-1]) for e in embs]).astype(np.float64).mean(0)
@@ -241,7 +257,7 @@ def run(input: dict, output: dict, params: dict) -> None:
             groups.setdefault(name, []).append(Run(ev["completions"][k], ev["rewards"][k], ev["lengths"][k], emb[k], centre))
     first = evals[0]
     strata = np.array(first["strata"])
-    B, seed = params["bootstrap"], params["seed"]
+    B, seed = ev_cfg.bootstrap, params["seed"]
     metrics = {}
     for key, (label, kind) in METRICS.items():
         row = {"label": label, "kind": kind, **compare_models(groups, key, np.arange(len(strata)), B, seed), "strata": {}}
@@ -255,8 +271,8 @@ def run(input: dict, output: dict, params: dict) -> None:
     curves: dict[str, dict[int, list[dict]]] = {}
     curve_emb: dict[str, dict[int, np.ndarray]] = {}
     for (arm, s), path, emb_path in zip(params["runs"], input["curves"], input["curve_embeddings"]):
-        with open(path) as f:
-            curves.setdefault(arm, {})[s] = [json.loads(line) for line in f if line.strip()]
+        rows = [{k: v for k, v in r.items() if k != "completions"} for r in read_jsonl(path)]  # texts stay in curves.jsonl
+        curves.setdefault(arm, {})[s] = rows
         curve_emb.setdefault(arm, {})[s] = np.load(emb_path)["embeddings"]
     points = curve_points(curves, curve_emb)
     n_resp = sum(len(r.texts) * len(r.texts[0]) for runs in groups.values() for r in runs)
@@ -265,8 +281,11 @@ def run(input: dict, output: dict, params: dict) -> None:
         "n_prompts": len(strata),
         "strata": {s: int((strata == s).sum()) for s in ("rare", "dense")},
         "samples": first["samples"],
+        "temperature": first["temperature"],
+        "control_temperature": ev_cfg.control_temperature,
         "seeds": {arm: [s for a, s in params["runs"] if a == arm] for arm in ARMS},
         "bootstrap": B,
+        "detectable_se": DETECTABLE_SE,
         "headline": list(HEADLINE),
         "order": list(METRICS),  # the metrics in reading order (the JSON's keys are sorted)
         "metrics": metrics,
@@ -274,5 +293,5 @@ def run(input: dict, output: dict, params: dict) -> None:
         "matched": {"reward": matched(points, "reward_mean", B, seed), "kl": matched(points, "kl_to_base", B, seed)},
     }
     write_json(comparison, output["json"])
-    plot_diversity(comparison, output["png"])
-    plot_curves(comparison, output["curves_png"])
+    plot_diversity(comparison, output["diversity"])
+    plot_curves(comparison, output["curves"])

@@ -393,7 +393,10 @@ class EvalConfig(Section):
     max_new_tokens: int
     """completion tokens sampled at most."""
     temperature: float
-    """sampling temperature of the evaluation."""
+    """sampling temperature of the evaluation (in the control's job: eval.control_temperature)."""
+    control_temperature: float | None
+    """the positive control: the base model sampled at this (lower) temperature must come out less diverse than
+    at eval.temperature (null: no control)."""
     every: int
     """collapse curves: a point every this many GRPO steps (and at step 0)."""
     curve_prompts: int

@@ -19,7 +19,7 @@ import math
 import re
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,12 +28,12 @@ from tqdm import tqdm
 
 from density_grpo import memory, store
 from density_grpo.errors import UserError
-from density_grpo.models import backbone, decoder_layers
+from density_grpo.config import EmbedConfig
+from density_grpo.models import backbone, decoder_layers, pad_token_id
 from density_grpo.pairs import ASSISTANT_TAG, HUMAN_TAG
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "human", "last_turn", "last")
 # config attributes that make logits a non-linear (softcap) or rescaled function of the final hidden state
 _LOGIT_SCALE_KEYS = ("logit_scale", "logits_scaling", "lm_head_multiplier")
 
@@ -173,34 +173,16 @@ class Embedder:
       empty (no Human text) is mean-pooled instead, counted in `n_fallback`.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        source: str = "hidden",
-        layer: int = -1,
-        max_length: int = 512,
-        batch_tokens: int = 8192,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        pooling: str = "mean",
-    ):
-        if source not in ("hidden", "logits"):
-            raise UserError(f"embed.source must be 'hidden' or 'logits', got {source!r}")
-        if pooling not in POOLINGS:
-            raise UserError(f"embed.pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    def __init__(self, model: nn.Module, tokenizer: Any, cfg: EmbedConfig):
+        """cfg: source, layer, max_length, batch_tokens and pooling (its allowed values: the schema's)."""
+        source, layer, pooling = cfg.source, cfg.layer, cfg.pooling
         if pooling in ("human", "last_turn") and not getattr(tokenizer, "is_fast", False):
             raise UserError(f"embed.pooling={pooling} needs a fast tokenizer (offset mapping); use pooling mean or last")
-        if max_length < 1 or batch_tokens < 1:
-            raise UserError(f"embed.max_length and embed.batch_tokens must be >= 1, got {max_length}, {batch_tokens}")
         param = next(model.parameters())
-        self.device = torch.device(device) if device is not None else param.device
-        self.dtype = dtype if dtype is not None else param.dtype
-        if param.is_floating_point() and param.dtype != self.dtype:
-            raise ValueError(f"model is in {param.dtype}, not the requested {self.dtype}: convert it before embedding")
+        self.device, self.dtype = param.device, param.dtype
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.source, self.max_length, self.batch_tokens, self.pooling = source, max_length, batch_tokens, pooling
+        self.source, self.max_length, self.batch_tokens, self.pooling = source, cfg.max_length, cfg.batch_tokens, pooling
         self.backbone = backbone(model)
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.layers = decoder_layers(model)
@@ -223,7 +205,7 @@ class Embedder:
             else:
                 self.transform = f"true-logits (head not linear: {reason})"
                 self.dim = int(getattr(config, "vocab_size", 0)) or None  # confirmed from the logits on first batch
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_token_id(tokenizer)
         self.pad_id = pad if pad is not None else 0  # value is irrelevant: pads are masked and right of every real token
         self.n_tokens, self.time_s, self.n_truncated, self.longest, self.n_fallback = 0, 0.0, 0, 0, 0
 
@@ -322,7 +304,8 @@ class Embedder:
         spans = enc["offset_mapping"] if offsets else [[(0, 0)] * len(x) for x in enc["input_ids"]]
         specials = set(self.tokenizer.all_special_ids)
         filler = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id
-        self.n_truncated, self.longest, self.n_fallback = 0, max((len(x) for x in enc["input_ids"]), default=0), 0
+        self.lengths = [len(x) for x in enc["input_ids"]]  # whole prompts, before truncation
+        self.n_truncated, self.longest, self.n_fallback = 0, max(self.lengths, default=0), 0
         ids, masks = [], []
         for text, x, o in zip(texts, enc["input_ids"], spans):
             m = pooling_mask(text, o, self.pooling)
@@ -407,17 +390,19 @@ def forward_bytes(model_cfg: dict, batch: int, seq: int, window: int, prec: str)
     return acts + attn + memory.kv_cache_bytes(model_cfg, batch, seq, prec)
 
 
-def predict(
-    model_cfg: dict, lengths: list[int], batches: list[list[int]], source: str, true_logits: bool, device: str, dtype: str,
-    batch_tokens: int,
-) -> dict:  # fmt: skip
-    """Peak memory of embedding one chunk: weights + the largest forward batch + the output, or the load copy."""
+def predict(params: Mapping[str, Any], work: memory.Workload) -> dict:
+    """Peak memory of embedding one chunk (work.lengths: its prompts' tokens as run): weights + the largest forward
+    batch + the output, or the load copy."""
+    cfg, device = EmbedConfig.from_params(params["embed"]), params["device"]
+    model_cfg, lengths = work.model, list(work.lengths)
+    batches = token_budget_batches(lengths, cfg.batch_tokens)
     d = memory.dims(model_cfg)
     n_params = memory.param_count(model_cfg)
-    prec = memory.precision_key(dtype)
+    prec = memory.precision_key(params["dtype"])
     stored = memory.precision_key(model_cfg.get("torch_dtype") or model_cfg.get("dtype") or "float32")
-    window = [max(1, batch_tokens // len(b)) for b in batches]
+    window = [max(1, cfg.batch_tokens // len(b)) for b in batches]
     acts = max(forward_bytes(model_cfg, len(b), lengths[b[0]], w, prec) for b, w in zip(batches, window))
+    true_logits = work.true_logits and cfg.source == "logits"
     logits = max(len(b) * min(lengths[b[0]], w) for b, w in zip(batches, window)) * d["V"] * 4 if true_logits else 0
     out = len(lengths) * (d["V"] if true_logits else d["h"]) * 4
     load = memory.weights_bytes(n_params, stored) if stored != prec and device == "cpu" else 0
@@ -429,18 +414,22 @@ def predict(
     longest = max(batches, key=lambda b: len(b) * lengths[b[0]])
     return memory.prediction(
         device, c, "baseline + weights + max(largest batch's activations + logits + output, load copy in the stored dtype)",
-        "embed.batch_tokens (or model.dtype: bfloat16/float16)", batch=len(longest), seq=lengths[longest[0]], source=source,
+        "embed.batch_tokens (or model.dtype: bfloat16/float16)", batch=len(longest), seq=lengths[longest[0]],
+        source=cfg.source,
     )  # fmt: skip
 
 
-def prompt_lengths(tokenizer: Any, texts: list[str]) -> dict[str, np.ndarray]:
-    """Per prompt: n_tokens (the whole prompt, untruncated) and turns (Human turns, at least 1), for the length
-    diagnostics and the length residual of the weights stage (which then needs no tokenizer)."""
-    ids = tokenizer(list(texts), verbose=False)["input_ids"]
-    return {
-        "n_tokens": np.array([len(x) for x in ids], dtype=np.int64),
-        "turns": np.array([max(1, t.count(HUMAN_TAG)) for t in texts], dtype=np.int64),
-    }
+RESPONSE_BATCH_TOKENS = 4096  # responses are embedded in token-budget batches of this size
+
+
+def response_embedder(model: nn.Module, tokenizer: Any, max_new_tokens: int) -> Embedder:
+    """How sampled responses are embedded (evaluation, collapse curves): the mean over every token of the last
+    hidden state. Responses are at most max_new_tokens long; re-tokenized text may differ a little, hence 4x."""
+    cfg = EmbedConfig.from_params(
+        {"source": "hidden", "layer": -1, "pooling": "mean", "max_length": 4 * max_new_tokens,
+         "batch_tokens": RESPONSE_BATCH_TOKENS}
+    )  # fmt: skip
+    return Embedder(model, tokenizer, cfg)
 
 
 def run(input: dict, output: dict, params: dict) -> dict:
@@ -450,9 +439,9 @@ def run(input: dict, output: dict, params: dict) -> dict:
     from density_grpo.device import torch_device, torch_dtype
     from density_grpo.models import load_causal_lm
     from density_grpo.monitor import expect
-    from density_grpo.pairs import texts_hash
+    from density_grpo.pairs import n_turns, texts_hash
 
-    e = params["embed"]
+    cfg = EmbedConfig.from_params(params["embed"])
     start, stop = params["rows"]
     rows = pd.read_parquet(input["prompts"], columns=["prompt_id", "text"]).iloc[start:stop]
     texts = rows["text"].tolist()
@@ -461,24 +450,19 @@ def run(input: dict, output: dict, params: dict) -> dict:
     if texts_hash(texts) != params["content"]:
         raise UserError(f"{input['prompts']}: rows {start}..{stop} changed since the workflow was planned: rerun snakemake")
     device = torch_device(params["device"])
-    dtype = torch_dtype(params["dtype"], device)
-    model, tok = load_causal_lm(input["model"], dtype=dtype, device=device)
-    embedder = Embedder(
-        model, tok, source=e["source"], layer=e["layer"], max_length=e["max_length"], batch_tokens=e["batch_tokens"],
-        device=device, dtype=dtype, pooling=e["pooling"],
-    )  # fmt: skip
+    model, tok = load_causal_lm(input["model"], dtype=torch_dtype(params["dtype"], device), device=device)
+    embedder = Embedder(model, tok, cfg)
     ids, masks = embedder.tokenize(texts)
-    true_logits = e["source"] == "logits" and embedder.R is None
-    model_cfg = memory.model_config(input["model"])
-    lengths, batches = [len(x) for x in ids], embedder.batches(ids)
-    expect(predict(model_cfg, lengths, batches, e["source"], true_logits, params["device"], params["dtype"], e["batch_tokens"]))
+    work = memory.Workload(memory.model_config(input["model"]), tuple(map(len, ids)), true_logits=embedder.R is None)
+    expect(predict(params, work))
     emb = embedder.embed_ids(ids, masks)
     attrs = embedder.attrs() | {
         "model": input["model"], "model_fingerprint": params["model_fingerprint"], "rows": [start, stop],
         "device": str(device), "content_hash": params["content"],
     }  # fmt: skip
-    store.write_chunk(output["chunk"], rows["prompt_id"].tolist(), emb, attrs, columns=prompt_lengths(tok, texts))
-    log.info("rows %d..%d: %d prompts, %d tokens, %.0f tokens/s (%s, %s)", start, stop, len(texts), embedder.n_tokens, attrs["tokens_per_s"] or 0, device, dtype)
+    lengths = {"n_tokens": np.array(embedder.lengths, dtype=np.int64), "turns": n_turns(rows["text"]).to_numpy(np.int64)}
+    store.write_chunk(output["chunk"], rows["prompt_id"].tolist(), emb, attrs, columns=lengths)
+    log.info("rows %d..%d: %d prompts, %d tokens, %.0f tokens/s (%s, %s)", start, stop, len(texts), embedder.n_tokens, attrs["tokens_per_s"] or 0, device, embedder.dtype)
     if embedder.n_truncated:
         log.warning("%d of %d prompts kept only their last embed.max_length=%d tokens (longest: %d)", embedder.n_truncated, len(texts), embedder.max_length, embedder.longest)
     return {"n_prompts": len(texts), "n_tokens": embedder.n_tokens, "tokens_per_s": attrs["tokens_per_s"], "n_truncated": embedder.n_truncated}

@@ -60,6 +60,17 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_jsonl(rows: list[dict], path: str | os.PathLike) -> None:
+    """One JSON object per line, atomically (numpy scalars written as floats)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(row, default=float) + "\n" for row in rows))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a DataFrame to parquet (no index), atomically."""
     with atomic_path(path) as tmp:
@@ -70,6 +81,16 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def plain(x: Any) -> Any:
+    """Snakemake's Namedlist/params values and other mappings/sequences -> plain dict, list, str and scalars
+    (dict.items: copying a recorded mapping is not reading it)."""
+    if isinstance(x, str):
+        return str(x)
+    if isinstance(x, Mapping):
+        return {str(k): plain(v) for k, v in dict.items(x)} if isinstance(x, dict) else {str(k): plain(v) for k, v in x.items()}
+    return [plain(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+
 def provenance(params: Mapping[str, Any]) -> dict[str, Any]:
     """The params a stage read, package versions and the git commit: enough to reproduce an artifact."""
     pkgs = {}
@@ -78,11 +99,6 @@ def provenance(params: Mapping[str, Any]) -> dict[str, Any]:
             pkgs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pkgs[name] = None
-    def plain(x: Any) -> Any:  # dict.items: copying for the record is not the stage reading its params
-        if isinstance(x, dict):
-            return {str(k): plain(v) for k, v in dict.items(x)}
-        return [plain(v) for v in x] if isinstance(x, (list, tuple)) else x
-
     return {
         "params": json.loads(json.dumps(plain(params), default=str)),
         "packages": pkgs,

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -240,9 +241,23 @@ def model_config(model_dir: str | os.PathLike) -> dict:
     return cfg.get("text_config") or cfg
 
 
-def estimate_tokens(chars: int, chars_per_token: float = 3.5) -> int:
-    """Rough token count without a tokenizer (~3.5 characters per token for English BPE; SmolLM2 on the sample: 3.54)."""
-    return max(1, math.ceil(chars / chars_per_token))
+@dataclass(frozen=True)
+class Workload:
+    """What a job's peak memory depends on besides its params (each stage's `predict(params, work)`): the model's
+    config.json and the data shapes, known when the job runs and assumed by tools/predict_run.py before it.
+
+    lengths: token counts of what the job runs: embed_chunk the chunk's prompts as embedded (after truncation),
+    reward_model the tokenized pairs' sequences, grpo and evaluate_model the prompts. n_prompts, dim and chunk_rows:
+    the weights job's prompts, embedding width and largest chunk. true_logits: the LM head is not linear, so
+    `embed.source: logits` stores vocab-wide vectors.
+    """
+
+    model: Mapping[str, Any]
+    lengths: tuple[int, ...] = ()
+    n_prompts: int = 0
+    dim: int = 0
+    chunk_rows: int = 0
+    true_logits: bool = False
 
 
 # -----------------------------------------------------------------------------

@@ -196,6 +196,12 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return ids if tokenizer.eos_token_id in ids else [tokenizer.eos_token_id, *ids]
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id padding uses: the pad token, else eos (pads are always masked, so only their distinctness matters where
+    set_pad_token was applied)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def set_pad_token(tokenizer, model=None) -> str:
     """Make pad distinct from every eos id and mirror it into the model's configs; return the pad token.
 

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import psutil
 
@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 
 MiB = 2**20
 _current: contextvars.ContextVar["MemoryMonitor | None"] = contextvars.ContextVar("memory_monitor", default=None)
+
+
+def job_name(rule: str, wildcards: Sequence[str]) -> str:
+    """The one name of a job: `{rule}[_{wildcard value}...]`, for its memory record, log and benchmark (the rules
+    call it with wildcard patterns such as "{sampler}", the monitor with the values)."""
+    return "_".join([rule, *map(str, wildcards)])
 
 
 def expect(prediction: Mapping[str, Any]) -> None:
@@ -95,7 +101,7 @@ class MemoryMonitor:
         # Snakemake's Wildcards is a list with .items(), not a dict
         items = wildcards.items() if hasattr(wildcards, "items") else (wildcards or {})
         self.wildcards = {str(k): str(v) for k, v in dict(items).items()}
-        self.job = "_".join([rule, *self.wildcards.values()])
+        self.job = job_name(rule, self.wildcards.values())
         self.interval, self.warn_fraction = interval, warn_fraction
         self.predicted: dict[str, Any] | None = None
         self.extra: dict[str, Any] = {}
@@ -183,6 +189,7 @@ class MemoryMonitor:
             "started_at": self.started_at,
             "host": platform.node(),
             "total_ram_mb": round(psutil.virtual_memory().total / MiB, 1),
+            "cpus": psutil.cpu_count(),
             "predicted_mb": None,
             "measured_over_predicted": None,
             "prediction": None,

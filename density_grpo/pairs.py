@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
+from density_grpo.config import DataConfig
 from density_grpo.errors import UserError
 from density_grpo.io import write_json, write_parquet
 
@@ -27,7 +28,6 @@ HUMAN_TAG = "\n\nHuman:"
 HH_REPO = "Anthropic/hh-rlhf"
 SAMPLE_PATH = Path(__file__).parent / "data" / "sample_pairs.jsonl"
 PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "source", "subset", "topic"]
-SOURCES = ("sample", "hh-rlhf", "local")
 
 
 # -----------------------------------------------------------------------------
@@ -211,11 +211,10 @@ def read_local(path: str | os.PathLike) -> pd.DataFrame:
 # sources
 
 
-def load_hh_rlhf(subsets: list[str], split: str, files: list[str]) -> pd.DataFrame:
-    """Anthropic HH-RLHF `<subset>/<split>.jsonl.gz` files: `files` (a mirror's copies, in `subsets` order) or the hub."""
+def load_hh_rlhf(subsets: list[str], files: list[str]) -> pd.DataFrame:
+    """Anthropic HH-RLHF files (a mirror's copies or the hub's downloads), one per subset in `subsets` order."""
     frames = []
-    for i, subset in enumerate(subsets):
-        path = Path(files[i]) if files else _hub_download(f"{subset}/{split}.jsonl.gz")
+    for subset, path in zip(subsets, files, strict=True):
         df = read_local(path)
         df["subset"] = subset
         frames.append(df)
@@ -241,26 +240,24 @@ def _hub_download(filename: str) -> Path:
         ) from None
 
 
-def load_pairs(source: str, files: list[str], max_pairs: int | None, subsets: list[str] | None = None, split: str | None = None) -> pd.DataFrame:
-    """Pairs of one source -> columns PAIR_COLUMNS, in that order; the first `max_pairs` kept (None: all).
+def load_pairs(data: DataConfig, files: list[str]) -> pd.DataFrame:
+    """Pairs of one source -> columns PAIR_COLUMNS, in that order; the first `data.max_pairs` kept (None: all).
 
-    files: the sample file, the local file, or hh-rlhf's `<subset>/<split>.jsonl.gz` files of a mirror in
-    `subsets` order (none: download them from the hub). pair_id = "{source}:{name}:{row}", name = file stem
-    (sample, local) or "<subset>/<split>" (hh-rlhf), row = the 0-based row in that file: unique, and stable when
-    a file is appended to. Pairs with identical responses are kept.
+    files: the sample file, the local file, or one hh-rlhf file per subset (a mirror's, or downloaded).
+    pair_id = "{source}:{name}:{row}", name = file stem (sample, local) or "<subset>/<split>" (hh-rlhf), row = the
+    0-based row in that file: unique, and stable when a file is appended to. Pairs with identical responses are kept.
     """
+    source, max_pairs = data.source, data.max_pairs
     if source in ("sample", "local"):
         path = Path(files[0])
         df = read_local(path)
         if "subset" not in df.columns:
             df["subset"] = _stem(path)
         df["pair_id"] = [f"{source}:{_stem(path)}:{i}" for i in range(len(df))]
-    elif source == "hh-rlhf":
-        df = load_hh_rlhf(subsets, split, files)
-        row = df.groupby("subset", sort=False).cumcount()
-        df["pair_id"] = [f"hh-rlhf:{s}/{split}:{i}" for s, i in zip(df["subset"], row)]
     else:
-        raise UserError(f"config key data.source: unknown source {source!r} (expected one of {', '.join(SOURCES)})")
+        df = load_hh_rlhf(data.subsets, files)
+        row = df.groupby("subset", sort=False).cumcount()
+        df["pair_id"] = [f"hh-rlhf:{s}/{data.split}:{i}" for s, i in zip(df["subset"], row)]
     if max_pairs is not None:
         df = df.iloc[:max_pairs]
     df = df.assign(source=source)
@@ -302,8 +299,6 @@ def holdout_split(prompts: pd.DataFrame, n_pool: int, seed: int) -> tuple[pd.Dat
     The pool does not depend on the density weights, so both arms train on the same prompts whatever k-NN settings
     are used, and the uniform arm never reruns when only the weights change. Pool rows come in hash order.
     """
-    if n_pool >= len(prompts):
-        raise UserError(f"config key eval.pool: {n_pool} held-out prompts leave none of {len(prompts)} for training")
     held = _hash_order(prompts["prompt_id"], seed)[:n_pool]
     mask = prompts.index.isin(held)
     return prompts[~mask].reset_index(drop=True), prompts.loc[held].reset_index(drop=True)
@@ -318,8 +313,6 @@ def stratified_eval(
     of all prompts' weights, the rest is dense. Within a stratum prompts are taken in seeded hash order; a stratum
     with too few pool prompts is filled from the other. Returns pool rows with a `stratum` column.
     """
-    if n > len(pool):
-        raise UserError(f"config key eval.prompts: {n} evaluated prompts but the held-out pool (eval.pool) has {len(pool)}")
     cut = weights.quantile(1.0 - rare_quantile)
     stratum = pool["prompt_id"].map(weights).ge(cut).map({True: "rare", False: "dense"})
     pool = pool.assign(stratum=stratum.to_numpy())
@@ -352,10 +345,10 @@ def n_turns(texts: pd.Series) -> pd.Series:
 
 
 def run(input: dict, output: dict, params: dict) -> dict:
-    """Rule pairs: the configured source -> pairs.parquet."""
-    source = params["source"]
-    hh = {"subsets": params["subsets"], "split": params["split"]} if source == "hh-rlhf" else {}
-    pairs = load_pairs(source, input["files"], params["max_pairs"], **hh)
+    """Rule pairs: the configured source -> pairs.parquet (hh-rlhf without a mirror: params.hub_files downloaded)."""
+    data = DataConfig.from_params(params["data"])
+    files = input["files"] or [str(_hub_download(name)) for name in params["hub_files"]]
+    pairs = load_pairs(data, files)
     write_parquet(pairs, output["pairs"])
     return {"n_pairs": len(pairs)}
 

@@ -1,4 +1,4 @@
-"""Figures: one function per figure, shared by the stages that draw them and the report.
+"""Figures: one function per figure, each drawn once, by the stage or report that owns it.
 
 Each takes the small data it shows (a summary dict or frame) and a path; with nothing to show it draws a
 placeholder saying why, so a report always has the same set of files.
@@ -14,12 +14,7 @@ import pandas as pd
 
 from density_grpo.io import atomic_path
 
-MODEL_COLORS = {"base": "#8c8c8c", "density": "#1f77b4", "uniform": "#ff7f0e"}
-DIVERSITY_KEYS = [
-    "distinct_1_within", "distinct_2_within", "cosine_distance_within", "vendi_within",
-    "distinct_1_across", "distinct_2_across", "cosine_distance_across", "vendi_across",
-    "reward_mean", "length_tokens",
-]  # fmt: skip
+MODEL_COLORS = {"base": "#8c8c8c", "control": "#2ca02c", "density": "#1f77b4", "uniform": "#ff7f0e"}
 
 
 def _plt():

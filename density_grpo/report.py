@@ -14,27 +14,26 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
 
 from density_grpo import memory as M
 from density_grpo import plots
-from density_grpo.io import atomic_path, read_json, write_json
+from density_grpo.io import atomic_path, read_json, read_jsonl, write_json
 from density_grpo.memory import MiB, human_bytes as _h
 from density_grpo.pairs import topic_groups
 from density_grpo.stats import spearman
 
+# the report's own figures: name -> (file, caption under report/); diversity.png and curves.png are the compare
+# stage's (eval/), linked from the summary
 PLOTS = {
-    "memory_timeline": "memory_timeline.png",
-    "memory_predicted_vs_measured": "memory_predicted_vs_measured.png",
-    "weights_hist": "weights_hist.png",
-    "weights_by_topic": "weights_by_topic.png",
-    "weights_vs_tokens": "weights_vs_tokens.png",
-    "grpo_rewards": "grpo_rewards.png",
-    "draws_vs_weight": "draws_vs_weight.png",
-    "diversity": "diversity.png",
-    "curves": "curves.png",
+    "memory_timeline": ("memory_timeline.png", "plots.rst"),
+    "memory_predicted_vs_measured": ("memory_predicted_vs_measured.png", "plots.rst"),
+    "weights_hist": ("weights_hist.png", "plots.rst"),
+    "weights_by_topic": ("weights_by_topic.png", "plots.rst"),
+    "weights_vs_tokens": ("weights_vs_tokens.png", "weights_vs_tokens.rst"),
+    "grpo_rewards": ("grpo_rewards.png", "plots.rst"),
+    "draws_vs_weight": ("draws_vs_weight.png", "plots.rst"),
 }
-PLOT_CAPTIONS = {"weights_vs_tokens": "weights_vs_tokens.rst"}  # under report/; the other plots share plots.rst
+EVAL_FIGURES = ("../eval/diversity.png", "../eval/curves.png")
 
 
 # -----------------------------------------------------------------------------
@@ -45,11 +44,6 @@ def _bench(path: str) -> dict[str, float]:
     """A Snakemake benchmark TSV -> its max over repeats of s and max_rss (MiB); '-' cells become NaN."""
     df = pd.read_csv(path, sep="\t")
     return {col: float(pd.to_numeric(df[col], errors="coerce").max()) for col in ("s", "max_rss") if col in df}
-
-
-def _jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def weights_frame(weights: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFrame:
@@ -81,6 +75,14 @@ def weights_summary(meta: dict, w: pd.DataFrame) -> dict[str, Any]:
                 is_rare, tokens = (w.loc[rare, "group"] == "rare").to_numpy(), w.loc[rare, "n_tokens"].to_numpy()
                 out["spearman_rare_tokens"] = spearman(is_rare, tokens)
     return out
+
+
+def machine_of(records: list[dict]) -> dict[str, Any]:
+    """The machine(s) the jobs ran on, as their memory records say (not the machine that renders the report)."""
+    hosts = sorted({r.get("host") or "?" for r in records})
+    ram = [r["total_ram_mb"] for r in records if r.get("total_ram_mb")]
+    cpus = [r["cpus"] for r in records if r.get("cpus")]
+    return {"hosts": hosts, "ram_mb": min(ram) if ram else float("nan"), "cpus": min(cpus) if cpus else None}
 
 
 def memory_jobs(records: list[dict], benches: list[dict]) -> list[dict]:
@@ -172,8 +174,8 @@ def memory_md(m: dict) -> list[str]:
     lines = [
         f"# Memory report: run `{m['run']}`",
         "",
-        f"Machine: {mc['ram_gib']:.1f} GiB RAM ({mc['available_gib']:.1f} GiB available when the report was built), "
-        f"{mc['cpus']} CPUs; jobs ran on **{m['device']}** in **{m['dtype']}**.",
+        f"Machine: {mc['ram_mb'] / 1024:.1f} GiB RAM, {_f(mc['cpus'])} CPUs ({', '.join(mc['hosts'])}, as the jobs' memory "
+        f"records say); jobs ran on **{m['device']}** in **{m['dtype']}**.",
         f"Model: {m['model']['name']} ({m['model']['params']:,} parameters).",
         "Units: MiB = 2^20 bytes (Snakemake's benchmark `max_rss` is in the same unit). Each job's prediction comes "
         "from its own stage, computed from the batch shapes it ran.",
@@ -292,9 +294,9 @@ def memory_md(m: dict) -> list[str]:
         "",
         "## Plots",
         "",
-        f"![memory timeline]({PLOTS['memory_timeline']})",
+        f"![memory timeline]({PLOTS['memory_timeline'][0]})",
         "",
-        f"![predicted vs measured]({PLOTS['memory_predicted_vs_measured']})",
+        f"![predicted vs measured]({PLOTS['memory_predicted_vs_measured'][0]})",
     ]
     return lines
 
@@ -355,7 +357,7 @@ def diversity_md(comp: dict) -> list[str]:
                 rough = f"; with {few} seeds per arm this interval is rough" if few < 5 else ""
                 lines.append(f"- At matched {what} ({mt['level']:.3g}, on the collapse curves after step 0): Vendi within, "
                              f"density − uniform = {_ci(d)} (curve prompts and seeds resampled); the interval {zero}{rough}.")  # fmt: skip
-    lines += ["", f"![diversity]({PLOTS['diversity']}) ![curves]({PLOTS['curves']})", ""]
+    lines += ["", f"![diversity]({EVAL_FIGURES[0]}) ![curves]({EVAL_FIGURES[1]})", ""]
     return lines
 
 
@@ -405,7 +407,7 @@ def summary_md(run: str, d: dict, ws: dict, mem: dict) -> list[str]:
             f"in {ws['n_rare_topics']} rare topics vs {ws['n_dense']} dense): {verdict}."
         )
     lines += length_lines(ws)
-    figures = [f"![{name}]({PLOTS[name]})" for name in ("weights_hist", "weights_by_topic", "weights_vs_tokens")]
+    figures = [f"![{name}]({PLOTS[name][0]})" for name in ("weights_hist", "weights_by_topic", "weights_vs_tokens")]
     lines += ["", " ".join(figures)]
     lines += ["", "## Reward model", ""]
     rm = d["rm"]
@@ -417,20 +419,16 @@ def summary_md(run: str, d: dict, ws: dict, mem: dict) -> list[str]:
     )
     lines += ["", "## GRPO", ""]
     rows = []
-    for label, r in d["grpo"].items():
-        rewards = [x["reward"] for x in r if x["reward"] is not None]
-        steps_s = [x["step_wall_s"] for x in r if x["step_wall_s"] is not None]
-        dr = d["draws"][label]
+    for label, g in d["grpo_summary"].items():
         rows.append([
-            label, len(r), _f(rewards[0] if rewards else None, ".3f"), _f(rewards[-1] if rewards else None, ".3f"),
-            _f(float(np.mean(rewards)) if rewards else None, ".3f"), f"{int((dr['draws'] > 0).sum())} / {len(dr)}",
-            _f(float(np.mean(steps_s)) if steps_s else None, ".1f"),
+            label, g["steps"], _f(g["first_reward"], ".3f"), _f(g["final_reward"], ".3f"), _f(g["mean_reward"], ".3f"),
+            f"{g['unique_prompts_drawn']} / {g['n_prompts']}", _f(g["step_s_mean"], ".1f"),
         ])  # fmt: skip
     lines.append(_table(["run", "steps", "first reward", "final reward", "mean reward", "prompts drawn", "s / step"], rows))
-    lines += ["", f"![rewards]({PLOTS['grpo_rewards']}) ![draws]({PLOTS['draws_vs_weight']})", ""]
+    lines += ["", f"![rewards]({PLOTS['grpo_rewards'][0]}) ![draws]({PLOTS['draws_vs_weight'][0]})", ""]
     lines += diversity_md(d["comparison"])
     lines += ["## Memory", "", mem["headline"], "", "## Files", ""]
-    lines += [f"- [{name}]({name})" for name in ("memory.md", "memory.json", *PLOTS.values())]
+    lines += [f"- [{name}]({name})" for name in ("memory.md", "memory.json", *(png for png, _ in PLOTS.values()), *EVAL_FIGURES)]
     return lines
 
 
@@ -447,19 +445,19 @@ def memory_report(d: dict, params: dict) -> dict:
     pps = embed_throughput(d["memory"])
     e, knn, g = params["embed"], params["knn"], params["grpo"]
     scaling = M.scaling_table(meta["n"], meta["dim"], card["dims"]["V"], e["chunk_size"], knn, pps)
-    vm = psutil.virtual_memory()
+    machine = machine_of(d["memory"])
     measured = [j for j in jobs if j["measured_mb"] is not None]
     top = max(measured, key=lambda j: j["measured_mb"])
     ratios = [j["ratio"] for j in jobs if j["ratio"] is not None]
     headline = (
-        f"Largest measured peak: **{top['measured_mb']:,.0f} MiB** ({top['job']}), {top['measured_mb'] * MiB / vm.total:.0%} of "
-        f"this machine's {vm.total / 2**30:.1f} GiB RAM; measured / predicted across {len(ratios)} jobs: "
+        f"Largest measured peak: **{top['measured_mb']:,.0f} MiB** ({top['job']}), {top['measured_mb'] / machine['ram_mb']:.0%} of "
+        f"the {machine['ram_mb'] / 1024:.1f} GiB RAM of the machine it ran on; measured / predicted across {len(ratios)} jobs: "
         + (f"{min(ratios):.2f}–{max(ratios):.2f}." if ratios else "n/a.")
         + " Details: [memory.md](memory.md)."
     )
     return {
         "run": params["run"],
-        "machine": {"ram_gib": vm.total / 2**30, "available_gib": vm.available / 2**30, "cpus": psutil.cpu_count()},
+        "machine": machine,
         "device": params["device"],
         "dtype": params["dtype"],
         "model": {"name": card["name"], "params": card["params"], "dims": card["dims"]},
@@ -496,7 +494,8 @@ def run(input: dict, output: dict, params: dict) -> None:
         "model": read_json(input["model"]),
         "meta": read_json(input["meta"]),
         "rm": read_json(input["rm"]),
-        "grpo": dict(zip(runs, map(_jsonl, input["grpo"]))),
+        "grpo": dict(zip(runs, map(read_jsonl, input["grpo"]))),
+        "grpo_summary": dict(zip(runs, map(read_json, input["grpo_summary"]))),
         "draws": dict(zip(runs, map(pd.read_parquet, input["draws"]))),
         "comparison": read_json(input["comparison"]),
         "memory": [read_json(p) for p in input["memory"]],
@@ -513,8 +512,6 @@ def run(input: dict, output: dict, params: dict) -> None:
     plots.plot_weights_vs_tokens(w, d["meta"], out["weights_vs_tokens"])
     plots.plot_grpo_rewards(d["grpo"], out["grpo_rewards"])
     plots.plot_draws_vs_weight(d["draws"], w, out["draws_vs_weight"])
-    plots.plot_diversity(d["comparison"], out["diversity"])
-    plots.plot_curves(d["comparison"], out["curves"])
     write_json(mem, out["memory_json"])
     _write(out["memory_md"], memory_md(mem))
     _write(out["summary"], summary_md(params["run"], d, weights_summary(d["meta"], w), mem))

@@ -12,25 +12,23 @@ that is not pad, so with pad == eos the appended EOS would be skipped and every 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 
 from density_grpo import memory
+from density_grpo.config import RMConfig
 from density_grpo.errors import UserError
 from density_grpo.io import atomic_path, write_json
 from density_grpo.models import decoder_layers, load_causal_lm, set_pad_token
 
 log = logging.getLogger(__name__)
-
-
 
 
 
@@ -59,9 +57,7 @@ def split_by_prompt(pairs: pd.DataFrame, eval_fraction: float, seed: int) -> tup
     from density_grpo.pairs import holdout_split, unique_prompts
 
     prompts = unique_prompts(pairs)
-    n_eval = math.ceil(eval_fraction * len(prompts))
-    if n_eval >= len(prompts):
-        raise UserError(f"config key rm.eval_fraction: {eval_fraction} holds out all {len(prompts)} prompts")
+    n_eval = math.ceil(eval_fraction * len(prompts))  # fewer than all: config.check_prompt_counts
     _, held_prompts = holdout_split(prompts, n_eval, seed)
     mask = pairs["prompt"].isin(set(held_prompts["text"]))
     train, held = pairs[~mask], pairs[mask]
@@ -133,24 +129,27 @@ def _preference_dataset(pairs: pd.DataFrame):
     return Dataset.from_dict({k: pairs[k].astype(str).tolist() for k in ("prompt", "chosen", "rejected")})
 
 
-def predict(model_cfg: dict, rm: dict, seq: int, device: str, precision: str) -> dict:
-    """Peak memory of one RM training step: batch = 2 x rm.batch_size (chosen + rejected) of `seq` tokens, fp32 weights,
-    grads and AdamW of the trained blocks (rm.train_layers), activations in the autocast precision."""
-    act = memory.precision_key(precision)
+def predict(params: Mapping[str, Any], work: memory.Workload) -> dict:
+    """Peak memory of one RM training step (work.lengths: the tokenized chosen and rejected sequences): batch =
+    2 x rm.batch_size of the longest, fp32 weights, grads and AdamW of the trained blocks (rm.train_layers),
+    activations in the autocast precision."""
+    rm, device = RMConfig.from_params(params["rm"]), params["device"]
+    act = memory.precision_key(params["train_precision"])
+    seq = max(work.lengths)
     c = memory.training_components(
-        model_cfg, 2 * rm["batch_size"], seq, "fp32", "adamw", rm["gradient_checkpointing"], 0, act, rm["train_layers"]
+        work.model, 2 * rm.batch_size, seq, "fp32", "adamw", rm.gradient_checkpointing, 0, act, rm.train_layers
     )
     return memory.prediction(
         device, {**memory.baseline("trl", device), **c},
         "baseline + fp32 weights + grads + AdamW (trained blocks) + activations (batch = 2 x rm.batch_size)",
-        "rm.batch_size / rm.max_length (or rm.gradient_checkpointing: true)", batch=2 * rm["batch_size"], seq=seq,
+        "rm.batch_size / rm.max_length (or rm.gradient_checkpointing: true)", batch=2 * rm.batch_size, seq=seq,
     )  # fmt: skip
 
 
-def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: dict, out_dir: str) -> dict:
-    """Train a Bradley-Terry RM from the base model on `pairs`; write `out_dir` (HF folder + metrics); return metrics.
+def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: Mapping[str, Any]) -> dict:
+    """Train a Bradley-Terry RM from the base model on `pairs`; returns the model, tokenizer, metrics and step rows.
 
-    params: rm (the rm section), seed, device and train_precision (planned strings).
+    params: the rule's (rm, seed, device, train_precision).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
@@ -161,9 +160,9 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: dict, out_di
     from density_grpo.training import trainer_args
 
     t0 = time.perf_counter()
-    rm, seed = params["rm"], params["seed"]
+    rm, seed = RMConfig.from_params(params["rm"]), params["seed"]
     device = torch_device(params["device"])
-    train, held, n_overlap = split_by_prompt(pairs, rm["eval_fraction"], seed)
+    train, held, n_overlap = split_by_prompt(pairs, rm.eval_fraction, seed)
     if train.empty:
         raise UserError("config key rm.eval_fraction: no training pairs left")
 
@@ -173,31 +172,27 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: dict, out_di
     with suppress_seqcls_warning():
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
     pad = set_pad_token(tokenizer, model)
-    freeze_lower_layers(model, rm["train_layers"])
+    freeze_lower_layers(model, rm.train_layers)
     with tempfile.TemporaryDirectory(prefix="rm-trainer-") as scratch:
         args = trainer_args(
-            RewardConfig, scratch, device, params["train_precision"], seed, rm["gradient_checkpointing"],
-            max_steps=rm["max_steps"], per_device_train_batch_size=rm["batch_size"],
-            learning_rate=rm["learning_rate"], max_length=rm["max_length"],
+            RewardConfig, scratch, device, params["train_precision"], seed, rm.gradient_checkpointing,
+            max_steps=rm.max_steps, per_device_train_batch_size=rm.batch_size,
+            learning_rate=rm.learning_rate, max_length=rm.max_length,
         )  # fmt: skip
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=_preference_dataset(train), processing_class=tokenizer
         )
         n_train = len(trainer.train_dataset)
         if n_train == 0:
-            raise UserError(
-                f"config key rm.max_length: all {len(train)} training pairs are longer than {rm['max_length']} tokens"
-            )
+            raise UserError(f"config key rm.max_length: all {len(train)} training pairs are longer than {rm.max_length} tokens")
         if n_train < len(train):
             log.warning(
                 "%d of %d training pairs dropped by TRL (longer than rm.max_length=%d tokens)",
-                len(train) - n_train,
-                len(train),
-                rm["max_length"],
-            )
+                len(train) - n_train, len(train), rm.max_length,
+            )  # fmt: skip
         ds = trainer.train_dataset
-        longest = max(max(map(len, ds["chosen_ids"])), max(map(len, ds["rejected_ids"])))
-        expect(predict(memory.model_config(model_dir), rm, longest, params["device"], params["train_precision"]))
+        lengths = (*map(len, ds["chosen_ids"]), *map(len, ds["rejected_ids"]))
+        expect(predict(params, memory.Workload(memory.model_config(model_dir), lengths)))
         result = trainer.train()
     model = trainer.model.eval()
 
@@ -215,59 +210,49 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: dict, out_di
         "train_loss_last": losses[-1] if losses else None,
         "train_loss_mean": float(np.mean(losses)) if losses else None,
         "train_accuracy_last": steps[-1].get("accuracy") if steps else None,
-        "eval_accuracy": None,
-        "eval_margin_mean": None,
-        "eval_accuracy_longer_baseline": None,
         "pad_token": pad,
-        "train_layers": rm["train_layers"],
+        "train_layers": rm.train_layers,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "device": str(device),
-        "max_length": rm["max_length"],
+        "max_length": rm.max_length,
+        **held_out_metrics(model, tokenizer, held, rm),
+        "train_time_s": float(result.metrics.get("train_runtime", 0.0)),
+        "wall_time_s": time.perf_counter() - t0,
     }
-    if len(held):
-        chosen = score(
-            model, tokenizer, held["prompt"].tolist(), held["chosen"].tolist(), rm["max_length"], rm["batch_size"]
-        )
-        rejected = score(
-            model, tokenizer, held["prompt"].tolist(), held["rejected"].tolist(), rm["max_length"], rm["batch_size"]
-        )
-        metrics["eval_accuracy"] = float(np.mean(chosen > rejected))
-        metrics["eval_margin_mean"] = float(np.mean(chosen - rejected))
-        # what "prefer the longer response" alone scores: an RM near this may have learned only length
-        metrics["eval_accuracy_longer_baseline"] = float(np.mean(held["chosen"].str.len() > held["rejected"].str.len()))
-    metrics["train_time_s"] = float(result.metrics.get("train_runtime", 0.0))
-
-    with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        with open(tmp / "metrics.jsonl", "w") as f:
-            for h in steps:
-                f.write(
-                    json.dumps(
-                        {
-                            k: h[k]
-                            for k in ("step", "loss", "accuracy", "margin", "learning_rate", "grad_norm")
-                            if k in h
-                        }
-                    )
-                    + "\n"
-                )
-        metrics["wall_time_s"] = time.perf_counter() - t0
-        write_json(metrics, tmp / "metrics.json")
     log.info(
-        "reward model: %d steps, loss %.3f -> %.3f, held-out accuracy %s (%d pairs), %.0fs",
-        metrics["steps"],
-        losses[0] if losses else float("nan"),
-        losses[-1] if losses else float("nan"),
-        metrics["eval_accuracy"],
-        len(held),
-        metrics["wall_time_s"],
-    )
-    return metrics
+        "reward model: %d steps, loss %.3f -> %.3f, held-out accuracy %s (%d pairs), %.0fs", metrics["steps"],
+        losses[0] if losses else float("nan"), losses[-1] if losses else float("nan"), metrics["eval_accuracy"],
+        len(held), metrics["wall_time_s"],
+    )  # fmt: skip
+    keys = ("step", "loss", "accuracy", "margin", "learning_rate", "grad_norm")
+    rows = [{k: h[k] for k in keys if k in h} for h in steps]
+    return {"model": model, "tokenizer": tokenizer, "metrics": metrics, "steps": rows}
+
+
+def held_out_metrics(model, tokenizer, held: pd.DataFrame, rm: RMConfig) -> dict[str, float | None]:
+    """Accuracy and mean margin on the held-out pairs, and what "prefer the longer response" alone scores there (an
+    RM near it may have learned only length); None without held-out pairs."""
+    if not len(held):
+        return {"eval_accuracy": None, "eval_margin_mean": None, "eval_accuracy_longer_baseline": None}
+    prompts = held["prompt"].tolist()
+    chosen = score(model, tokenizer, prompts, held["chosen"].tolist(), rm.max_length, rm.batch_size)
+    rejected = score(model, tokenizer, prompts, held["rejected"].tolist(), rm.max_length, rm.batch_size)
+    return {
+        "eval_accuracy": float(np.mean(chosen > rejected)),
+        "eval_margin_mean": float(np.mean(chosen - rejected)),
+        "eval_accuracy_longer_baseline": float(np.mean(held["chosen"].str.len() > held["rejected"].str.len())),
+    }
 
 
 def run(input: dict, output: dict, params: dict) -> dict:
-    """Rule reward_model: pairs -> RM folder + metrics.json (copied out, so reports survive deleting the model)."""
-    metrics = train_reward_model(input["model"], pd.read_parquet(input["pairs"]), params, output["model"])
-    write_json(metrics, output["metrics"])
-    return {"eval_accuracy": metrics["eval_accuracy"], "steps": metrics["steps"]}
+    """Rule reward_model: pairs -> RM folder, metrics.json and the per-step rows (beside the folder, so reports
+    survive deleting the model)."""
+    from density_grpo.io import write_jsonl
+
+    out = train_reward_model(input["model"], pd.read_parquet(input["pairs"]), params)
+    with atomic_path(output["model"]) as tmp:
+        out["model"].save_pretrained(tmp, safe_serialization=True)
+        out["tokenizer"].save_pretrained(tmp)
+    write_jsonl(out["steps"], output["steps"])
+    write_json(out["metrics"], output["metrics"])
+    return {"eval_accuracy": out["metrics"]["eval_accuracy"], "steps": out["metrics"]["steps"]}

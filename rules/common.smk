@@ -1,6 +1,6 @@
-# The one place for artifact paths, and the helpers that turn config into each rule's params.
-# A rule's params hold exactly what its step reads (config subtrees plus resolved values), so a config
-# change reruns exactly the jobs whose code reads it.
+# The one place for artifact paths, job names, resources and the small input functions. What each rule declares
+# in `params` comes from density_grpo.params: exactly the config its step reads (plus resolved values), so a
+# config change reruns exactly the jobs whose code reads it.
 import functools
 import json
 import os
@@ -8,18 +8,17 @@ import os
 import pandas as pd
 import pyarrow.parquet as pq
 
-from density_grpo.config import check_prompt_counts
-from density_grpo.device import is_gpu, plan, plan_train_precision
-from density_grpo.index_plan import choose_index
+from density_grpo import params as P
+from density_grpo.config import check_prompt_counts, readable
+from density_grpo.device import is_gpu
 from density_grpo.models import fingerprint, model_kind, model_slug
+from density_grpo.monitor import job_name
 from density_grpo.pairs import SAMPLE_PATH, texts_hash
-from density_grpo.report import PLOT_CAPTIONS, PLOTS
+from density_grpo.report import PLOTS
 
 RUN = config["run"]
 RES = f"results/{RUN}"
 LOGS = f"logs/{RUN}"
-BENCH = f"{RES}/bench"
-MEM = f"{RES}/memory"
 
 PAIRS = f"{RES}/data/pairs.parquet"
 PROMPTS = f"{RES}/data/prompts.parquet"
@@ -30,24 +29,29 @@ WEIGHTS = f"{RES}/density/weights.parquet"
 WEIGHTS_META = f"{RES}/density/metadata.json"
 RM_MODEL = f"{RES}/rm/model"
 RM_METRICS = f"{RES}/rm/metrics.json"
+RM_STEPS = f"{RES}/rm/steps.jsonl"
 GRPO = f"{RES}/grpo/{{sampler}}/seed{{seed}}"
 GRPO_MODEL = f"{GRPO}/model"
 GRPO_METRICS = f"{GRPO}/metrics.jsonl"
+GRPO_SUMMARY = f"{GRPO}/summary.json"
 GRPO_DRAWS = f"{GRPO}/draws.parquet"
 GRPO_CURVES = f"{GRPO}/curves.jsonl"
 GRPO_CURVE_EMB = f"{GRPO}/curves.npz"
 EVAL = f"{RES}/eval/{{model}}.json"
 EVAL_EMB = f"{RES}/eval/{{model}}.npz"
 COMPARISON = f"{RES}/eval/comparison.json"
-COMPARISON_PNG = f"{RES}/eval/comparison.png"
+DIVERSITY_PNG = f"{RES}/eval/diversity.png"
 CURVES_PNG = f"{RES}/eval/curves.png"
 REPORTS = f"{RES}/reports"
 SUMMARY = f"{REPORTS}/summary.md"
+MODELS = "resources/models"
+FINGERPRINTS = f"{MODELS}/fingerprints.json"  # a cache of model file digests by (path, size, mtime)
 
 SAMPLERS = config["grpo"]["samplers"]
 SEEDS = config["grpo"]["seeds"]
 RUNS = [(sampler, seed) for sampler in SAMPLERS for seed in SEEDS]  # one GRPO policy per arm and seed
-EVAL_MODELS = ["base", *[f"{sampler}_seed{seed}" for sampler, seed in RUNS]]
+CONTROL = ["control"] if config["eval"]["control_temperature"] is not None else []
+EVAL_MODELS = ["base", *CONTROL, *[f"{sampler}_seed{seed}" for sampler, seed in RUNS]]
 
 
 def runs(pattern):
@@ -61,13 +65,12 @@ try:
 except UserError as e:
     raise WorkflowError(str(e)) from None
 MODEL_SLUG = model_slug(MODEL_NAME)
-MODEL_DIR = MODEL_NAME if MODEL_KIND == "local" else f"resources/models/{MODEL_SLUG}"
-FINGERPRINTS = "resources/models/fingerprints.json"  # a cache of model file digests by (path, size, mtime)
+MODEL_DIR = MODEL_NAME if MODEL_KIND == "local" else f"{MODELS}/{MODEL_SLUG}"
 
-DEVICE, DTYPE = plan(config["device"], config["model"]["dtype"])
-TRAIN_PRECISION = plan_train_precision(DEVICE)
-GPU = 1 if is_gpu(DEVICE) else 0
-WARN = str(config["memory"]["warn_fraction"])  # a resource: a warning threshold must not rerun anything
+RUNTIME = P.runtime(config)  # device, dtype and training precision as resolved on this machine
+GPU = 1 if is_gpu(RUNTIME["device"]) else 0
+INFER = {k: RUNTIME[k] for k in ("device", "dtype")}  # model jobs that only run the models
+TRAIN = {k: RUNTIME[k] for k in ("device", "train_precision")}  # model jobs that train (fp32 master weights)
 
 
 def model_fingerprint(wildcards):
@@ -77,25 +80,101 @@ def model_fingerprint(wildcards):
     return fingerprint(MODEL_DIR, FINGERPRINTS)
 
 
-def mem_mb(base):
-    """Attempt-scaled memory: a retried job gets twice the memory."""
-    return lambda wildcards, attempt: base * 2 ** (attempt - 1)
+# -----------------------------------------------------------------------------
+# per job: memory record, log, benchmark, resources
+
+JOBS = []  # (files, wildcard values) of every job the report shows, registered by its rule
 
 
-def job_files(rule, wildcards=None):
-    """(memory record, benchmark TSV) of one job: both named after the job, {rule}[_{wildcard values}]."""
-    job = "_".join([rule, *(wildcards or [])])
-    return f"{MEM}/{job}.json", f"{BENCH}/{job}.tsv"
+def job(rule, *wildcards, each=None, name=None, folder=RES, logs=LOGS):
+    """A job's memory record, log and benchmark paths, named after the job (density_grpo.monitor.job_name) unless
+    `name` is given. `each` lists the values of `wildcards` (a callable, called when the report's inputs are)."""
+    name = name or job_name(rule, [f"{{{w}}}" for w in wildcards])
+    files = {"memory": f"{folder}/memory/{name}.json", "log": f"{logs}/{name}.log", "bench": f"{folder}/bench/{name}.tsv"}
+    JOBS.append((files, each))
+    return files
+
+
+def resources(mem_mb, runtime, gpu=False):
+    """mem_mb doubles on each retry; GPU rules ask for the GPU when `device` resolves to CUDA."""
+    out = {"mem_mb": lambda wildcards, attempt: mem_mb * 2 ** (attempt - 1), "runtime": runtime}
+    out["warn_fraction"] = str(config["memory"]["warn_fraction"])  # a resource: a threshold must not rerun anything
+    return {**out, "gpu": GPU} if gpu else out
+
+
+def each_chunk():
+    return [{"i": i} for i in chunk_ids()]
+
+
+def each_run():
+    return [{"sampler": sampler, "seed": seed} for sampler, seed in RUNS]
+
+
+def each_model():
+    return [{"model": m} for m in EVAL_MODELS]
+
+
+def report_files(kind):
+    """Every registered job's memory record or benchmark, in rule order: the report shows exactly these jobs."""
+    return [files[kind].format(**v) for files, each in JOBS for v in (each() if each else [{}])]
 
 
 # -----------------------------------------------------------------------------
-# prompts checkpoint: chunks
+# data: hh-rlhf files, the prompts checkpoint and its chunks
+
+
+def hh_file(subset):
+    """An hh-rlhf file: its path in the hub dataset and in a mirror of it."""
+    return f"{subset}/{config['data']['split']}.jsonl.gz"
+
+
+def pairs_input(wildcards):
+    data = config["data"]
+    if data["source"] == "sample":
+        return [str(SAMPLE_PATH)]
+    if data["source"] == "local":
+        return [data["path"]]
+    if data["mirror"] is not None:  # hh-rlhf from a local copy of the hub's tree
+        return [f"{data['mirror']}/{hh_file(s)}" for s in dict.fromkeys(data["subsets"])]
+    return []  # hh-rlhf from the hub: downloaded by the job
+
+
+def _check_mirror():
+    """A mirror file the user cannot read is named when the workflow is read (Snakemake checksums a job's inputs
+    and would blame .snakemake instead)."""
+    if config["data"]["source"] != "hh-rlhf" or config["data"]["mirror"] is None:
+        return
+    for path in pairs_input(None):
+        if os.path.exists(path):
+            readable("data.mirror", path)
+
+
+try:
+    _check_mirror()
+except UserError as e:
+    raise WorkflowError(str(e)) from None
+
+
+def hub_files():
+    """The hh-rlhf files the pairs job downloads from the hub (none when they come from a mirror)."""
+    data = config["data"]
+    if data["source"] != "hh-rlhf" or data["mirror"] is not None:
+        return {}
+    return {"hub_files": [hh_file(s) for s in dict.fromkeys(data["subsets"])]}
 
 
 @functools.lru_cache(maxsize=8)
 def _chunk_hashes(path, mtime_ns, chunk_size):
     texts = pd.read_parquet(path, columns=["text"])["text"].tolist()
     return tuple(texts_hash(texts[i : i + chunk_size]) for i in range(0, len(texts), chunk_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _count_problem(path, mtime_ns):
+    try:
+        check_prompt_counts(pq.ParquetFile(path).metadata.num_rows, config)
+    except UserError as e:
+        return str(e)
 
 
 def checked_prompts(wildcards=None):
@@ -109,12 +188,8 @@ def checked_prompts(wildcards=None):
     return ancient(path)
 
 
-@functools.lru_cache(maxsize=8)
-def _count_problem(path, mtime_ns):
-    try:
-        check_prompt_counts(pq.ParquetFile(path).metadata.num_rows, config)
-    except UserError as e:
-        return str(e)
+def n_prompts():
+    return pq.ParquetFile(checkpoints.unique_prompts.get().output.prompts).metadata.num_rows
 
 
 def chunk_hashes():
@@ -130,33 +205,6 @@ def chunk_ids():
 def all_chunks(wildcards):
     checked_prompts()
     return [CHUNK.format(i=i) for i in chunk_ids()]
-
-
-# -----------------------------------------------------------------------------
-# params: exactly what each step reads
-
-
-def pairs_input(wildcards):
-    data = config["data"]
-    if data["source"] == "sample":
-        return [str(SAMPLE_PATH)]
-    if data["source"] == "local":
-        return [data["path"]]
-    if data["mirror"] is not None:  # hh-rlhf from a local copy of the hub's tree
-        return [f"{data['mirror']}/{s}/{data['split']}.jsonl.gz" for s in dict.fromkeys(data["subsets"])]
-    return []  # hh-rlhf from the hub: downloaded by the job
-
-
-def _pairs_params():
-    data = config["data"]
-    params = {"source": data["source"], "max_pairs": data["max_pairs"]}
-    if data["source"] == "hh-rlhf":
-        params.update(subsets=list(dict.fromkeys(data["subsets"])), split=data["split"])
-    return params
-
-
-PAIRS_PARAMS = _pairs_params()
-EMBED_PARAMS = {k: config["embed"][k] for k in ("source", "layer", "max_length", "batch_tokens", "pooling")}
 
 
 def chunk_hash(wildcards):
@@ -179,49 +227,13 @@ def embed_dim():
     return int((cfg.get("text_config") or cfg).get("hidden_size", 0))
 
 
-def knn_params(wildcards):
-    """k and the resolved index; the IVF knobs and the seed of IVF's samples only for IVF indexes, and each
-    index's own knobs only for it."""
-    knn = config["knn"]
-    n = pq.ParquetFile(checkpoints.unique_prompts.get().output.prompts).metadata.num_rows
-    index = choose_index(knn["index"], n, embed_dim(), knn["exact_max"], knn["max_index_gb"])
-    params = {"k": knn["k"], "index": index}
-    if index != "flat":
-        params.update(nlist=knn["nlist"], nprobe=knn["nprobe"], recall_sample=knn["recall_sample"], seed=config["seed"])
-    if index == "ivfpq":
-        params.update(pq_m=knn["pq_m"], rerank=knn["rerank"])
-    if index == "ivfjoin":
-        params.update(fix_fraction=knn["fix_fraction"], fix_nprobe=knn["fix_nprobe"])
-    return params
+def weights_params(key):
+    """The knn or density section of the weights job (the index `auto` picks depends on the number of prompts)."""
+    return lambda wildcards: P.weights(config, n_prompts(), embed_dim())[key]
 
 
-def _density_params():
-    """The density section; components only where the post-processing reads it (abtt, whiten)."""
-    d = dict(config["density"])
-    if d["postprocess"] not in ("abtt", "whiten"):
-        del d["components"]
-    return d
-
-
-DENSITY_PARAMS = _density_params()
-
-
-def _grpo_params():
-    g = {k: v for k, v in config["grpo"].items() if k not in ("samplers", "seeds")}  # arm and seed: the wildcards
-    if g["reward"] != "self_certainty":
-        del g["token_chunk"]
-    params = {"grpo": g, "eval": {k: config["eval"][k] for k in ("pool", "every", "curve_prompts", "curve_samples")}}
-    if g["reward"] == "rm":
-        params["rm"] = {"max_length": config["rm"]["max_length"]}
-    return params
-
-
-GRPO_PARAMS = _grpo_params()
-EVAL_PARAMS = {
-    k: config["eval"][k]
-    for k in ("pool", "prompts", "rare_fraction", "rare_quantile", "samples", "max_new_tokens", "temperature")
-}
-RM_SCORING = {k: config["rm"][k] for k in ("max_length", "batch_size")}
+# -----------------------------------------------------------------------------
+# training and evaluation inputs
 
 
 def grpo_inputs(wildcards):
@@ -235,49 +247,11 @@ def grpo_inputs(wildcards):
 
 
 def eval_inputs(wildcards):
-    """Base model or a policy (`{sampler}_seed{seed}`), scored by the reward model, on the evaluated prompts (drawn
-    from the held-out pool stratified by density weight)."""
-    if wildcards.model == "base":
+    """Base model (also the control) or a policy (`{sampler}_seed{seed}`), scored by the reward model, on the
+    evaluated prompts (drawn from the held-out pool stratified by density weight)."""
+    if wildcards.model in ("base", "control"):
         policy = MODEL_DIR
     else:
         sampler, seed = wildcards.model.split("_seed")
         policy = GRPO_MODEL.format(sampler=sampler, seed=seed)
     return {"prompts": PROMPTS, "weights": WEIGHTS, "base": ancient(MODEL_DIR), "policy": policy, "rm": RM_MODEL}
-
-
-# -----------------------------------------------------------------------------
-# reports: every job's memory record and benchmark, in one order
-
-
-def report_jobs(wildcards):
-    jobs = [("pairs", []), ("unique_prompts", []), ("model_card", [])]
-    jobs += [("embed_chunk", [str(i)]) for i in chunk_ids()]
-    jobs += [("knn_weights", []), ("reward_model", [])]
-    jobs += [("grpo", [s, str(k)]) for s, k in RUNS] + [("evaluate_model", [m]) for m in EVAL_MODELS]
-    jobs += [("compare", [])]
-    files = [job_files(rule, wc) for rule, wc in jobs]
-    if MODEL_KIND != "local":
-        files.append((f"resources/models/memory/{MODEL_SLUG}.json", f"resources/models/bench/{MODEL_SLUG}.tsv"))
-    return files
-
-
-def report_memory(wildcards):
-    return [m for m, _ in report_jobs(wildcards)]
-
-
-def report_bench(wildcards):
-    return [b for _, b in report_jobs(wildcards)]
-
-
-REPORT_PARAMS = {
-    "run": RUN,
-    "runs": [f"{sampler}/seed{seed}" for sampler, seed in RUNS],
-    "device": DEVICE,
-    "dtype": DTYPE,
-    "warn_fraction": config["memory"]["warn_fraction"],
-    "embed": {k: config["embed"][k] for k in ("chunk_size", "batch_tokens")},
-    "knn": {k: v for k, v in config["knn"].items() if k != "rerank"},  # all but ivfpq's re-ranking factor
-    "grpo": {
-        k: config["grpo"][k] for k in ("prompts_per_step", "num_generations", "max_completion_length", "token_chunk")
-    },
-}

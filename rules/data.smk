@@ -1,4 +1,6 @@
 # Stages 1-2: preference pairs -> unique prompts (a checkpoint: the number of chunks depends on it).
+PAIRS_JOB = job("pairs")
+PROMPTS_JOB = job("unique_prompts")
 
 
 rule pairs:
@@ -6,20 +8,19 @@ rule pairs:
         files=pairs_input,
     output:
         pairs=PAIRS,
-        memory=job_files("pairs")[0],
+        memory=PAIRS_JOB["memory"],
     log:
-        f"{LOGS}/pairs.log",
+        PAIRS_JOB["log"],
     benchmark:
-        job_files("pairs")[1]
+        PAIRS_JOB["bench"]
     conda:
         "../envs/data.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(2000),
-        runtime=30,
-        warn_fraction=WARN,
+        **resources(2000, 30),
     params:
-        **PAIRS_PARAMS,
+        **P.pairs(config),
+        **hub_files(),
     script:
         "../scripts/pairs.py"
 
@@ -30,17 +31,15 @@ checkpoint unique_prompts:
     output:
         prompts=PROMPTS,
         summary=PROMPTS_SUMMARY,
-        memory=job_files("unique_prompts")[0],
+        memory=PROMPTS_JOB["memory"],
     log:
-        f"{LOGS}/prompts.log",
+        PROMPTS_JOB["log"],
     benchmark:
-        job_files("unique_prompts")[1]
+        PROMPTS_JOB["bench"]
     conda:
         "../envs/data.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(2000),
-        runtime=15,
-        warn_fraction=WARN,
+        **resources(2000, 15),
     script:
         "../scripts/prompts.py"

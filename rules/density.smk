@@ -1,4 +1,5 @@
 # Stage 5: streamed FAISS k-NN over all chunks -> density weights (rare prompts get more weight).
+WEIGHTS_JOB = job("knn_weights")
 
 
 rule knn_weights:
@@ -7,20 +8,18 @@ rule knn_weights:
     output:
         weights=WEIGHTS,
         meta=WEIGHTS_META,
-        memory=job_files("knn_weights")[0],
+        memory=WEIGHTS_JOB["memory"],
     log:
-        f"{LOGS}/weights.log",
+        WEIGHTS_JOB["log"],
     benchmark:
-        job_files("knn_weights")[1]
+        WEIGHTS_JOB["bench"]
     conda:
         "../envs/faiss.yaml"
     threads: 2
     resources:
-        mem_mb=mem_mb(4000),
-        runtime=60,
-        warn_fraction=WARN,
+        **resources(4000, 60),
     params:
-        knn=knn_params,
-        density=DENSITY_PARAMS,
+        knn=weights_params("knn"),
+        density=weights_params("density"),
     script:
         "../scripts/weights.py"

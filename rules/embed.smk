@@ -1,5 +1,6 @@
 # Stage 4: one Zarr store per chunk of prompts. A chunk reruns only when its own prompts (params.content) or
 # the embedding settings change: the prompts file and model folder are ancient() so their mtimes don't count.
+EMBED_JOB = job("embed_chunk", "i", each=each_chunk)
 
 
 rule embed_chunk:
@@ -8,27 +9,23 @@ rule embed_chunk:
         model=ancient(MODEL_DIR),
     output:
         chunk=directory(CHUNK),
-        memory=job_files("embed_chunk", ["{i}"])[0],
+        memory=EMBED_JOB["memory"],
     log:
-        f"{LOGS}/embed/chunk_{{i}}.log",
+        EMBED_JOB["log"],
     benchmark:
-        job_files("embed_chunk", ["{i}"])[1]
+        EMBED_JOB["bench"]
     wildcard_constraints:
         i=r"\d+",
     conda:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(4000),
-        runtime=60,
-        gpu=GPU,
-        warn_fraction=WARN,
+        **resources(4000, 60, gpu=True),
     params:
+        **P.embed(config),
+        **INFER,
         content=chunk_hash,
         rows=chunk_rows,
-        device=DEVICE,
-        dtype=DTYPE,
         model_fingerprint=model_fingerprint,
-        embed=EMBED_PARAMS,
     script:
         "../scripts/embed_chunk.py"

@@ -1,5 +1,7 @@
-# Stage 7: each model's samples on the evaluated held-out prompts (base once, each arm x seed), and the comparison
-# with 95% bootstrap intervals, per stratum, and the collapse curves.
+# Stage 7: each model's samples on the evaluated held-out prompts (base once, the positive control, each arm x
+# seed), and the comparison with 95% bootstrap intervals, per stratum, and the collapse curves.
+EVAL_JOB = job("evaluate_model", "model", each=each_model)
+COMPARE_JOB = job("compare")
 
 
 rule evaluate_model:
@@ -8,30 +10,26 @@ rule evaluate_model:
     output:
         eval=EVAL,
         embeddings=EVAL_EMB,
-        memory=job_files("evaluate_model", ["{model}"])[0],
+        memory=EVAL_JOB["memory"],
     log:
-        f"{LOGS}/evaluate_{{model}}.log",
+        EVAL_JOB["log"],
     benchmark:
-        job_files("evaluate_model", ["{model}"])[1]
+        EVAL_JOB["bench"]
     wildcard_constraints:
-        model=r"base|(density|uniform)_seed\d+",
+        model=r"base|control|(density|uniform)_seed\d+",
     conda:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(6000),
-        runtime=60,
-        gpu=GPU,
-        warn_fraction=WARN,
+        **resources(6000, 60, gpu=True),
     params:
-        name="{model}",
-        sets=lambda wildcards: 2 if wildcards.model == "base" else 1,
+        **INFER,
+        eval=lambda wildcards: P.evaluate(config, wildcards.model)["eval"],
+        rm=P.evaluate(config, "base")["rm"],
         seed=config["seed"],
-        device=DEVICE,
-        dtype=DTYPE,
+        name="{model}",
+        sets=lambda wildcards: P.evaluate(config, wildcards.model)["sets"],
         model_fingerprint=model_fingerprint,
-        eval=EVAL_PARAMS,
-        rm=RM_SCORING,
     script:
         "../scripts/evaluate.py"
 
@@ -44,24 +42,19 @@ rule compare:
         curve_embeddings=runs(GRPO_CURVE_EMB),
     output:
         json=COMPARISON,
-        png=report(COMPARISON_PNG, caption="../report/comparison.rst", category="Evaluation"),
-        curves_png=report(CURVES_PNG, caption="../report/curves.rst", category="Evaluation"),
-        memory=job_files("compare")[0],
+        diversity=report(DIVERSITY_PNG, caption="../report/diversity.rst", category="Evaluation"),
+        curves=report(CURVES_PNG, caption="../report/curves.rst", category="Evaluation"),
+        memory=COMPARE_JOB["memory"],
     log:
-        f"{LOGS}/compare.log",
+        COMPARE_JOB["log"],
     benchmark:
-        job_files("compare")[1]
+        COMPARE_JOB["bench"]
     conda:
         "../envs/data.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(2000),
-        runtime=30,
-        warn_fraction=WARN,
+        **resources(2000, 30),
     params:
-        models=[["base", None], *[[sampler, seed] for sampler, seed in RUNS]],
-        runs=[[sampler, seed] for sampler, seed in RUNS],
-        bootstrap=config["eval"]["bootstrap"],
-        seed=config["seed"],
+        **P.compare(config, RUNS),
     script:
         "../scripts/compare.py"

@@ -1,26 +1,28 @@
 # Stage 3: the embedded GGUF model or a hub id -> a safetensors folder under resources/models/ (a local folder,
 # model.name_or_path, is used in place and needs no rule); the model card: name, shape, parameter count.
 if MODEL_KIND != "local":
+    MODEL_JOB = job("model", name=MODEL_SLUG, folder=MODELS, logs="logs/models")
 
     rule model:
         output:
             model=directory(MODEL_DIR),
-            memory=f"resources/models/memory/{MODEL_SLUG}.json",
+            memory=MODEL_JOB["memory"],
         log:
-            f"logs/models/{MODEL_SLUG}.log",
+            MODEL_JOB["log"],
         benchmark:
-            f"resources/models/bench/{MODEL_SLUG}.tsv"
+            MODEL_JOB["bench"]
         conda:
             "../envs/torch.yaml"
         threads: 1
         resources:
-            mem_mb=mem_mb(4000),
-            runtime=30,
-            warn_fraction=WARN,
+            **resources(4000, 30),
         params:
             name=MODEL_NAME,
         script:
             "../scripts/model.py"
+
+
+CARD_JOB = job("model_card")
 
 
 rule model_card:
@@ -28,18 +30,16 @@ rule model_card:
         model=ancient(MODEL_DIR),
     output:
         card=MODEL_CARD,
-        memory=job_files("model_card")[0],
+        memory=CARD_JOB["memory"],
     log:
-        f"{LOGS}/model_card.log",
+        CARD_JOB["log"],
     benchmark:
-        job_files("model_card")[1]
+        CARD_JOB["bench"]
     conda:
         "../envs/data.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(1000),
-        runtime=5,
-        warn_fraction=WARN,
+        **resources(1000, 5),
     params:
         name=MODEL_NAME,
         model_fingerprint=model_fingerprint,

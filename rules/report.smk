@@ -12,16 +12,15 @@ rule build_reports:
         meta=WEIGHTS_META,
         rm=RM_METRICS,
         grpo=runs(GRPO_METRICS),
+        grpo_summary=runs(GRPO_SUMMARY),
         draws=runs(GRPO_DRAWS),
         comparison=COMPARISON,
-        memory=report_memory,
-        bench=report_bench,
+        memory=lambda wildcards: report_files("memory"),
+        bench=lambda wildcards: report_files("bench"),
     output:
         **{
-            name: report(
-                f"{REPORTS}/{png}", caption=f"../report/{PLOT_CAPTIONS.get(name, 'plots.rst')}", category="Plots"
-            )
-            for name, png in PLOTS.items()
+            name: report(f"{REPORTS}/{png}", caption=f"../report/{caption}", category="Plots")
+            for name, (png, caption) in PLOTS.items()
         },
         summary=report(SUMMARY, caption="../report/summary.rst", category="Summary"),
         memory_md=report(f"{REPORTS}/memory.md", caption="../report/memory.rst", category="Memory"),
@@ -32,9 +31,8 @@ rule build_reports:
         "../envs/data.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(2000),
-        runtime=10,
+        **resources(2000, 10),
     params:
-        **REPORT_PARAMS,
+        **P.report(config, RUNS),
     script:
         "../scripts/reports.py"

@@ -1,5 +1,7 @@
 # Stage 6: reward model (Bradley-Terry, TRL RewardTrainer) and one GRPO policy per arm and seed (TRL GRPOTrainer).
 # Checkpoints are directories; the small metrics files beside them feed the reports even if checkpoints are deleted.
+RM_JOB = job("reward_model")
+GRPO_JOB = job("grpo", "sampler", "seed", each=each_run)
 
 
 rule reward_model:
@@ -10,25 +12,21 @@ rule reward_model:
     output:
         model=directory(RM_MODEL),
         metrics=RM_METRICS,
-        memory=job_files("reward_model")[0],
+        steps=RM_STEPS,
+        memory=RM_JOB["memory"],
     log:
-        f"{LOGS}/reward_model.log",
+        RM_JOB["log"],
     benchmark:
-        job_files("reward_model")[1]
+        RM_JOB["bench"]
     conda:
         "../envs/torch.yaml"
     threads: 2
     resources:
-        mem_mb=mem_mb(6000),
-        runtime=120,
-        gpu=GPU,
-        warn_fraction=WARN,
+        **resources(6000, 120, gpu=True),
     params:
-        seed=config["seed"],
-        device=DEVICE,
-        train_precision=TRAIN_PRECISION,
+        **P.reward_model(config),
+        **TRAIN,
         model_fingerprint=model_fingerprint,
-        rm=config["rm"],
     script:
         "../scripts/reward_model.py"
 
@@ -39,14 +37,15 @@ rule grpo:
     output:
         model=directory(GRPO_MODEL),
         metrics=GRPO_METRICS,
+        summary=GRPO_SUMMARY,
         draws=GRPO_DRAWS,
         curves=GRPO_CURVES,
         curve_embeddings=GRPO_CURVE_EMB,
-        memory=job_files("grpo", ["{sampler}", "{seed}"])[0],
+        memory=GRPO_JOB["memory"],
     log:
-        f"{LOGS}/grpo_{{sampler}}_seed{{seed}}.log",
+        GRPO_JOB["log"],
     benchmark:
-        job_files("grpo", ["{sampler}", "{seed}"])[1]
+        GRPO_JOB["bench"]
     wildcard_constraints:
         sampler="density|uniform",
         seed=r"\d+",
@@ -54,17 +53,11 @@ rule grpo:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb(8000),
-        runtime=240,
-        gpu=GPU,
-        warn_fraction=WARN,
+        **resources(8000, 240, gpu=True),
     params:
-        **GRPO_PARAMS,
-        seed=lambda wildcards: int(wildcards.seed),
-        split_seed=config["seed"],
-        device=DEVICE,
-        dtype=DTYPE,
-        train_precision=TRAIN_PRECISION,
+        **P.grpo(config),
+        **RUNTIME,
+        policy_seed=lambda wildcards: int(wildcards.seed),
         model_fingerprint=model_fingerprint,
     script:
         "../scripts/grpo.py"

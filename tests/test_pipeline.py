@@ -67,7 +67,7 @@ def test_full_run_artifacts(tiny_run):
     card = json.loads((workdir / RES / "model.json").read_text())
     assert attrs["model_fingerprint"] == card["fingerprint"] and len(card["fingerprint"]) == 64
     assert meta["n_truncated"] == sum(read_chunk(c)[2]["n_truncated"] for c in chunks)
-    for rule in ("pairs", "prompts", "weights", "embed/chunk_0"):
+    for rule in ("pairs", "unique_prompts", "knn_weights", "embed_chunk_0"):
         assert (workdir / "logs/tiny" / f"{rule}.log").exists()
     assert (workdir / RES / "bench/knn_weights.tsv").exists()
 
@@ -157,7 +157,7 @@ def test_reports_from_frozen_artifacts(tiny_run):
         f.unlink()
     res = snakemake(workdir, "reports", "-R", "build_reports", "--rerun-triggers", "mtime", "--configfile", str(config))
     assert job_counts(res.stdout + res.stderr) == {"build_reports": 1, "reports": 1}
-    assert (reports / "summary.md").exists() and (reports / "diversity.png").exists()
+    assert (reports / "summary.md").exists() and (reports / "weights_hist.png").exists()
     # Snakemake's HTML report with the report()-flagged outputs (runs nothing)
     snakemake(workdir, "--report", "report.html", "--configfile", str(config))
     html = (workdir / "report.html").read_text()

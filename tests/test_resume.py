@@ -96,7 +96,7 @@ def killed(tmp_path_factory, model) -> tuple[Path, dict, dict]:
 
     killed_at("embedding", smk(workdir, "weights", kill_at="chunk_1.zarr"), f"{RES}/embed/chunk_1.zarr")
     killed_at("weights", smk(workdir, "weights", kill_at="weights.parquet", kill="group"), f"{RES}/density/weights.parquet")
-    seen["chunk log"] = (workdir / "logs/tiny/embed/chunk_1.log").read_text()  # chunk 1 ran again before the kill
+    seen["chunk log"] = (workdir / "logs/tiny/embed_chunk_1.log").read_text()  # chunk 1 ran again before the kill
     locked = smk(workdir, "weights")
     seen["locked"] = locked.returncode, locked.stdout + locked.stderr
     ok(smk(workdir, "--unlock"))
@@ -121,7 +121,7 @@ def killed(tmp_path_factory, model) -> tuple[Path, dict, dict]:
     data[301] ^= 0x0F
     array.write_bytes(bytes(data))
     seen["corrupted"] = smk(workdir, "weights", "-R", "knn_weights")
-    seen["weights log"] = (workdir / "logs/tiny/weights.log").read_text()
+    seen["weights log"] = (workdir / "logs/tiny/knn_weights.log").read_text()
     seen["weights after failure"] = (workdir / RES / "density/weights.parquet").exists()
     shutil.rmtree(workdir / RES / "embed/chunk_1.zarr")  # the advice
     seen["rebuilt"] = jobs_run(ok(smk(workdir, *targets)))
@@ -198,7 +198,7 @@ def test_prompt_checks_stop_before_model_work(tmp_path, tiny_model):
     line = "config key knn.k: 30 neighbours need at least 31 prompts, the data has 30"
     assert res.returncode != 0 and line in out and "InputFunctionException" in out
     assert re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", out) != []
-    assert not (workdir / "logs/tiny/embed").exists() and not (workdir / "logs/tiny/reward_model.log").exists()
+    assert not (workdir / "logs/tiny/embed_chunk_0.log").exists() and not (workdir / "logs/tiny/reward_model.log").exists()
     assert (workdir / RES / "data/prompts.parquet").exists()
     res = smk(workdir, "-n")  # later dry runs fail at once
     assert res.returncode != 0 and line in res.stdout + res.stderr

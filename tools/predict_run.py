@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from density_grpo import density, embed, evaluate, grpo, memory, reward  # noqa: E402
+from density_grpo import params as P  # noqa: E402
 from density_grpo.config import load_config  # noqa: E402
-from density_grpo.index_plan import choose_index  # noqa: E402
+from density_grpo.sampling import Sampling  # noqa: E402
 
 GPUS = {  # dense bf16 TFLOP/s, HBM TB/s, memory GiB (public spec sheets)
     "h100": (989, 3.35, 80),
@@ -50,54 +51,53 @@ def main() -> None:
     ap.add_argument("--configfile", nargs="*", default=[], help="partial configs merged over config.yaml")
     ap.add_argument("--n-prompts", type=int, default=80_000, help="unique prompts (HH helpful+harmless train: ~80k)")
     ap.add_argument("--n-pairs", type=int, default=86_372, help="preference pairs (helpful-base + harmless-base train)")
-    ap.add_argument("--model-config", help="a config.json (default: the model folder's, else SmolLM2-135M)")
+    ap.add_argument("--model-config", help="a config.json (default: a local model folder's, else SmolLM2-135M's)")
     ap.add_argument("--gpu", choices=sorted(GPUS), default="h200")
     ap.add_argument("--mfu", type=float, default=0.3, help="fraction of bf16 peak reached by training/scoring matmuls")
     ap.add_argument("--decode-ms", type=float, default=25.0, help="per-token overhead of HF generate (small models)")
     args = ap.parse_args()
 
     cfg = load_config(*args.configfile)
-    folder = Path(cfg["model"]["name_or_path"])
-    folder = folder if folder.is_dir() else REPO / "resources/models" / cfg["model"]["name_or_path"].replace("/", "--")
+    name = cfg["model"]["name_or_path"]
     if args.model_config:
         model_cfg, where = json.loads(Path(args.model_config).read_text()), args.model_config
-    elif (folder / "config.json").exists():
-        model_cfg, where = memory.model_config(folder), str((folder / "config.json").relative_to(REPO))
+    elif Path(name, "config.json").exists():  # a local model folder (hub and embedded models are converted later)
+        model_cfg, where = memory.model_config(name), f"{name}/config.json"
     else:
         model_cfg, where = dict(memory.SMOLLM2_135M), "SmolLM2-135M defaults"
     d = memory.dims(model_cfg)
     n_params = memory.param_count(model_cfg)
     tflops, hbm, gib = GPUS[args.gpu]
     flops = tflops * 1e12 * args.mfu
-    device, dtype, train_precision = "cuda", "bfloat16", "bf16"  # what device.plan gives on an H100/H200
+    rt = {"device": "cuda", "dtype": "bfloat16", "train_precision": "bf16"}  # what device.plan gives on an H100/H200
     e, g, ev, rm = cfg["embed"], cfg["grpo"], cfg["eval"], cfg["rm"]
     n = args.n_prompts
     lengths = lognormal_lengths(min(n, e["chunk_size"]), HH_PROMPT_TOKENS["median"], HH_PROMPT_TOKENS["p99"], e["max_length"])
+    work = memory.Workload(model_cfg, tuple(lengths))
     longest, mean_len = max(lengths), float(np.mean(lengths))
     decode = max(args.decode_ms / 1e3, memory.weights_bytes(n_params, "bf16") / (hbm * 1e12))  # s per generated token
 
     rows = []  # job, count, predicted peak bytes, seconds per job
-
+    p = embed.predict({**P.embed(cfg), **rt}, work)
     batches = embed.token_budget_batches(lengths, e["batch_tokens"])
-    p = embed.predict(model_cfg, lengths, batches, e["source"], False, device, dtype, e["batch_tokens"])
     t = 2 * n_params * sum(lengths) / flops + 0.01 * len(batches) + 20
     rows.append(("embed_chunk", math.ceil(n / e["chunk_size"]), p["total_bytes"], t))
 
-    knn = {**cfg["knn"], "index": choose_index(cfg["knn"]["index"], n, d["h"], cfg["knn"]["exact_max"], cfg["knn"]["max_index_gb"])}
-    p = density.predict(n, d["h"], e["chunk_size"], knn)
+    weights = P.weights(cfg, n, d["h"])
+    index = weights["knn"]["index"]
+    p = density.predict(weights, memory.Workload(model_cfg, n_prompts=n, dim=d["h"], chunk_rows=e["chunk_size"]))
     cpu_flops = 16 * 50e9  # faiss-cpu on the box's 16 cores at ~50 GFLOP/s each
-    t = 2 * n * n * d["h"] / cpu_flops if knn["index"] == "flat" else 600
-    rows.append((f"knn_weights ({knn['index']}, CPU)", 1, p["total_bytes"], t))
+    t = 2 * n * n * d["h"] / cpu_flops if index == "flat" else 600
+    rows.append((f"knn_weights ({index}, CPU)", 1, p["total_bytes"], t))
 
     seq = min(rm["max_length"], HH_PROMPT_TOKENS["p99"] + HH_RESPONSE_TOKENS["p99"])
-    p = reward.predict(model_cfg, rm, seq, device, train_precision)
+    p = reward.predict({**P.reward_model(cfg), **rt}, memory.Workload(model_cfg, (seq,)))
     mean_seq = min(rm["max_length"], HH_PROMPT_TOKENS["median"] * 1.4 + HH_RESPONSE_TOKENS["median"] * 1.4)
     trained = n_params if rm["train_layers"] is None else n_params * rm["train_layers"] / d["L"]
     step = 2 * rm["batch_size"] * mean_seq * (2 * n_params + 4 * trained) / flops + 0.15
     rows.append(("reward_model", 1, p["total_bytes"], rm["max_steps"] * step + 60))
 
-    params = {"grpo": g, "dtype": dtype, "train_precision": train_precision}
-    p = grpo.predict(model_cfg, params, longest, device)
+    p = grpo.predict({**P.grpo(cfg), **rt, "policy_seed": 0}, work)
     B, C = g["prompts_per_step"] * g["num_generations"], g["max_completion_length"]
     S = mean_len + C
     per_step = C * decode + 6 * n_params * B * S / flops + 2 * n_params * B * S / flops  # generate, train, RM score
@@ -105,13 +105,14 @@ def main() -> None:
     t = g["steps"] * per_step + (g["steps"] // ev["every"] + 1) * curve + 120
     rows.append(("grpo (per arm x seed)", len(g["samplers"]) * len(g["seeds"]), p["total_bytes"], t))
 
-    p = evaluate.predict(model_cfg, {"eval": ev, "rm": rm, "dtype": dtype}, longest, device)
-    calls = math.ceil(ev["prompts"] / evaluate.generation_batch(ev["samples"]))
+    p = evaluate.predict({**P.evaluate(cfg, "base"), **rt}, work)
+    calls = math.ceil(ev["prompts"] / Sampling(ev["samples"], ev["max_new_tokens"], ev["temperature"]).prompts_per_call)
     t = calls * ev["max_new_tokens"] * decode + 60
-    rows.append(("evaluate_model (base: 2 sample sets)", 1 + len(g["samplers"]) * len(g["seeds"]), p["total_bytes"], t))
+    n_eval = 1 + (ev["control_temperature"] is not None) + len(g["samplers"]) * len(g["seeds"])
+    rows.append(("evaluate_model (base: 2 sample sets)", n_eval, p["total_bytes"], t))
 
     total = sum(count * t for _, count, _, t in rows)
-    print(f"config: {', '.join(['config.yaml', *args.configfile])}; model {cfg['model']['name_or_path']} "
+    print(f"config: {', '.join(['config.yaml', *args.configfile])}; model {name} "
           f"({n_params / 1e6:.0f}M params, config from {where}); {n:,} prompts, {args.n_pairs:,} pairs")
     print(f"GPU: {args.gpu} ({tflops} bf16 TFLOP/s, {hbm} TB/s, {gib} GiB); matmuls at {args.mfu:.0%} of peak; "
           f"generation {decode * 1e3:.0f} ms per token step")

@@ -178,15 +178,6 @@ def training_components(
     }
 
 
-def training_bytes(model_cfg: Mapping, batch: int, seq: int, *args: Any, **kwargs: Any) -> int:
-    """Weights + grads + AdamW states (2 x fp32) + activations + LM-head logits of one training step (bytes).
-
-    Takes the arguments of training_components and sums its parts.
-    """
-    return sum(training_components(model_cfg, batch, seq, *args, **kwargs).values())
-
-
-
 def grpo_logits_bytes(batch: int, seq: int, vocab: int, chunk: int | None = None) -> int:
     """fp32 LM-head logits over completions: naive B·T·V·4; chunked (chunk = tokens of the flattened B·T
     sequence per LM-head call, as density_grpo.grpo.self_certainty) min(chunk, B·T)·V·4."""

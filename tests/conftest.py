@@ -41,6 +41,13 @@ def tiny_pairs(n_dense: int = 26, start: int = 0) -> list[dict]:
     return rows
 
 
+def embed_config(**over):
+    """The embed section of config.yaml with `over` applied, typed (what the embed step builds from its params)."""
+    from density_grpo.config import EmbedConfig, load_config
+
+    return EmbedConfig(**{**load_config()["embed"], **over})
+
+
 def write_jsonl(rows: list[dict], path: Path, mode: str = "w") -> Path:
     with open(path, mode) as f:
         for r in rows:

@@ -73,7 +73,7 @@ def run_failing(tmp: Path, rule: str, step: Callable, input: dict, output: dict,
 def prompts_file(tmp: Path, n_dense: int = 26) -> Path:
     """prompts.parquet of the tiny pairs (30 prompts by default)."""
     path = tmp / "prompts.parquet"
-    prompts = pairs.unique_prompts(pairs.load_pairs("local", [str(write_jsonl(tiny_pairs(n_dense), tmp / "ok.jsonl"))], None))
+    prompts = pairs.unique_prompts(pairs.read_local(write_jsonl(tiny_pairs(n_dense), tmp / "ok.jsonl")))
     prompts.to_parquet(path, index=False)
     return path
 
@@ -105,7 +105,7 @@ def pairs_case(tmp: Path, lines: list | bytes, name: str = "bad.jsonl") -> tuple
         path.write_bytes(lines)
     else:
         path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in [GOOD, GOOD, *lines]))
-    return pairs.run, {"files": [str(path)]}, {"pairs": str(tmp / "out/pairs.parquet")}, {"source": "local", "max_pairs": None}
+    return pairs.run, {"files": [str(path)]}, {"pairs": str(tmp / "out/pairs.parquet")}, {"data": {"source": "local", "max_pairs": None}}
 
 
 def parquet_case(tmp: Path, frame: pd.DataFrame | None) -> tuple:
@@ -114,7 +114,7 @@ def parquet_case(tmp: Path, frame: pd.DataFrame | None) -> tuple:
         path.write_bytes(b"PAR1 this is not a parquet file")
     else:
         frame.to_parquet(path)
-    return pairs.run, {"files": [str(path)]}, {"pairs": str(tmp / "out/pairs.parquet")}, {"source": "local", "max_pairs": None}
+    return pairs.run, {"files": [str(path)]}, {"pairs": str(tmp / "out/pairs.parquet")}, {"data": {"source": "local", "max_pairs": None}}
 
 
 DATA = {
@@ -259,7 +259,7 @@ def test_bad_model_folder(tmp_path, tiny_model, case):
     texts = pd.read_parquet(prompts)["text"].tolist()[:8]
     params = {
         "content": pairs.texts_hash(texts), "rows": [0, 8], "device": "cpu", "dtype": "float32",
-        "model_fingerprint": FINGERPRINT, "embed": {"source": "hidden", "layer": -1, "max_length": 64, "batch_tokens": 256},
+        "model_fingerprint": FINGERPRINT, "embed": {"source": "hidden", "layer": -1, "max_length": 64, "batch_tokens": 256, "pooling": "mean"},
     }  # fmt: skip
     inputs, outputs = {"prompts": str(prompts), "model": str(model)}, {"chunk": str(tmp_path / "embed/chunk_0.zarr")}
     line = run_failing(tmp_path, "embed_chunk", embed.run, inputs, outputs, params)
@@ -336,7 +336,7 @@ def test_damaged_parquet_artifacts(tmp_path):
     flip(prompts, prompts.stat().st_size - 10)  # the footer: pyarrow raises a bare OSError
     params = {
         "content": "x", "rows": [0, 8], "device": "cpu", "dtype": "float32", "model_fingerprint": FINGERPRINT,
-        "embed": {"source": "hidden", "layer": -1, "max_length": 64, "batch_tokens": 256},
+        "embed": {"source": "hidden", "layer": -1, "max_length": 64, "batch_tokens": 256, "pooling": "mean"},
     }  # fmt: skip
     inputs, outputs = {"prompts": str(prompts), "model": str(tmp_path)}, {"chunk": str(tmp_path / "chunk_0.zarr")}
     line = run_failing(tmp_path, "embed_chunk", embed.run, inputs, outputs, params)
@@ -388,19 +388,17 @@ def test_yaml_syntax_error_names_the_file(tmp_path):
         load_config(bad)
 
 
-def test_unreadable_mirror_file(tmp_path, monkeypatch):
-    """An hh-rlhf mirror file the user cannot read is named when the workflow is read, not inside the job."""
-    path = tmp_path / "helpful-base" / "train.jsonl.gz"
-    path.parent.mkdir()
+def test_unreadable_mirror_file(tmp_path):
+    """An hh-rlhf mirror file the user cannot read is named when the workflow is read, not inside the job (root
+    ignores file modes: tests/deny/sitecustomize.py makes open fail for the path in DENSITY_GRPO_DENY_OPEN)."""
+    from conftest import snakemake
+
+    path = tmp_path / "hh" / "helpful-base" / "train.jsonl.gz"
+    path.parent.mkdir(parents=True)
     path.write_bytes(gzip.compress(json.dumps(GOOD).encode()))
-    real_open = open
-
-    def deny(file, *args, **kwargs):
-        if str(file) == str(path):
-            raise PermissionError(13, "Permission denied", str(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", deny)
-    with pytest.raises(UserError) as e:
-        load_config({"data": {"source": "hh-rlhf", "subsets": ["helpful-base"], "mirror": str(tmp_path)}})
-    assert str(e.value) == f"config key data.mirror: cannot read '{path}' (Permission denied)"
+    cfg = tmp_path / "hh.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"source": "hh-rlhf", "subsets": ["helpful-base"], "mirror": str(tmp_path / "hh")}}))
+    env = {"PYTHONPATH": str(Path(__file__).parent / "deny"), "DENSITY_GRPO_DENY_OPEN": str(path)}
+    res = snakemake(tmp_path, "-n", "--configfile", str(cfg), check=False, env=env)
+    assert res.returncode != 0
+    assert f"config key data.mirror: cannot read '{path}' (Permission denied)" in res.stderr + res.stdout

@@ -21,6 +21,7 @@ from density_grpo.pairs import (
     PAIR_COLUMNS,
     SAMPLE_PATH,
     load_hh_rlhf,
+    _hub_download,
     load_pairs,
     pair_from_hh,
     prompt_id,
@@ -29,6 +30,7 @@ from density_grpo.pairs import (
     texts_hash,
     unique_prompts,
 )
+from density_grpo.config import DataConfig, load_config
 from density_grpo.errors import UserError
 
 SINGLE = "\n\nHuman: How do I boil an egg?\n\nAssistant: Simmer it for 9 minutes."
@@ -238,7 +240,7 @@ def mirror_files(mirror: Path, subsets: list[str], split: str) -> list[str]:
 def test_load_hh_rlhf_from_mirror(tmp_path):
     mirror = make_mirror(tmp_path / "hh")
     subsets = ["helpful-base", "harmless-base"]
-    df = load_hh_rlhf(subsets, "train", mirror_files(mirror, subsets, "train"))
+    df = load_hh_rlhf(subsets, mirror_files(mirror, subsets, "train"))
     assert df["subset"].tolist() == ["helpful-base"] * 3 + ["harmless-base"] * 2
     assert df["prompt"].iloc[0] == "\n\nHuman: helpful-base q0\n\nAssistant:"
 
@@ -249,7 +251,7 @@ def test_load_hh_rlhf_offline_error(monkeypatch, exc):
         raise exc
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fail)
-    msg = user_error(load_hh_rlhf, ["helpful-base"], "train", [])
+    msg = user_error(_hub_download, "helpful-base/train.jsonl.gz")
     assert "data.mirror" in msg and "unreachable" in msg and "data.source: local" in msg
 
 
@@ -258,15 +260,20 @@ def test_load_hh_rlhf_offline_mode_real_call(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-    assert "data.mirror" in user_error(load_hh_rlhf, ["helpful-base"], "test", [])
+    assert "data.mirror" in user_error(_hub_download, "helpful-base/test.jsonl.gz")
 
 
 # -----------------------------------------------------------------------------
 # load_pairs
 
 
+def data(source: str, **over) -> DataConfig:
+    """The data section of config.yaml with `over` applied, typed."""
+    return DataConfig(**{**load_config()["data"], "source": source, **over})
+
+
 def sample_pairs(max_pairs: int | None = None) -> pd.DataFrame:
-    return load_pairs("sample", [str(SAMPLE_PATH)], max_pairs)
+    return load_pairs(data("sample", max_pairs=max_pairs), [str(SAMPLE_PATH)])
 
 
 def test_load_pairs_sample_schema():
@@ -286,18 +293,18 @@ def test_load_pairs_max_pairs():
 
 def test_load_pairs_local_and_hh(tmp_path):
     path = write_jsonl(tmp_path / "mine.jsonl.gz", [hh_row("q1"), hh_row("q2")], gz=True)
-    local = load_pairs("local", [str(path)], None)
+    local = load_pairs(data("local", path=str(path)), [str(path)])
     assert local["pair_id"].tolist() == ["local:mine:0", "local:mine:1"]
     assert set(local["subset"]) == {"mine"} and set(local["topic"]) == {""}
     mirror = make_mirror(tmp_path / "hh", split="test")
     subsets = ["harmless-base", "helpful-base"]
-    hh = load_pairs("hh-rlhf", mirror_files(mirror, subsets, "test"), None, subsets=subsets, split="test")
+    hh = load_pairs(data("hh-rlhf", subsets=subsets, split="test"), mirror_files(mirror, subsets, "test"))
     assert list(hh.columns) == PAIR_COLUMNS and hh["pair_id"].is_unique and len(hh) == 5
     assert hh["pair_id"].iloc[2] == "hh-rlhf:helpful-base/test:0"
 
 
-def test_load_pairs_unknown_source():
-    assert "data.source" in user_error(load_pairs, "reddit", [], None)
+def test_unknown_source_names_the_key():
+    assert "config key data.source: 'reddit' is not one of" in user_error(data, "reddit")
 
 
 # -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from density_grpo import store
 from density_grpo import embed
 from density_grpo.embed import Embedder, gram_factor, head_is_linear, mean_pool, pooling_mask, token_budget_batches
 from density_grpo.errors import UserError
+from conftest import embed_config
 from tiny_model import build_tiny_model
 
 TEXTS = [
@@ -60,7 +61,7 @@ def test_mean_pool_mask():
 
 def test_padding_never_pooled(tiny):
     model, tokenizer = tiny
-    embedder = Embedder(model, tokenizer, batch_tokens=10_000)
+    embedder = Embedder(model, tokenizer, embed_config(pooling="mean", batch_tokens=10_000))
     together = embedder.embed(TEXTS, progress=False)
     for i, text in enumerate(TEXTS):
         alone = embedder.embed([text], progress=False)
@@ -71,18 +72,18 @@ def test_hidden_layer_selection(tiny):
     model, tokenizer = tiny
     layers_before = list(model.model.layers)
     n = len(layers_before)
-    last = Embedder(model, tokenizer, layer=-1).embed(TEXTS, progress=False)
+    last = Embedder(model, tokenizer, embed_config(pooling="mean", layer=-1)).embed(TEXTS, progress=False)
     np.testing.assert_allclose(last, reference(model, tokenizer, TEXTS, -1), atol=1e-5)
-    mid = Embedder(model, tokenizer, layer=1)
+    mid = Embedder(model, tokenizer, embed_config(pooling="mean", layer=1))
     expected = reference(model, tokenizer, TEXTS, 2)  # (HF installs its own capture hooks here, once)
     hooks_before = [len(layer._forward_hooks) for layer in model.model.layers]
     np.testing.assert_allclose(mid.embed(TEXTS, progress=False), expected, atol=1e-5)
-    assert mid.attrs()["layer"] == 1 and Embedder(model, tokenizer, layer=-1).attrs()["layer"] == n - 1
+    assert mid.attrs()["layer"] == 1 and Embedder(model, tokenizer, embed_config(pooling="mean", layer=-1)).attrs()["layer"] == n - 1
     # the model is untouched: same blocks, no hooks left behind
     assert list(model.model.layers) == layers_before
     assert [len(layer._forward_hooks) for layer in model.model.layers] == hooks_before
     with pytest.raises(UserError, match="embed.layer"):
-        Embedder(model, tokenizer, layer=n)
+        Embedder(model, tokenizer, embed_config(pooling="mean", layer=n))
 
 
 def test_computes_only_what_is_needed(tiny):
@@ -91,10 +92,10 @@ def test_computes_only_what_is_needed(tiny):
     modules = {"block2": model.model.layers[2], "norm": model.model.norm, "lm_head": model.lm_head}
     handles = [m.register_forward_hook(lambda *a, name=name: calls.append(name)) for name, m in modules.items()]
     try:
-        Embedder(model, tokenizer, layer=1).embed(TEXTS, progress=False)
+        Embedder(model, tokenizer, embed_config(pooling="mean", layer=1)).embed(TEXTS, progress=False)
         assert calls == []  # stopped after block 1
-        Embedder(model, tokenizer, layer=-1).embed(TEXTS, progress=False)
-        Embedder(model, tokenizer, source="logits").embed(TEXTS, progress=False)
+        Embedder(model, tokenizer, embed_config(pooling="mean", layer=-1)).embed(TEXTS, progress=False)
+        Embedder(model, tokenizer, embed_config(pooling="mean", source="logits")).embed(TEXTS, progress=False)
         assert "lm_head" not in calls and "norm" in calls
     finally:
         for h in handles:
@@ -128,7 +129,7 @@ def test_pooling_mask_on_characters():
 
 def test_human_pooling_pools_exactly_the_human_tokens(tiny):
     model, tokenizer = tiny
-    embedder = Embedder(model, tokenizer, pooling="human", batch_tokens=10_000)
+    embedder = Embedder(model, tokenizer, embed_config(pooling="human", batch_tokens=10_000))
     ids, masks = embedder.tokenize(DIALOGUES)
     rows = []
     with torch.inference_mode():
@@ -141,10 +142,10 @@ def test_human_pooling_pools_exactly_the_human_tokens(tiny):
     for i, text in enumerate(DIALOGUES):  # right padding: the mask travels with the ids, batch-independent
         np.testing.assert_allclose(embedder.embed([text], progress=False)[0], got[i], atol=1e-5)
     assert embedder.attrs()["pooling"] == "human" and embedder.attrs()["pooling_fallbacks"] == 0
-    last_turn = Embedder(model, tokenizer, pooling="last_turn").embed(DIALOGUES, progress=False)
+    last_turn = Embedder(model, tokenizer, embed_config(pooling="last_turn")).embed(DIALOGUES, progress=False)
     np.testing.assert_allclose(last_turn[0], got[0], atol=1e-6)  # one turn: the same tokens
     assert not np.allclose(last_turn[1], got[1], atol=1e-3)
-    last = Embedder(model, tokenizer, pooling="last").embed(DIALOGUES[:1], progress=False)
+    last = Embedder(model, tokenizer, embed_config(pooling="last")).embed(DIALOGUES[:1], progress=False)
     with torch.inference_mode():
         expected = model(**tokenizer(DIALOGUES[:1], return_tensors="pt"), output_hidden_states=True).hidden_states[-1][0, -1]
     np.testing.assert_allclose(last[0], expected.numpy(), atol=1e-5)
@@ -153,18 +154,18 @@ def test_human_pooling_pools_exactly_the_human_tokens(tiny):
 def test_human_pooling_falls_back_to_mean(tiny):
     model, tokenizer = tiny
     plain = ["Tell me a joke.", "Hi", ""]
-    embedder = Embedder(model, tokenizer, pooling="human")
-    np.testing.assert_allclose(embedder.embed(plain, progress=False), Embedder(model, tokenizer).embed(plain, progress=False))
+    embedder = Embedder(model, tokenizer, embed_config(pooling="human"))
+    np.testing.assert_allclose(embedder.embed(plain, progress=False), Embedder(model, tokenizer, embed_config(pooling="mean")).embed(plain, progress=False))
     assert embedder.attrs()["pooling_fallbacks"] == 2  # "" has no token of its own: one filler token, mean-pooled
     with pytest.raises(UserError, match="embed.pooling"):
-        Embedder(model, tokenizer, pooling="max")
+        Embedder(model, tokenizer, embed_config(pooling="max"))
 
     class Slow:
         is_fast = False
         pad_token_id = bos_token_id = eos_token_id = 0
 
     with pytest.raises(UserError, match="fast tokenizer"):
-        Embedder(model, Slow(), pooling="human")
+        Embedder(model, Slow(), embed_config(pooling="human"))
 
 
 def test_gram_factor_random():
@@ -185,7 +186,7 @@ def test_gram_factor_random():
 def test_logits_gram_factor_matches_true_logits(tiny):
     model, tokenizer = tiny
     assert head_is_linear(model) == (True, "")
-    embedder = Embedder(model, tokenizer, source="logits")
+    embedder = Embedder(model, tokenizer, embed_config(pooling="mean", source="logits"))
     emb = embedder.embed(TEXTS, progress=False)
     assert emb.shape == (len(TEXTS), model.config.hidden_size)
     assert embedder.attrs()["transform"] == "gram-factor" and embedder.attrs()["dim"] == model.config.hidden_size
@@ -200,7 +201,7 @@ def test_softcapped_head_stores_true_logits(tiny, monkeypatch):
     monkeypatch.setattr(model.config, "final_logit_softcapping", 30.0, raising=False)
     linear, reason = head_is_linear(model)
     assert not linear and "final_logit_softcapping" in reason
-    embedder = Embedder(model, tokenizer, source="logits")
+    embedder = Embedder(model, tokenizer, embed_config(pooling="mean", source="logits"))
     emb = embedder.embed(TEXTS, progress=False)
     assert emb.shape == (len(TEXTS), model.config.vocab_size)
     assert embedder.attrs()["transform"].startswith("true-logits (head not linear: final_logit_softcapping")
@@ -231,7 +232,7 @@ def test_token_budget_batches():
 
 def test_deterministic_and_input_order(tiny):
     model, tokenizer = tiny
-    embedder = Embedder(model, tokenizer, batch_tokens=64)
+    embedder = Embedder(model, tokenizer, embed_config(pooling="mean", batch_tokens=64))
     a = embedder.embed(TEXTS, progress=False)
     b = embedder.embed(TEXTS, progress=False)
     np.testing.assert_array_equal(a, b)
@@ -260,7 +261,7 @@ def test_embed_step_writes_the_chunk_store(tmp_path):
     assert ids == [prompt_id(t) for t in TEXTS[2:6]] and emb.shape == (4, 32)
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    np.testing.assert_allclose(emb, Embedder(model, tokenizer).embed(TEXTS[2:6], progress=False), atol=1e-6)
+    np.testing.assert_allclose(emb, Embedder(model, tokenizer, embed_config(pooling="mean")).embed(TEXTS[2:6], progress=False), atol=1e-6)
     assert attrs["rows"] == [2, 6] and attrs["content_hash"] == params["content"] and attrs["transform"] == "none"
     assert attrs["model_fingerprint"] == "fp"
     full = [len(x) for x in tokenizer(TEXTS[2:6])["input_ids"]]
@@ -277,7 +278,7 @@ def test_embed_step_writes_the_chunk_store(tmp_path):
 
 def test_oom_split_and_give_up(tiny, monkeypatch):
     model, tokenizer = tiny
-    embedder = Embedder(model, tokenizer, batch_tokens=10_000)
+    embedder = Embedder(model, tokenizer, embed_config(pooling="mean", batch_tokens=10_000))
     expected = embedder.embed(TEXTS, progress=False)
     forward = embedder.backbone.forward
     calls = {"oom": 0}
@@ -316,9 +317,9 @@ def test_windows_match_one_pass(tiny, monkeypatch, layer, source, dtype):
         monkeypatch.setattr(model.config, "final_logit_softcapping", 30.0, raising=False)
     model = model.to(dtype)
     try:
-        kw = dict(source="hidden" if source == "hidden" else "logits", layer=layer, max_length=256, dtype=dtype)
-        one = Embedder(model, tokenizer, batch_tokens=10_000, **kw)
-        windowed = Embedder(model, tokenizer, batch_tokens=32, **kw)
+        kw = dict(source="hidden" if source == "hidden" else "logits", layer=layer, max_length=256)
+        one = Embedder(model, tokenizer, embed_config(pooling="mean", batch_tokens=10_000, **kw))
+        windowed = Embedder(model, tokenizer, embed_config(pooling="mean", batch_tokens=32, **kw))
         ids, _ = one.tokenize([LONG, TEXTS[0]])
         assert len(ids[0]) > 150 and windowed.window(1) == 32
         batch = torch.tensor(ids[:1])
@@ -335,7 +336,7 @@ def test_windows_match_one_pass(tiny, monkeypatch, layer, source, dtype):
 def test_windows_slice_every_per_token_mask(tiny):
     """A right-padded batch of several rows in windows: ids, attention mask and a pooling mask slice together."""
     model, tokenizer = tiny
-    embedder = Embedder(model, tokenizer, batch_tokens=10_000)
+    embedder = Embedder(model, tokenizer, embed_config(pooling="mean", batch_tokens=10_000))
     ids, _ = embedder.tokenize([LONG, TEXTS[2], TEXTS[4]])
     longest = max(map(len, ids))
     input_ids = torch.full((3, longest), embedder.pad_id)
@@ -356,7 +357,7 @@ def test_windows_slice_every_per_token_mask(tiny):
 def test_max_length_keeps_the_end(tiny):
     """embed.max_length keeps the last tokens (the final request) and counts the prompts it cut."""
     model, tokenizer = tiny
-    embedder = Embedder(model, tokenizer, max_length=12)
+    embedder = Embedder(model, tokenizer, embed_config(pooling="mean", max_length=12))
     full = tokenizer(LONG)["input_ids"]
     ids, masks = embedder.tokenize([LONG, "Hi"])
     assert [len(m) for m in masks] == [len(x) for x in ids]  # the pooling mask is cut with the ids
@@ -366,7 +367,7 @@ def test_max_length_keeps_the_end(tiny):
     assert (attrs["n_truncated"], attrs["longest_tokens"], attrs["truncation"]) == (1, len(full), "left")
     # a leading special token (BOS) stays in front of the kept tail
     bos = tokenizer.bos_token_id
-    monkey = Embedder(model, tokenizer, max_length=5)
+    monkey = Embedder(model, tokenizer, embed_config(pooling="mean", max_length=5))
     monkey.tokenizer = lambda texts, **kw: {"input_ids": [[bos, 10, 11, 12, 13, 14, 15]]}
     monkey.tokenizer.all_special_ids, monkey.tokenizer.bos_token_id = [bos], bos
     assert monkey.tokenize(["x"])[0] == [[bos, 12, 13, 14, 15]]
@@ -376,8 +377,8 @@ def test_human_pooling_mask_survives_left_truncation(tiny):
     """Left truncation cuts the ids and the pooling mask together: the kept tail pools exactly its human tokens."""
     model, tokenizer = tiny
     text = "\n\nHuman: first question here\n\nAssistant: a long answer " + "word " * 40 + "\n\nHuman: final request\n\nAssistant:"
-    whole = Embedder(model, tokenizer, pooling="human", max_length=10_000)
-    cut = Embedder(model, tokenizer, pooling="human", max_length=16)
+    whole = Embedder(model, tokenizer, embed_config(pooling="human", max_length=10_000))
+    cut = Embedder(model, tokenizer, embed_config(pooling="human", max_length=16))
     (ids_w,), (mask_w,) = whole.tokenize([text])
     (ids_c,), (mask_c,) = cut.tokenize([text])
     assert ids_c == ids_w[-16:] and mask_c == mask_w[-16:] and any(mask_c)

@@ -10,7 +10,7 @@ import pytest
 from density_grpo import compare
 from density_grpo import device as D
 from density_grpo.compare import Run, compare_models
-from density_grpo.evaluate import vendi_score
+from density_grpo.stats import vendi_score
 from density_grpo.pairs import holdout_split, prompt_id, stratified_eval
 from density_grpo.reward import split_by_prompt
 
@@ -55,6 +55,32 @@ def test_noise_floor_and_pairing():
     out = compare_models({"base": runs_with_rewards(sets[:1]), "base_b": runs_with_rewards(sets[1:])}, "reward_mean", np.arange(100), 300, 0)
     nf = out["noise_floor"]
     assert nf["lo"] < 0 < nf["hi"] and nf["hi"] - nf["lo"] < 0.1  # paired: the prompt effect (sd 5) cancels
+
+
+def test_detectable_difference_is_2_8_standard_errors_of_the_bootstrap():
+    """The smallest detectable difference: 2.8 bootstrap standard errors (1.96 + 0.84: 95% interval, 80% power). A
+    true shift of that size shows in most replications of the design; a shift of a tenth of it almost never."""
+    rng = np.random.default_rng(4)
+    make = lambda shift: [rng.normal(shift, 1, (60, 4)) for _ in range(3)]
+    d = compare_models({"density": runs_with_rewards(make(0)), "uniform": runs_with_rewards(make(0))}, "reward_mean", np.arange(60), 400, 0)
+    d = d["density_minus_uniform"]
+    assert d["detectable"] == pytest.approx(2.8 * d["se"]) and d["se"] > 0
+    hits = {}
+    for frac in (1.0, 0.1):
+        hits[frac] = np.mean([
+            compare_models({"density": runs_with_rewards(make(frac * d["detectable"])), "uniform": runs_with_rewards(make(0))},
+                           "reward_mean", np.arange(60), 200, 0)["density_minus_uniform"]["excludes_zero"]
+            for _ in range(25)
+        ])  # fmt: skip
+    assert hits[1.0] >= 0.6 and hits[0.1] <= 0.2, hits
+
+
+def test_positive_control_is_compared_with_the_base_model():
+    rng = np.random.default_rng(5)
+    base = [rng.normal(0, 1, (40, 4))]
+    groups = {"base": runs_with_rewards(base), "control": runs_with_rewards([base[0] - 0.5 + rng.normal(0, 0.1, (40, 4))])}
+    c = compare_models(groups, "reward_mean", np.arange(40), 300, 0)["control_minus_base"]
+    assert c["diff"] == pytest.approx(-0.5, abs=0.05) and c["excludes_zero"] and c["hi"] < 0
 
 
 def test_centring_undoes_a_common_offset():

@@ -15,7 +15,6 @@ from trl.trainer.utils import RepeatSampler
 
 from density_grpo import grpo
 from density_grpo.pairs import prompt_id
-from density_grpo.errors import UserError
 from density_grpo.grpo import (
     WeightedRepeatSampler,
     make_rm_reward,
@@ -50,7 +49,7 @@ def chi_square(counts: np.ndarray, p: np.ndarray) -> float:
 def test_weighted_sampler_follows_weights():
     w = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 30], dtype=float)
     p = w / w.sum()
-    s = WeightedRepeatSampler(range(10), w, mini_repeat_count=1, num_samples=20_000, seed=0)
+    s = WeightedRepeatSampler(w, mini_repeat_count=1, batch_size=1, repeat_count=1, num_samples=20_000, seed=0)
     drawn = np.bincount(list(s), minlength=10)
     assert (drawn == s.counts).all() and s.counts.sum() == 20_000
     # chi-square, 9 degrees of freedom: the 0.999 quantile is 27.9; 40 is generous
@@ -60,7 +59,7 @@ def test_weighted_sampler_follows_weights():
 
 def test_uniform_weights_give_uniform_draws():
     n = 12
-    s = WeightedRepeatSampler(range(n), np.ones(n), mini_repeat_count=2, batch_size=3, num_samples=24_000, seed=1)
+    s = WeightedRepeatSampler(np.ones(n), mini_repeat_count=2, batch_size=3, repeat_count=1, num_samples=24_000, seed=1)
     list(s)
     assert s.counts.sum() == 24_000
     assert chi_square(s.counts, np.full(n, 1 / n)) < 45  # 11 d.o.f.: 0.999 quantile is 31.3
@@ -69,7 +68,7 @@ def test_uniform_weights_give_uniform_draws():
 
 def test_sampler_layout_matches_trl_repeat_sampler():
     w = np.random.default_rng(0).random(7)
-    s = WeightedRepeatSampler(range(7), w, mini_repeat_count=3, batch_size=4, repeat_count=2, num_samples=10, seed=5)
+    s = WeightedRepeatSampler(w, mini_repeat_count=3, batch_size=4, repeat_count=2, num_samples=10, seed=5)
     out = list(s)
     # TRL's layout over the positions of the same draw (no shuffle), mapped through the draw
     trl_positions = list(
@@ -79,17 +78,14 @@ def test_sampler_layout_matches_trl_repeat_sampler():
     assert len(out) == len(s) == 2 * 4 * 3 * 2  # the trailing partial chunk (2 draws) is dropped, as in TRL
     assert (s.counts == np.bincount(s.draws[:8], minlength=7)).all()  # one count per draw, not per repeat
     # same seed, same draws: the two arms differ only in their weights
-    again = WeightedRepeatSampler(
-        range(7), w, mini_repeat_count=3, batch_size=4, repeat_count=2, num_samples=10, seed=5
-    )
+    again = WeightedRepeatSampler(w, mini_repeat_count=3, batch_size=4, repeat_count=2, num_samples=10, seed=5)
     assert list(again) == out
 
 
-def test_sampler_rejects_bad_weights():
+@pytest.mark.parametrize("w", [np.ones((2, 2)), np.array([1.0, -1.0, 1.0]), np.array([1.0, np.nan]), np.zeros(3)])
+def test_sampler_rejects_bad_weights(w):
     with pytest.raises(ValueError):
-        WeightedRepeatSampler(range(3), np.ones(4), mini_repeat_count=2)
-    with pytest.raises(ValueError):
-        WeightedRepeatSampler(range(3), np.array([1.0, -1.0, 1.0]), mini_repeat_count=2)
+        WeightedRepeatSampler(w, mini_repeat_count=2, batch_size=1, repeat_count=1, num_samples=None, seed=0)
 
 
 # -----------------------------------------------------------------------------
@@ -220,54 +216,55 @@ def test_rm_reward_scores_prompt_completion_eos(tiny_rm):
 
 
 def tiny_params(reward: str) -> dict:
-    """The grpo rule's params for a 2-step run (what rules/common.smk builds from config.yaml)."""
+    """The grpo rule's params for a 2-step run (what density_grpo.params builds from config.yaml)."""
     g = yaml.safe_load((REPO / "config.yaml").read_text())["grpo"]
     g.update(reward=reward, steps=2, prompts_per_step=2, num_generations=2, micro_batch=2, max_completion_length=6)
     del g["samplers"], g["seeds"]
     if reward == "rm":
         del g["token_chunk"]
     params = {
-        "seed": 0, "split_seed": 0, "device": "cpu", "dtype": "float32", "train_precision": "fp32", "grpo": g,
+        "seed": 0, "policy_seed": 0, "device": "cpu", "dtype": "float32", "train_precision": "fp32", "grpo": g,
         "eval": {"pool": 2, "every": 1, "curve_prompts": 2, "curve_samples": 2},
     }  # fmt: skip
     return {**params, "rm": {"max_length": 64}} if reward == "rm" else params
 
 
-def check_outputs(out: Path, summary: dict, rows: list[dict], draws: pd.DataFrame, n_prompts: int) -> None:
-    assert (out / "model.safetensors").exists() and (out / "config.json").exists()
-    assert (out / "tokenizer.json").exists() or (out / "tokenizer_config.json").exists()
-    assert [r["step"] for r in rows] == [1, 2]
-    for r in rows:
-        assert {"reward", "reward_std", "kl", "entropy", "completions/mean_length", "step_wall_s"} <= r.keys()
-        assert np.isfinite(r["reward"]) and r["step_wall_s"] > 0
+def train(params: dict, tiny_model, prompts, weights=None, rm=None, curve_prompts=()):
+    weights = np.full(len(prompts), 1 / len(prompts)) if weights is None else weights
+    job = grpo.GRPOJob.from_params(params)
+    return grpo.train_grpo(job, str(tiny_model), prompts, weights, None if rm is None else str(rm), list(curve_prompts))
+
+
+def check_run(r: dict, n_prompts: int) -> None:
+    rows, draws, summary = r["rows"], r["draws"], r["summary"]
+    assert [row["step"] for row in rows] == [1, 2]
+    for row in rows:
+        assert {"reward", "reward_std", "kl", "entropy", "completions/mean_length", "step_wall_s"} <= row.keys()
+        assert np.isfinite(row["reward"]) and row["step_wall_s"] > 0
     assert list(draws.columns) == ["prompt_id", "draws"] and len(draws) == n_prompts
     assert draws["draws"].sum() == 2 * 2  # steps x prompts_per_step
     assert summary["steps"] == 2 and summary["n_draws"] == 4 and summary["final_reward"] == rows[-1]["reward"]
-    assert not list(out.parent.glob(f".{out.name}.tmp-*"))  # atomic: no temporary left
 
 
-def test_train_grpo_density_arm_draws_by_weight(tiny_model, tiny_rm, prompts, tmp_path):
+def test_train_grpo_density_arm_draws_by_weight(tiny_model, tiny_rm, prompts):
     weights = np.full(len(prompts), 0.03 / (len(prompts) - 2))
     weights[-2:] = 0.485  # the two rare prompts carry 97% of the mass
-    out = tmp_path / "density"
-    r = grpo.train_grpo(str(tiny_model), prompts, weights, tiny_params("rm"), str(out), str(tiny_rm))
-    check_outputs(out, r["summary"], r["rows"], r["draws"], len(prompts))
+    r = train(tiny_params("rm"), tiny_model, prompts, weights, tiny_rm)
+    check_run(r, len(prompts))
     assert r["draws"]["draws"].iloc[-2:].sum() > r["draws"]["draws"].iloc[:-2].sum()
     assert r["curves"] == [] and r["curve_embeddings"].size == 0  # no curve prompts: no curves
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_one_step_changes_every_trainable_tensor(tiny_model, tiny_rm, prompts, tmp_path, precision):
+def test_one_step_changes_every_trainable_tensor(tiny_model, tiny_rm, prompts, precision):
     """fp32 master weights (bf16 only as autocast): one step at lr 1e-5 moves every parameter tensor.
 
     Trained directly in bf16 weights, most of a 1e-5 update is below bf16's resolution (shown on the last line)."""
     params = tiny_params("rm")
     params["grpo"].update(steps=1, learning_rate=1e-5)
     params["train_precision"] = precision
-    out = tmp_path / "policy"
-    grpo.train_grpo(str(tiny_model), prompts, None, params, str(out), str(tiny_rm))
+    after = train(params, tiny_model, prompts, rm=tiny_rm)["model"].state_dict()
     before = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()
-    after = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
     assert all(after[k].dtype == torch.float32 for k in after)
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
     assert unchanged == [], unchanged
@@ -275,21 +272,34 @@ def test_one_step_changes_every_trainable_tensor(tiny_model, tiny_rm, prompts, t
     assert ((w.bfloat16() + 1e-5 * torch.sign(w)).bfloat16() == w.bfloat16()).float().mean() > 0.5
 
 
-def test_grpo_step_uniform_arm(tiny_model, tiny_rm, prompts, tmp_path):
-    """The rule's step: held-out prompts removed, files written, the saved policy loads back with its pad token."""
+def run_step(tiny_model, tiny_rm, prompts, tmp_path, params) -> dict[str, str]:
+    """The rule's step on `prompts`; returns its output paths."""
     prompts.to_parquet(tmp_path / "prompts.parquet")
-    out = {k: str(tmp_path / name) for k, name in (("model", "model"), ("metrics", "metrics.jsonl"), ("draws", "draws.parquet"))}
+    names = {"model": "model", "metrics": "metrics.jsonl", "draws": "draws.parquet", "summary": "summary.json",
+             "curves": "curves.jsonl", "curve_embeddings": "curves.npz"}  # fmt: skip
+    out = {k: str(tmp_path / name) for k, name in names.items()}
     inputs = {"prompts": str(tmp_path / "prompts.parquet"), "model": str(tiny_model), "rm": str(tiny_rm)}
-    out |= {"curves": str(tmp_path / "curves.jsonl"), "curve_embeddings": str(tmp_path / "curves.npz")}
-    grpo.run(inputs, out, tiny_params("rm"))
+    grpo.run(inputs, out, params)
+    return out
+
+
+def test_grpo_step_uniform_arm(tiny_model, tiny_rm, prompts, tmp_path):
+    """The rule's step: held-out prompts removed, files written atomically, the saved policy loads back with its
+    pad token."""
+    out = run_step(tiny_model, tiny_rm, prompts, tmp_path, tiny_params("rm"))
+    model = Path(out["model"])
+    assert (model / "model.safetensors").exists() and (model / "config.json").exists()
+    assert not list(tmp_path.glob(".*.tmp-*"))  # atomic: no temporary left
     rows = [json.loads(line) for line in Path(out["metrics"]).read_text().splitlines()]
     draws = pd.read_parquet(out["draws"])
-    check_outputs(Path(out["model"]), {"steps": 2, "n_draws": 4, "final_reward": rows[-1]["reward"]}, rows, draws, len(prompts) - 2)
+    summary = json.loads(Path(out["summary"]).read_text())
+    check_run({"rows": rows, "draws": draws, "summary": summary}, len(prompts) - 2)
     # collapse curves at steps 0, 1, 2 on the 2 held-out pool prompts, 2 samples each
     curves = [json.loads(line) for line in Path(out["curves"]).read_text().splitlines()]
     assert [c["step"] for c in curves] == [0, 1, 2]
     for c in curves:
         assert {"reward_mean", "kl_to_base", "distinct_2_within", "length_tokens"} <= c.keys() and np.isfinite(c["reward_mean"])
+        assert len(c["completions"]) == 2 and all(len(group) == 2 for group in c["completions"])
     assert abs(curves[0]["kl_to_base"]) < 1e-4  # step 0: the policy is the base model
     emb = np.load(out["curve_embeddings"])
     assert emb["embeddings"].shape == (3, 2, 2, 32) and emb["steps"].tolist() == [0, 1, 2]
@@ -298,15 +308,27 @@ def test_grpo_step_uniform_arm(tiny_model, tiny_rm, prompts, tmp_path):
     assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
 
 
-def test_train_grpo_self_certainty(tiny_model, prompts, tmp_path):
-    out = tmp_path / "sc"
-    r = grpo.train_grpo(str(tiny_model), prompts, None, tiny_params("self_certainty"), str(out), curve_prompts=prompts["text"].tolist()[:1])
-    check_outputs(out, r["summary"], r["rows"], r["draws"], len(prompts))
+def test_last_curve_point_samples_like_the_final_evaluation(tiny_model, tiny_rm, prompts, tmp_path):
+    """One sampling function: the curve point after the last step and the evaluation of the saved policy, given
+    the same prompts, settings and seed, produce the same completions (cut at the same stop tokens)."""
+    from density_grpo.evaluate import EvalJob, evaluate_policy
+    from density_grpo.pairs import holdout_split
+
+    params = tiny_params("rm")
+    params["grpo"].update(max_completion_length=12, temperature=1.0)
+    out = run_step(tiny_model, tiny_rm, prompts, tmp_path, params)
+    last = [json.loads(line) for line in Path(out["curves"]).read_text().splitlines()][-1]
+    curve_prompts = holdout_split(prompts, 2, 0)[1]["text"].tolist()
+    ev = {"pool": 2, "prompts": 2, "rare_fraction": 0.5, "rare_quantile": 0.2, "samples": 2, "max_new_tokens": 12, "temperature": 1.0}
+    job = EvalJob.from_params({"eval": ev, "rm": {"max_length": 64, "batch_size": 2}, "name": "x", "sets": 1, "seed": 0,
+                               "device": "cpu", "dtype": "float32"})  # fmt: skip
+    evaluated = evaluate_policy(job, out["model"], str(tiny_model), curve_prompts, str(tiny_rm))
+    assert evaluated["completions"][0] == last["completions"]
+    assert len({t for group in last["completions"] for t in group}) > 1  # sampled, not a constant
+
+
+def test_train_grpo_self_certainty(tiny_model, prompts):
+    r = train(tiny_params("self_certainty"), tiny_model, prompts, curve_prompts=prompts["text"].tolist()[:1])
+    check_run(r, len(prompts))
     assert r["summary"]["final_reward"] > np.log(320) - 1  # self-certainty is >= log V (V ~ 320 here)
     assert [c["step"] for c in r["curves"]] == [0, 1, 2] and r["curves"][0]["reward_mean"] > np.log(320) - 1
-
-
-def test_train_grpo_rm_reward_needs_a_reward_model(tiny_model, prompts, tmp_path):
-    with pytest.raises(UserError, match="grpo.reward"):
-        grpo.train_grpo(str(tiny_model), prompts, None, tiny_params("rm"), str(tmp_path / "x"))  # rm without rm_dir
-    assert not (tmp_path / "x").exists()

@@ -88,11 +88,20 @@ def test_kv_cache_and_training():
     assert parts["weights"] == parts["grads"] == 4 * n
     assert parts["optimizer"] == 8 * n  # AdamW: m and v in fp32
     assert parts["logits"] == 0
-    assert M.training_bytes(cfg, 4, 128, "fp32", logit_positions=0) == sum(parts.values())
     ckpt = M.training_components(cfg, 4, 128, "fp32", gradient_checkpointing=True, logit_positions=0)
     assert ckpt["activations"] < parts["activations"] / 5
     assert M.training_components(cfg, 4, 128, "fp32", optimizer="sgd")["optimizer"] == 0
     assert M.training_components(cfg, 4, 128)["logits"] == 2 * 4 * 128 * 49152 * 4
+
+
+def test_a_published_model_and_the_bytes_it_implies():
+    """Llama-2-7B has 6,738,415,616 parameters (Meta's model card); a full fp32 fine-tune with AdamW holds 16 bytes
+    of state per parameter (weights, grads, m, v): 107.8 GB before activations."""
+    cfg = M.REFERENCE_MODELS["Llama-2-7B"]
+    assert M.param_count(cfg) == 6_738_415_616
+    parts = M.training_components(cfg, 1, 1, "fp32", logit_positions=0)
+    assert parts["weights"] + parts["grads"] + parts["optimizer"] == 107_814_649_856
+    assert M.weights_bytes(6_738_415_616, "bf16") == 13_476_831_232 and M.weights_bytes(6_738_415_616, "int4") == 3_369_207_808
 
 
 def test_ppo_vs_intuitor():
@@ -105,46 +114,58 @@ def test_ppo_vs_intuitor():
 
 
 def test_stage_predictions_use_their_shapes():
-    """Each stage predicts from the batch numbers it runs: bigger batches, more bytes; dtype halves the weights."""
+    """Each stage predicts from the batch numbers it runs (its params, as density_grpo.params builds them, and the
+    shapes of its data): bigger batches, more bytes; dtype halves the weights."""
     from density_grpo import density, embed, evaluate, grpo, reward
+    from density_grpo import params as P
 
-    cfg = M.SMOLLM2_135M
-    lengths = [100, 90, 80, 20]
-    small = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 200), "hidden", False, "cpu", "float32", 200)
-    big = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 4096), "hidden", False, "cpu", "float32", 4096)
+    cfg, conf = M.SMOLLM2_135M, REPO_CONFIG
+    cpu32 = {"device": "cpu", "dtype": "float32", "train_precision": "fp32"}
+    gpu16 = {"device": "cuda", "dtype": "bfloat16", "train_precision": "bf16"}
+    lengths = M.Workload(cfg, (100, 90, 80, 20))
+
+    def emb(batch_tokens, rt=cpu32, work=lengths):
+        params = P.embed(conf)
+        params["embed"]["batch_tokens"] = batch_tokens
+        return embed.predict({**params, **rt}, work)
+
+    small, big = emb(200), emb(4096)
     assert big["total_bytes"] > small["total_bytes"] and big["assumptions"]["batch"] == 4
-    bf16 = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 4096), "hidden", False, "cpu", "bfloat16", 4096)
+    bf16 = emb(4096, {**cpu32, "dtype": "bfloat16"})
     assert bf16["components"]["weights"] == 2 * 134_515_008 and big["components"]["weights"] == 4 * 134_515_008
-    gpu = embed.predict(cfg, lengths, embed.token_budget_batches(lengths, 4096), "hidden", False, "cuda", "bfloat16", 4096)
+    gpu = emb(4096, gpu16)
     assert "baseline" not in gpu["components"] and gpu["device"] == "cuda"
     # a prompt longer than the budget runs in windows: one window's activations plus the KV cache, not T^2
-    long = [8192]
-    whole = embed.predict(cfg, long, [[0]], "hidden", False, "cpu", "float32", 10**6)
-    windowed = embed.predict(cfg, long, [[0]], "hidden", False, "cpu", "float32", 512)
+    long = M.Workload(cfg, (8192,))
+    whole, windowed = emb(10**6, work=long), emb(512, work=long)
     key = "max(activations + logits + output, load copy)"
     assert M.kv_cache_bytes(cfg, 1, 8192) < windowed["components"][key] < whole["components"][key] / 4
 
-    k = density.predict(1_000_000, 576, 128, {"k": 10, "index": "ivf", "nlist": None, "recall_sample": 1000})
+    def weights(**knn):
+        c = {**conf, "knn": {**conf["knn"], **knn}}
+        return density.predict(P.weights(c, 1_000_000, 576), M.Workload(cfg, n_prompts=1_000_000, dim=576, chunk_rows=128))
+
+    k = weights(index="ivf")
     assert k["components"]["index"] == ip.index_bytes(1_000_000, 576, "ivf", ip.default_nlist(1_000_000))
-    knn = {"k": 10, "index": "ivfjoin", "nlist": None, "nprobe": 32, "fix_fraction": 0.1, "fix_nprobe": 128, "recall_sample": 1000}
-    j = density.predict(1_000_000, 576, 8192, knn)
+    j = weights(index="auto")  # ivfjoin beyond exact_max
     assert j["components"]["index"] == 1_000_000 * 576 * 4 + 2000 * 576 * 4 and "direct_map" not in j["components"]
     assert 4e9 < j["total_bytes"] < 5e9  # benchmarks/knn_scale.py measured a 4.4 GB peak at 1M x 576
 
-    g = {**REPO_CONFIG["grpo"], "reward": "self_certainty"}
-    sc = grpo.predict(cfg, {"grpo": g, "dtype": "float32", "train_precision": "fp32"}, 72, "cpu")
+    prompts = M.Workload(cfg, (72,))
+    sc_conf = {**conf, "grpo": {**conf["grpo"], "reward": "self_certainty"}}
+    sc = grpo.predict({**P.grpo(sc_conf), **cpu32, "policy_seed": 0}, prompts)
     assert "reward_model" not in sc["components"] and "self_certainty_logits" in sc["components"]
-    rm = grpo.predict(cfg, {"grpo": REPO_CONFIG["grpo"], "dtype": "float32", "train_precision": "fp32"}, 72, "cpu")
+    rm = grpo.predict({**P.grpo(conf), **cpu32, "policy_seed": 0}, prompts)
     assert "reward_model" in rm["components"] and rm["assumptions"]["batch"] == 8
-    bf16 = grpo.predict(cfg, {"grpo": REPO_CONFIG["grpo"], "dtype": "bfloat16", "train_precision": "bf16"}, 72, "cuda")
+    bf16 = grpo.predict({**P.grpo(conf), **gpu16, "policy_seed": 0}, prompts)
     assert bf16["components"]["weights"] == 4 * 134_515_008  # fp32 master weights, whatever the autocast precision
     assert bf16["components"]["base model (curves)"] == 2 * 134_515_008
 
-    e = {"eval": REPO_CONFIG["eval"], "rm": REPO_CONFIG["rm"], "dtype": "float32"}
-    ev = evaluate.predict(cfg, e, 72, "cpu")
-    assert ev["assumptions"]["generation_batch"] == evaluate.generation_batch(4) * 4 == 64  # what generate() runs
-    r = reward.predict(cfg, REPO_CONFIG["rm"], 256, "cpu", "float32")
-    assert r["assumptions"]["batch"] == 16 and r["total_bytes"] == sum(r["components"].values())
+    ev = evaluate.predict({**P.evaluate(conf, "base"), **cpu32}, prompts)
+    assert ev["assumptions"]["generation_batch"] == 64  # sampling.SEQUENCES_PER_CALL: what sample() runs
+    r = reward.predict({**P.reward_model(conf), **cpu32}, M.Workload(cfg, (256, 120)))
+    assert r["assumptions"]["batch"] == 16 and r["assumptions"]["seq"] == 256
+    assert r["total_bytes"] == sum(r["components"].values())
 
 
 def test_free_memory_warning():

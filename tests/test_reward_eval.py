@@ -10,8 +10,11 @@ import pytest
 import torch
 import transformers
 
-from density_grpo.evaluate import distinct_n, evaluate_policy, generate, pairwise_cosine_distance, vendi_score
 from density_grpo.errors import UserError
+from density_grpo.evaluate import EvalJob, evaluate_policy
+from density_grpo.sampling import Sampling, cut_at, sample
+from density_grpo.stats import distinct_n, pairwise_cosine_distance, vendi_score
+from density_grpo import reward
 from density_grpo.reward import (
     freeze_lower_layers,
     load_reward_model,
@@ -35,10 +38,12 @@ def rm_params(**rm) -> dict:
     return {"seed": 0, "device": "cpu", "train_precision": "fp32", "rm": rm}
 
 
-EVAL_PARAMS = {
-    "seed": 0, "device": "cpu", "dtype": "float32", "rm": {"max_length": 64, "batch_size": 4},
-    "eval": {"samples": 3, "max_new_tokens": 6, "temperature": 1.0},
-}  # fmt: skip
+def eval_job(sets: int) -> EvalJob:
+    """An evaluate_model job's params (the sampling keys of the eval section, RM scoring), typed."""
+    return EvalJob.from_params({
+        "seed": 0, "device": "cpu", "dtype": "float32", "rm": {"max_length": 64, "batch_size": 4}, "name": "base",
+        "sets": sets, "eval": {"samples": 3, "max_new_tokens": 6, "temperature": 1.0},
+    })  # fmt: skip
 
 
 def synthetic_pairs(n: int = 12) -> pd.DataFrame:
@@ -58,9 +63,11 @@ def synthetic_pairs(n: int = 12) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def trained_rm(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("rm") / "rm"
-    metrics = train_reward_model(str(tiny_model), synthetic_pairs(), rm_params(), str(out))
-    return out, metrics
+    out = tmp_path_factory.mktemp("rm")
+    files = {"model": str(out / "rm"), "metrics": str(out / "metrics.json"), "steps": str(out / "steps.jsonl")}
+    synthetic_pairs().to_parquet(out / "pairs.parquet")
+    reward.run({"model": str(tiny_model), "pairs": str(out / "pairs.parquet")}, files, rm_params())
+    return out, json.loads((out / "metrics.json").read_text())
 
 
 # -----------------------------------------------------------------------------
@@ -104,21 +111,34 @@ def test_pairwise_cosine_distance_known_values():
 # generation
 
 
-def test_generate_shape_and_determinism(tiny_model):
+def test_sample_shape_and_determinism(tiny_model):
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     tok = transformers.AutoTokenizer.from_pretrained(tiny_model)
     torch.manual_seed(123)
     before = torch.rand(1)
-    a = generate(model, tok, PROMPTS, samples=4, max_new_tokens=8, temperature=1.0, seed=7, batch_size=2)
-    b = generate(model, tok, PROMPTS, samples=4, max_new_tokens=8, temperature=1.0, seed=7, batch_size=2)
-    c = generate(model, tok, PROMPTS, samples=4, max_new_tokens=8, temperature=1.0, seed=8, batch_size=2)
-    assert len(a) == len(PROMPTS) and all(len(cs) == 4 for cs in a)
-    assert all(isinstance(t, str) for cs in a for t in cs)
-    assert a == b
-    assert a != c
+    how = Sampling(samples=4, max_new_tokens=8, temperature=1.0)
+    a, b, c = (sample(model, tok, PROMPTS, how, seed) for seed in (7, 7, 8))
+    assert len(a.texts) == len(PROMPTS) and all(len(cs) == 4 for cs in a.texts)
+    assert len(a.ids) == 12 and len(a.prompt_ids) == 3 and all(len(x) <= 8 for x in a.ids)
+    assert a.texts == b.texts and a.ids == b.ids
+    assert a.texts != c.texts
     assert tok.padding_side == "right"  # restored
     torch.manual_seed(123)
-    assert torch.equal(torch.rand(1), before)  # the global RNG stream is untouched by seeding inside generate
+    assert torch.equal(torch.rand(1), before)  # the global RNG stream is untouched by seeding inside sample
+
+
+def test_sample_stops_at_every_eos_and_cuts_at_human(tiny_model):
+    """Completions end at the first of the generation config's EOS ids (as TRL's GRPO stops), EOS kept in the ids;
+    the text stops where the model starts a Human turn itself."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_model)
+    free = sample(model, tok, PROMPTS[:1], Sampling(8, 10, 1.0), 3)
+    stop = free.ids[0][2]  # a token the model samples early: make it an extra EOS of the generation config
+    model.generation_config.eos_token_id = [tok.eos_token_id, stop]
+    out = sample(model, tok, PROMPTS[:1], Sampling(8, 10, 1.0), 3)
+    assert out.ids[0] == free.ids[0][:3]  # same draw up to the stop token, cut after it
+    assert all(stop not in ids[:-1] for ids in out.ids)
+    assert cut_at(" Sure.\n\nHuman: and then", "\n\nHuman:") == " Sure." and cut_at(" Sure.\n\nHum", "\n\nHuman:") == " Sure."
 
 
 # -----------------------------------------------------------------------------
@@ -156,15 +176,16 @@ def test_freeze_lower_layers(tiny_model):
 
 
 def test_train_reward_model_writes_loadable_folder(trained_rm):
-    out, metrics = trained_rm
+    folder, saved = trained_rm
+    out = folder / "rm"
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
-    saved = json.loads((out / "metrics.json").read_text())
-    assert saved["steps"] == 4 and metrics["steps"] == 4
+    assert sorted(p.name for p in out.iterdir() if "metrics" in p.name) == []  # the step's files sit beside the model
+    assert saved["steps"] == 4
     assert 0.0 <= saved["eval_accuracy"] <= 1.0
     assert saved["n_train"] + saved["n_eval"] == 12 and saved["n_eval"] > 0
     for key in ("train_loss_first", "train_loss_last", "train_loss_mean", "eval_margin_mean", "wall_time_s"):
         assert np.isfinite(saved[key]), key
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (folder / "steps.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4] and all("loss" in x for x in lines)
     model, tok = load_reward_model(str(out), device="cpu")
     assert tok.pad_token_id != tok.eos_token_id
@@ -172,7 +193,7 @@ def test_train_reward_model_writes_loadable_folder(trained_rm):
 
 
 def test_score_consistent_after_reload(trained_rm, tiny_model):
-    out, _ = trained_rm
+    out = trained_rm[0] / "rm"
     model, tok = load_reward_model(str(out), device="cpu")
     prompts = PROMPTS * 2
     responses = [" Sure, here you go.", " No.", "", " A much longer answer " * 6, " Paris.", " Why did the computer"]
@@ -190,9 +211,7 @@ def test_score_consistent_after_reload(trained_rm, tiny_model):
 
 def test_trained_rm_prefers_chosen(tiny_model, tmp_path):
     """More steps on the easy synthetic task: held-out accuracy must reach 1."""
-    metrics = train_reward_model(
-        str(tiny_model), synthetic_pairs(), rm_params(max_steps=12, eval_fraction=0.34), str(tmp_path / "rm")
-    )
+    metrics = train_reward_model(str(tiny_model), synthetic_pairs(), rm_params(max_steps=12, eval_fraction=0.34))["metrics"]
     assert metrics["eval_accuracy"] == 1.0 and metrics["eval_margin_mean"] > 0
     assert metrics["train_loss_last"] < metrics["train_loss_first"]
 
@@ -206,12 +225,12 @@ def test_evaluate_then_compare(tiny_model, trained_rm, tmp_path):
     from density_grpo import compare
     from density_grpo.io import write_json
 
-    rm_dir, _ = trained_rm
-    r = evaluate_policy(str(tiny_model), str(tiny_model), PROMPTS, EVAL_PARAMS, str(rm_dir), sets=2)
+    rm_dir = trained_rm[0] / "rm"
+    r = evaluate_policy(eval_job(2), str(tiny_model), str(tiny_model), PROMPTS, str(rm_dir))
     assert r["embeddings"].shape == (2, 3, 3, 32) and np.array(r["rewards"]).shape == (2, 3, 3)
     assert len(r["completions"]) == 2 and all(len(cs) == 3 for p in r["completions"] for cs in p)
     assert r["completions"][0] != r["completions"][1]  # two sample sets: different seeds
-    again = evaluate_policy(str(tiny_model), str(tiny_model), PROMPTS, EVAL_PARAMS, str(rm_dir), sets=1)
+    again = evaluate_policy(eval_job(1), str(tiny_model), str(tiny_model), PROMPTS, str(rm_dir))
     assert again["completions"][0] == r["completions"][0]  # same seed: same samples (common random numbers)
 
     inputs = {"evals": [], "embeddings": [], "curves": [], "curve_embeddings": []}
@@ -220,7 +239,8 @@ def test_evaluate_then_compare(tiny_model, trained_rm, tmp_path):
         emb = res["embeddings"]
         np.savez(tmp_path / f"{name}.npz", embeddings=emb)
         doc = {k: v for k, v in res.items() if k != "embeddings"}
-        write_json({**doc, "model": name, "strata": ["rare", "dense", "dense"], "samples": 3, "sets": len(emb)}, tmp_path / f"{name}.json")
+        doc |= {"model": name, "strata": ["rare", "dense", "dense"], "samples": 3, "sets": len(emb), "temperature": 1.0}
+        write_json(doc, tmp_path / f"{name}.json")
         inputs["evals"].append(str(tmp_path / f"{name}.json"))
         inputs["embeddings"].append(str(tmp_path / f"{name}.npz"))
         if name != "base":
@@ -229,8 +249,10 @@ def test_evaluate_then_compare(tiny_model, trained_rm, tmp_path):
             np.savez(tmp_path / f"{name}_curves.npz", embeddings=emb[:1, :2].repeat(2, 0))
             inputs["curves"].append(str(tmp_path / f"{name}.jsonl"))
             inputs["curve_embeddings"].append(str(tmp_path / f"{name}_curves.npz"))
-    out = {"json": str(tmp_path / "comparison.json"), "png": str(tmp_path / "c.png"), "curves_png": str(tmp_path / "curves.png")}
-    compare.run(inputs, out, {"models": models, "runs": [["density", 0], ["uniform", 0]], "bootstrap": 100, "seed": 0})
+    out = {"json": str(tmp_path / "comparison.json"), "diversity": str(tmp_path / "c.png"), "curves": str(tmp_path / "curves.png")}
+    params = {"models": models, "runs": [["density", 0], ["uniform", 0]], "seed": 0,
+              "eval": {"bootstrap": 100, "control_temperature": None}}  # fmt: skip
+    compare.run(inputs, out, params)
     c = json.loads((tmp_path / "comparison.json").read_text())
     assert c["n_prompts"] == 3 and c["strata"] == {"rare": 1, "dense": 2} and c["seeds"] == {"density": [0], "uniform": [0]}
     v = c["metrics"]["vendi_within"]

@@ -347,6 +347,8 @@ class GRPOConfig(Section):
     """sequences per forward/backward (gradient accumulation over the step's sequences)."""
     max_completion_length: int
     """completion tokens sampled at most."""
+    max_prompt_length: int
+    """prompt tokens kept, from the end (the final request stays): training and the collapse curves."""
     temperature: float
     """sampling temperature of the completions."""
     learning_rate: float
@@ -392,6 +394,8 @@ class EvalConfig(Section):
     """completions per prompt and model (the base model gets two such sets: the noise floor)."""
     max_new_tokens: int
     """completion tokens sampled at most."""
+    max_prompt_length: int
+    """prompt tokens kept, from the end (the final request stays)."""
     temperature: float
     """sampling temperature of the evaluation (in the control's job: eval.control_temperature)."""
     control_temperature: float | None

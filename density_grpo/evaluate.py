@@ -25,7 +25,7 @@ from density_grpo import memory
 from density_grpo.config import EvalConfig, RMConfig
 from density_grpo.embed import RESPONSE_BATCH_TOKENS
 from density_grpo.io import write_json
-from density_grpo.sampling import Sampling, sample
+from density_grpo.sampling import Sampling, keep_last_tokens, sample
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def evaluate_policy(job: EvalJob, policy_dir: str, base_dir: str, prompts: list[
 
     t = time.perf_counter()
     policy, tok = load_causal_lm(policy_dir, dtype=dtype, device=device)
+    prompts, n_cut = keep_last_tokens(tok, prompts, e.max_prompt_length)
     lengths = tuple(len(x) for x in tok(prompts)["input_ids"])
     expect(_predict(job, memory.Workload(memory.model_config(policy_dir), lengths)))
     completions = [sample(policy, tok, prompts, job.sampling, job.seed + k).texts for k in range(job.sets)]
@@ -136,6 +137,7 @@ def evaluate_policy(job: EvalJob, policy_dir: str, base_dir: str, prompts: list[
         "lengths": n_tokens.reshape(shape).tolist(),
         "embeddings": emb.astype(np.float32),
         "time_s": timings,
+        "n_prompts_cut": n_cut,
     }
 
 

@@ -38,7 +38,7 @@ from density_grpo.config import EvalConfig, GRPOConfig, RMConfig
 from density_grpo.errors import UserError
 from density_grpo.io import atomic_path
 from density_grpo.models import eos_token_ids, pad_token_id, set_pad_token
-from density_grpo.sampling import Sampling, pack, sample
+from density_grpo.sampling import Sampling, keep_last_tokens, pack, sample
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +490,11 @@ def train_grpo(
     set_seed(job.policy_seed)
     model, tokenizer = load_causal_lm(model_dir, torch.float32, device)  # fp32 master weights
     set_pad_token(tokenizer, model)
-    lengths = tuple(len(x) for x in tokenizer(prompts["text"].astype(str).tolist())["input_ids"])
+    texts, n_cut = keep_last_tokens(tokenizer, prompts["text"].astype(str).tolist(), g.max_prompt_length)
+    curve_prompts = keep_last_tokens(tokenizer, curve_prompts, g.max_prompt_length)[0]
+    if n_cut:
+        log.info("%d of %d training prompts keep their last grpo.max_prompt_length=%d tokens", n_cut, len(texts), g.max_prompt_length)
+    lengths = tuple(len(x) for x in tokenizer(texts)["input_ids"])
     expect(_predict(job, memory.Workload(memory.model_config(model_dir), lengths)))
     if g.reward == "rm":
         reward_func = make_rm_reward(rm_dir, device, dtype, job.rm.max_length)
@@ -513,14 +517,14 @@ def train_grpo(
             model=model,
             reward_funcs=reward_func,
             args=job.trl_args(trainer_dir, device),
-            train_dataset=Dataset.from_dict({"prompt": prompts["text"].astype(str).tolist()}),
+            train_dataset=Dataset.from_dict({"prompt": texts}),
             processing_class=tokenizer,
             callbacks=callbacks,
             prompt_weights=weights,
         )
         trainer.train()
     counts = trainer.draw_counts
-    summary = summarize(metrics.rows, counts, job, time.perf_counter() - t0)
+    summary = summarize(metrics.rows, counts, job, time.perf_counter() - t0) | {"n_prompts_cut": n_cut}
     log.info("GRPO (%s reward, seed %d): %d steps in %.1fs, final reward %s", g.reward, job.policy_seed, summary["steps"], summary["wall_s"], summary["final_reward"])
     return {
         "model": trainer.accelerator.unwrap_model(trainer.model),

@@ -67,7 +67,7 @@ def grpo(config: Config) -> dict:
     return {**out, "seed": config["seed"]}
 
 
-EVAL_KEYS = ("pool", "prompts", "rare_fraction", "rare_quantile", "samples", "max_new_tokens")
+EVAL_KEYS = ("pool", "prompts", "rare_fraction", "rare_quantile", "samples", "max_new_tokens", "max_prompt_length")
 
 
 def evaluate(config: Config, model: str) -> dict:

@@ -47,6 +47,26 @@ class Completions:
         return [t for group in self.texts for t in group]
 
 
+def keep_last_tokens(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[str], int]:
+    """Each text cut to about its last `max_tokens` tokens (a long dialogue keeps its final request), and how many
+    were cut. Only a window of characters from the end is tokenized (doubled until it holds enough tokens), so a
+    20 MB prompt costs what its last few thousand characters cost. Decoded back to text: the trainer and the
+    sampler tokenize prompts themselves, which may give a token more or less at the cut."""
+    out, n_cut = [], 0
+    for text in texts:
+        window = 8 * max_tokens
+        while True:
+            part = text[-window:]
+            ids = tokenizer(part, add_special_tokens=False)["input_ids"]
+            if len(ids) > max_tokens or len(part) == len(text):
+                break
+            window *= 2
+        if len(ids) > max_tokens:
+            text, n_cut = tokenizer.decode(ids[-max_tokens:]), n_cut + 1
+        out.append(text)
+    return out, n_cut
+
+
 def cut_at(text: str, stop: str) -> str:
     """Text before `stop`; also drops a trailing partial `stop` (>= 4 chars) left by the token limit."""
     text = text.split(stop)[0]

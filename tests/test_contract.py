@@ -17,7 +17,7 @@ STEP_RULES = {
     "compare", "build_reports",
 }  # fmt: skip
 DOWNSTREAM = {"compare": 1, "build_reports": 1, "all": 1}
-# the tiny run: 4 chunks; arms density and uniform x seeds 0 and 1; evaluate_model: base + 4 policies
+# the tiny run: 4 chunks; arms density and uniform x seeds 0 and 1; evaluate_model: base, control + 4 policies
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def test_every_step_reads_exactly_its_params(audited_run):
     assert_read_equals_declared(records)
     assert "knn.index" in records["knn_weights"]["declared"] and "knn.seed" not in records["knn_weights"]["declared"]
     assert "grpo.token_chunk" not in records["grpo_density_0"]["declared"]  # rm reward: never reads it
+    assert "eval.temperature" in records["evaluate_model_control"]["declared"]  # the control's own temperature
     assert "dtype" not in records["reward_model"]["declared"]  # trains in fp32 master weights (train_precision)
     assert "device" in records["evaluate_model_base"]["declared"] and "train_precision" in records["reward_model"]["declared"]
     assert "density.components" not in records["knn_weights"]["declared"]  # postprocess none: never reads it
@@ -90,23 +91,26 @@ def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
 # a finished run, one config change at a time: the jobs a dry run plans (4 chunks; arms density, uniform)
 RERUN_MATRIX = [
     # model.dtype is the inference precision: the reward model trains in fp32 master weights and does not read it
-    ({"model": {"dtype": "bfloat16"}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 4, "evaluate_model": 5}),
+    ({"model": {"dtype": "bfloat16"}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 4, "evaluate_model": 6}),
     # the weights feed the density arm's sampler and every evaluation (prompts drawn stratified by weight)
-    ({"embed": {"layer": 1}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 2, "evaluate_model": 5}),
-    ({"knn": {"k": 4}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 5}),
-    ({"density": {"alpha": 2.0}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 5}),
-    ({"rm": {"max_steps": 3}}, {"reward_model": 1, "grpo": 4, "evaluate_model": 5}),
+    ({"embed": {"layer": 1}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
+    ({"knn": {"k": 4}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
+    ({"density": {"alpha": 2.0}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
+    ({"rm": {"max_steps": 3}}, {"reward_model": 1, "grpo": 4, "evaluate_model": 6}),
     ({"grpo": {"steps": 3}}, {"grpo": 4, "evaluate_model": 4}),
+    ({"eval": {"control_temperature": 0.5}}, {"evaluate_model": 1}),  # the control only
+    ({"eval": {"temperature": 0.9}}, {"evaluate_model": 5}),  # every model but the control
+    ({"grpo": {"max_prompt_length": 16}}, {"grpo": 4, "evaluate_model": 4}),
     ({"grpo": {"reward": "self_certainty"}}, {"grpo": 4, "evaluate_model": 4}),
     ({"grpo": {"seeds": [0, 1, 2]}}, {"grpo": 2, "evaluate_model": 2}),  # a new seed: only its own jobs
-    ({"eval": {"samples": 3}}, {"evaluate_model": 5}),
+    ({"eval": {"samples": 3}}, {"evaluate_model": 6}),
     ({"eval": {"every": 2}}, {"grpo": 4, "evaluate_model": 4}),
-    ({"seed": 1}, {"reward_model": 1, "grpo": 4, "evaluate_model": 5}),
-    ({"device": "cuda"}, {"embed_chunk": 4, "knn_weights": 1, "reward_model": 1, "grpo": 4, "evaluate_model": 5}),
+    ({"seed": 1}, {"reward_model": 1, "grpo": 4, "evaluate_model": 6}),
+    ({"device": "cuda"}, {"embed_chunk": 4, "knn_weights": 1, "reward_model": 1, "grpo": 4, "evaluate_model": 6}),
     # the density recipes (density.* keys) and embed.pooling change the weights like knn.k / embed.layer
-    ({"embed": {"pooling": "mean"}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 2, "evaluate_model": 5}),
-    ({"density": {"postprocess": "center"}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 5}),
-    ({"density": {"length_residual": "tokens"}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 5}),
+    ({"embed": {"pooling": "mean"}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
+    ({"density": {"postprocess": "center"}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
+    ({"density": {"length_residual": "tokens"}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
 ]
 
 

@@ -12,6 +12,7 @@ import yaml
 
 from density_grpo import index_plan as ip
 from density_grpo import memory as M
+from density_grpo.config import KNNConfig
 from density_grpo.memory import MiB
 from density_grpo.monitor import MemoryMonitor, _cuda, expect, note
 
@@ -124,10 +125,11 @@ def test_stage_predictions_use_their_shapes():
     key = "max(activations + logits + output, load copy)"
     assert M.kv_cache_bytes(cfg, 1, 8192) < windowed["components"][key] < whole["components"][key] / 4
 
-    k = density.predict(1_000_000, 576, 128, {"k": 10, "index": "ivf", "nlist": None, "recall_sample": 1000})
+    ivf = KNNConfig.from_params({"k": 10, "index": "ivf", "nlist": None, "recall_sample": 1000})
+    k = density.predict(1_000_000, 576, 128, ivf, "none")
     assert k["components"]["index"] == ip.index_bytes(1_000_000, 576, "ivf", ip.default_nlist(1_000_000))
     knn = {"k": 10, "index": "ivfjoin", "nlist": None, "nprobe": 32, "fix_fraction": 0.1, "fix_nprobe": 128, "recall_sample": 1000}
-    j = density.predict(1_000_000, 576, 8192, knn)
+    j = density.predict(1_000_000, 576, 8192, KNNConfig.from_params(knn), "none")
     assert j["components"]["index"] == 1_000_000 * 576 * 4 + 2000 * 576 * 4 and "direct_map" not in j["components"]
     assert 4e9 < j["total_bytes"] < 5e9  # benchmarks/knn_scale.py measured a 4.4 GB peak at 1M x 576
 

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from density_grpo import density, embed, evaluate, grpo, memory, reward  # noqa: E402
-from density_grpo.config import load_config  # noqa: E402
+from density_grpo.config import KNNConfig, load_config  # noqa: E402
 from density_grpo.index_plan import choose_index  # noqa: E402
 
 GPUS = {  # dense bf16 TFLOP/s, HBM TB/s, memory GiB (public spec sheets)
@@ -83,11 +83,12 @@ def main() -> None:
     t = 2 * n_params * sum(lengths) / flops + 0.01 * len(batches) + 20
     rows.append(("embed_chunk", math.ceil(n / e["chunk_size"]), p["total_bytes"], t))
 
-    knn = {**cfg["knn"], "index": choose_index(cfg["knn"]["index"], n, d["h"], cfg["knn"]["exact_max"], cfg["knn"]["max_index_gb"])}
-    p = density.predict(n, d["h"], e["chunk_size"], knn)
+    index = choose_index(cfg["knn"]["index"], n, d["h"], cfg["knn"]["exact_max"], cfg["knn"]["max_index_gb"])
+    knn = KNNConfig.from_params({**cfg["knn"], "index": index})
+    p = density.predict(n, d["h"], e["chunk_size"], knn, cfg["density"]["postprocess"])
     cpu_flops = 16 * 50e9  # faiss-cpu on the box's 16 cores at ~50 GFLOP/s each
-    t = 2 * n * n * d["h"] / cpu_flops if knn["index"] == "flat" else 600
-    rows.append((f"knn_weights ({knn['index']}, CPU)", 1, p["total_bytes"], t))
+    t = 2 * n * n * d["h"] / cpu_flops if index == "flat" else 600
+    rows.append((f"knn_weights ({index}, CPU)", 1, p["total_bytes"], t))
 
     seq = min(rm["max_length"], HH_PROMPT_TOKENS["p99"] + HH_RESPONSE_TOKENS["p99"])
     p = reward.predict(model_cfg, rm, seq, device, train_precision)

@@ -124,6 +124,7 @@ def main() -> None:
 
     import faiss
 
+    from density_grpo.config import DensityConfig, KNNConfig
     from density_grpo.density import compute_weights
     from density_grpo.pairs import SAMPLE_PATH
     from density_grpo.report import weights_frame, weights_summary
@@ -155,8 +156,8 @@ def main() -> None:
                     print(f"  embedded {corpus} with pooling {p}: {fig['tokens']:,} tokens in {fig['seconds']:.0f} s", flush=True)
         for name, (pooling, overrides) in recipes.items():
             chunks = {corpus: paths for corpus, (paths, _) in embedded[pooling].items()}
-            dens = {**cfg["density"], **overrides}
-            knn = {"k": knn_k, "index": "flat"}
+            dens = DensityConfig.from_params({**cfg["density"], **overrides})
+            knn = KNNConfig.from_params({"k": knn_k, "index": "flat"})
             row = {}
             for corpus, prompts in corpora.items():
                 df, meta = compute_weights(chunks[corpus], knn, dens, progress=False)

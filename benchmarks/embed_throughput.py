@@ -75,7 +75,7 @@ def model_flops(model, lengths: list[int]) -> float:
 def knn_sets(x: np.ndarray, k: int) -> np.ndarray:
     import faiss
 
-    from density_grpo.knn_join import exact_knn
+    from density_grpo.knn import exact_knn
 
     u = np.ascontiguousarray(x, dtype=np.float32)
     faiss.normalize_L2(u)

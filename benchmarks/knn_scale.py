@@ -59,12 +59,12 @@ def stage_params(index: str, n: int, dim: int) -> dict:
 
 def stage(args: argparse.Namespace) -> None:
     """Child mode: run the weights stage on the stores in args.stage; save weights, print one JSON line."""
+    from density_grpo.config import DensityConfig, KNNConfig
     from density_grpo.density import compute_weights
 
     paths = sorted((os.path.join(args.stage, p) for p in os.listdir(args.stage)), key=lambda p: int(p.split("_")[-1][:-5]))
     paths = paths[: args.chunks] if args.chunks else paths
-    knn = json.loads(args.params)
-    _, dens = knn_defaults()
+    knn, dens = KNNConfig.from_params(json.loads(args.params)), DensityConfig.from_params(knn_defaults()[1])
     t = time.perf_counter()
     df, meta = compute_weights(paths, knn, dens, progress=False)
     wall = time.perf_counter() - t
@@ -88,10 +88,9 @@ def evaluate(got: dict, x: np.ndarray, rows: np.ndarray, k: int) -> dict:
     """recall@k (id sets), weight Spearman and mean-distance errors of a stage run on the ground-truth sample."""
     import pandas as pd
 
-    from density_grpo.knn_join import exact_knn, rescore
+    from density_grpo.knn import exact_knn, rescore
 
-    sim, lab = exact_knn(x, rows, k)
-    exact = np.clip(1.0 - rescore(x, rows, lab), 0.0, None).mean(axis=1)
+    exact = np.clip(1.0 - rescore(x[rows], exact_knn(x, rows, k)[1], x), 0.0, None).mean(axis=1)
     approx = got["mean_dist"][rows]
     rel = (approx - exact) / np.maximum(exact, 1e-6)
     top = exact >= np.quantile(exact, 0.9)

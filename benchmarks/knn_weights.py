@@ -44,20 +44,23 @@ def sklearn_weights(x: np.ndarray, metric: str = "minkowski") -> tuple[np.ndarra
     keep[keep.all(axis=1), -1] = False  # self not returned (exact duplicates): drop the farthest
     dist, ids = dist[keep].reshape(len(x), K), ids[keep].reshape(len(x), K)
     cos_dist = dist if metric == "cosine" else dist.astype(np.float64) ** 2 / 2  # unit vectors: |a-b|^2 / 2
-    return density_weights(np.clip(cos_dist, 0, None).mean(axis=1), DENSITY["alpha"], DENSITY["eps"])[1], ids
+    mean_dist = np.clip(cos_dist, 0, None).mean(axis=1)
+    return density_weights(mean_dist, DENSITY["alpha"], DENSITY["eps"], DENSITY["max_ratio"])[1], ids
 
 
 def project_weights(paths: list[str]) -> np.ndarray:
+    from density_grpo.config import DensityConfig, KNNConfig
     from density_grpo.density import compute_weights
 
-    return compute_weights(paths, {"k": K, "index": "flat"}, DENSITY, progress=False)[0]["weight"].to_numpy()
+    knn, dens = KNNConfig.from_params({"k": K, "index": "flat"}), DensityConfig.from_params(DENSITY)
+    return compute_weights(paths, knn, dens, progress=False)[0]["weight"].to_numpy()
 
 
 def project_ids(x: np.ndarray) -> np.ndarray:
     """Neighbour ids of the exact search the flat stage runs (on the normalised vectors)."""
     import faiss
 
-    from density_grpo.knn_join import exact_knn
+    from density_grpo.knn import exact_knn
 
     u = np.ascontiguousarray(x, dtype=np.float32)
     faiss.normalize_L2(u)

@@ -148,15 +148,15 @@ class Section:
 
     def __post_init__(self) -> None:
         global AUDIT
-        props = schema()["properties"][self.SECTION]["properties"]
-        for f in dataclasses.fields(self):
-            value = object.__getattribute__(self, f.name)
-            if value is not UNDECLARED and f.name in props:
-                problem = _schema_error(value, props[f.name], f"{self.SECTION}.{f.name}")
-                if problem:
-                    raise UserError(problem)
         audit, AUDIT = AUDIT, None  # the checks read fields; only the step's own reads count
         try:
+            props = schema()["properties"][self.SECTION]["properties"]
+            for f in dataclasses.fields(self):
+                value = object.__getattribute__(self, f.name)
+                if value is not UNDECLARED and f.name in props:
+                    problem = _schema_error(value, props[f.name], f"{self.SECTION}.{f.name}")
+                    if problem:
+                        raise UserError(problem)
             self.check()
         finally:
             AUDIT = audit
@@ -188,11 +188,14 @@ class Section:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]):
         """The section from a rule's params (the keys its step reads); undeclared fields stay UNDECLARED."""
+        # dict.items: building the section is not reading its fields (cli.RecordingParams would count every key as
+        # read); the audit counts the step's reads of the fields
+        given = dict(dict.items(params) if isinstance(params, dict) else params.items())
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(params) - names
+        unknown = set(given) - names
         if unknown:
             raise ValueError(f"{cls.SECTION}: params {sorted(unknown)} are not fields of {cls.__name__}")
-        return cls(**{n: params.get(n, UNDECLARED) for n in names})
+        return cls(**{n: given.get(n, UNDECLARED) for n in names})
 
     @classmethod
     def pick(cls, config: Mapping[str, Any], *names: str) -> dict[str, Any]:
@@ -276,10 +279,9 @@ class KNNConfig(Section):
     seed: int = UNDECLARED
     """the config's seed: IVF training and recall samples (not a key of the knn section)."""
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.declared("seed") and not (isinstance(self.seed, int) and self.seed >= 0):
             raise UserError(f"config key seed: expected an integer >= 0, got {self.seed!r}")
-        super().__post_init__()
 
 
 @section

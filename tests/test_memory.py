@@ -12,6 +12,7 @@ import yaml
 
 from density_grpo import index_plan as ip
 from density_grpo import memory as M
+from density_grpo.config import KNNConfig
 from density_grpo.memory import MiB
 from density_grpo.monitor import MemoryMonitor, _cuda, expect, note
 
@@ -141,13 +142,14 @@ def test_stage_predictions_use_their_shapes():
     key = "max(activations + logits + output, load copy)"
     assert M.kv_cache_bytes(cfg, 1, 8192) < windowed["components"][key] < whole["components"][key] / 4
 
-    def weights(**knn):
+    def weights(chunk_rows, **knn):
         c = {**conf, "knn": {**conf["knn"], **knn}}
-        return density.predict(P.weights(c, 1_000_000, 576), M.Workload(cfg, n_prompts=1_000_000, dim=576, chunk_rows=128))
+        work = M.Workload(cfg, n_prompts=1_000_000, dim=576, chunk_rows=chunk_rows)
+        return density.predict(P.weights(c, 1_000_000, 576), work)
 
-    k = weights(index="ivf")
+    k = weights(128, index="ivf")
     assert k["components"]["index"] == ip.index_bytes(1_000_000, 576, "ivf", ip.default_nlist(1_000_000))
-    j = weights(index="auto")  # ivfjoin beyond exact_max
+    j = weights(8192, index="auto")  # ivfjoin beyond exact_max
     assert j["components"]["index"] == 1_000_000 * 576 * 4 + 2000 * 576 * 4 and "direct_map" not in j["components"]
     assert 4e9 < j["total_bytes"] < 5e9  # benchmarks/knn_scale.py measured a 4.4 GB peak at 1M x 576
 

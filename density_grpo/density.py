@@ -284,11 +284,52 @@ def compute_weights(
     return df[columns], meta
 
 
+def check_prompt_order(chunk_ids: list[str], prompts: pd.DataFrame, prompts_path: str) -> None:
+    """The chunk stores hold exactly the prompts of prompts.parquet, in order: a foreign or stale chunk would
+    publish weights for other prompts."""
+    ids = prompts["prompt_id"].astype(str).tolist()
+    if chunk_ids == ids:
+        return
+    at = next((i for i, (a, b) in enumerate(zip(chunk_ids, ids)) if a != b), min(len(chunk_ids), len(ids)))
+    raise UserError(
+        f"the chunk stores hold {len(chunk_ids)} prompts but {prompts_path} has {len(ids)}, first differing at row "
+        f"{at}: the chunks are stale or from other data; delete the results/<run>/embed folder and rerun snakemake"
+    )
+
+
+def topic_summary(df: pd.DataFrame, topics: pd.Series) -> dict[str, Any] | None:
+    """With topic labels (the sample data), each prompt's topic and its dense/rare group as columns of `df`, and the
+    check the weights exist for: the mean weight of rare-topic prompts over that of dense-topic ones (> 1: rare
+    prompts get more weight). None without topics."""
+    from density_grpo.pairs import topic_groups
+
+    groups = topic_groups(topics)
+    if groups is None:
+        return None
+    df["topic"], df["group"] = topics.to_numpy(), topics.map(groups).fillna("").to_numpy()
+    rel = df["weight"] * len(df) / df["weight"].sum()
+    means = rel.groupby(df["group"]).mean()
+    if not ("dense" in means and "rare" in means):
+        return None
+    out = {
+        "rare_dense_ratio": float(means["rare"] / means["dense"]), "n_dense": int((df["group"] == "dense").sum()),
+        "n_rare": int((df["group"] == "rare").sum()), "n_rare_topics": int(df.loc[df["group"] == "rare", "topic"].nunique()),
+    }  # fmt: skip
+    if "n_tokens" in df:  # when rare topics differ in length, a length correlation is partly signal
+        both = df["group"].isin(["rare", "dense"])
+        out["spearman_rare_tokens"] = spearman((df.loc[both, "group"] == "rare").to_numpy(), df.loc[both, "n_tokens"].to_numpy())
+    return out
+
+
 def run(input: dict, output: dict, params: dict) -> None:
-    """Rule knn_weights: streamed FAISS k-NN over all chunks -> weights.parquet + metadata.json."""
+    """Rule knn_weights: streamed FAISS k-NN over all chunks -> weights.parquet (with each prompt's topic and group
+    where the data has topics) + metadata.json (the weights' statistics the report shows)."""
     t = time.perf_counter()
     knn, dens = KNNConfig.from_params(params["knn"]), DensityConfig.from_params(params["density"])
+    prompts = pd.read_parquet(input["prompts"], columns=["prompt_id", "topic"])
     df, meta = compute_weights(input["chunks"], knn, dens)
+    check_prompt_order(df["prompt_id"].tolist(), prompts, input["prompts"])
+    meta["topics"] = topic_summary(df, prompts["topic"].astype(str))
     meta.update(chunks=[str(p) for p in input["chunks"]], time_total_s=time.perf_counter() - t, provenance=provenance(params))
     write_parquet(df, output["weights"])
     write_json(meta, output["meta"])

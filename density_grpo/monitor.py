@@ -38,6 +38,23 @@ def job_name(rule: str, wildcards: Sequence[str]) -> str:
     return "_".join([rule, *map(str, wildcards)])
 
 
+def read_bench(path: str | os.PathLike) -> dict[str, float]:
+    """A Snakemake benchmark TSV -> its max over repeats of s and max_rss (MiB); '-' cells become NaN."""
+    import pandas as pd
+
+    df = pd.read_csv(path, sep="\t")
+    return {col: float(pd.to_numeric(df[col], errors="coerce").max()) for col in ("s", "max_rss") if col in df}
+
+
+def collect(input: dict, output: dict, params: dict) -> None:
+    """Rule embed_records: the embed chunks' memory records and benchmarks in one file, so the report's inputs do
+    not depend on how many chunks the prompts checkpoint made (reports rebuild from frozen artifacts)."""
+    from density_grpo.io import read_json
+
+    records = [read_json(p) for p in input["memory"]]
+    write_json({"records": records, "bench": [read_bench(p) for p in input["bench"]]}, output["records"])
+
+
 def expect(prediction: Mapping[str, Any]) -> None:
     """Record the running job's predicted peak (a memory.prediction dict); warn when it may not fit. No-op outside a job."""
     from density_grpo.memory import warn_if_too_big

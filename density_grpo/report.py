@@ -19,8 +19,7 @@ from density_grpo import memory as M
 from density_grpo import plots
 from density_grpo.io import atomic_path, read_json, read_jsonl, write_json
 from density_grpo.memory import MiB, human_bytes as _h
-from density_grpo.pairs import topic_groups
-from density_grpo.stats import spearman
+from density_grpo.monitor import read_bench
 
 # the report's own figures: name -> (file, caption under report/); diversity.png and curves.png are the compare
 # stage's (eval/), linked from the summary
@@ -40,41 +39,16 @@ EVAL_FIGURES = ("../eval/diversity.png", "../eval/curves.png")
 # reading the declared inputs
 
 
-def _bench(path: str) -> dict[str, float]:
-    """A Snakemake benchmark TSV -> its max over repeats of s and max_rss (MiB); '-' cells become NaN."""
-    df = pd.read_csv(path, sep="\t")
-    return {col: float(pd.to_numeric(df[col], errors="coerce").max()) for col in ("s", "max_rss") if col in df}
+def weights_frame(weights: pd.DataFrame) -> pd.DataFrame:
+    """The weights with rel_weight = n x weight (1 = uniform) for the plots."""
+    return weights.assign(rel_weight=weights["weight"] * len(weights) / weights["weight"].sum())
 
 
-def weights_frame(weights: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFrame:
-    """weights joined with the prompts' topic and its dense/rare group; rel_weight = n x weight (1 = uniform)."""
-    w = weights.copy()
-    w["rel_weight"] = w["weight"] * len(w) / w["weight"].sum()
-    groups = topic_groups(prompts["topic"])
-    if groups is not None:
-        w = w.merge(prompts[["prompt_id", "topic"]], on="prompt_id", how="left")
-        w["topic"] = w["topic"].fillna("")
-        w["group"] = w["topic"].map(groups).fillna("")
-    return w
-
-
-def weights_summary(meta: dict, w: pd.DataFrame) -> dict[str, Any]:
-    out = {key: meta.get(key) for key in ("n", "k", "dim", "index", "recall_at_k", "index_bytes", "source")}
-    recipe = ("pooling", "pooling_fallbacks", "postprocess", "length_residual")
-    out.update({key: meta.get(key) for key in (*recipe, "spearman_weight_tokens", "spearman_weight_turns")})
-    out.update(meta["weight_stats"])
-    if "group" in w and (w["group"] != "").any():
-        means = w.groupby("group")["rel_weight"].mean()
-        if "dense" in means and "rare" in means:
-            out["rare_dense_ratio"] = float(means["rare"] / means["dense"])
-            out["n_dense"] = int((w["group"] == "dense").sum())
-            out["n_rare"] = int((w["group"] == "rare").sum())
-            out["n_rare_topics"] = int(w.loc[w["group"] == "rare", "topic"].nunique())
-            if "n_tokens" in w:  # when rare topics differ in length, a length correlation is partly signal
-                rare = w["group"].isin(["rare", "dense"])
-                is_rare, tokens = (w.loc[rare, "group"] == "rare").to_numpy(), w.loc[rare, "n_tokens"].to_numpy()
-                out["spearman_rare_tokens"] = spearman(is_rare, tokens)
-    return out
+def weights_summary(meta: dict) -> dict[str, Any]:
+    """What the summary shows of the weights stage's metadata."""
+    keys = ("n", "k", "dim", "index", "recall_at_k", "index_bytes", "source", "pooling", "pooling_fallbacks",
+            "postprocess", "length_residual", "spearman_weight_tokens", "spearman_weight_turns")  # fmt: skip
+    return {**{key: meta.get(key) for key in keys}, **meta["weight_stats"], **(meta.get("topics") or {})}
 
 
 def machine_of(records: list[dict]) -> dict[str, Any]:
@@ -489,6 +463,7 @@ def run(input: dict, output: dict, params: dict) -> None:
     config the reference tables need (embed.chunk_size/batch_tokens, the knn section, the GRPO batch shape).
     """
     runs = params["runs"]
+    embed = read_json(input["embed_records"])  # the embed chunks' records, collected by rule embed_records
     d = {
         "prompts_summary": read_json(input["prompts_summary"]),
         "model": read_json(input["model"]),
@@ -498,11 +473,10 @@ def run(input: dict, output: dict, params: dict) -> None:
         "grpo_summary": dict(zip(runs, map(read_json, input["grpo_summary"]))),
         "draws": dict(zip(runs, map(pd.read_parquet, input["draws"]))),
         "comparison": read_json(input["comparison"]),
-        "memory": [read_json(p) for p in input["memory"]],
-        "bench": [_bench(p) for p in input["bench"]],
+        "memory": [read_json(p) for p in input["memory"]] + embed["records"],
+        "bench": [read_bench(p) for p in input["bench"]] + embed["bench"],
     }
-    prompts = pd.read_parquet(input["prompts"], columns=["prompt_id", "topic"])
-    w = weights_frame(pd.read_parquet(input["weights"]), prompts)
+    w = weights_frame(pd.read_parquet(input["weights"]))
     mem = memory_report(d, params)
     out = output
     plots.plot_memory_timeline(d["memory"], out["memory_timeline"])
@@ -514,4 +488,4 @@ def run(input: dict, output: dict, params: dict) -> None:
     plots.plot_draws_vs_weight(d["draws"], w, out["draws_vs_weight"])
     write_json(mem, out["memory_json"])
     _write(out["memory_md"], memory_md(mem))
-    _write(out["summary"], summary_md(params["run"], d, weights_summary(d["meta"], w), mem))
+    _write(out["summary"], summary_md(params["run"], d, weights_summary(d["meta"]), mem))

@@ -25,6 +25,7 @@ PROMPTS = f"{RES}/data/prompts.parquet"
 PROMPTS_SUMMARY = f"{RES}/data/prompts.json"
 MODEL_CARD = f"{RES}/model.json"
 CHUNK = f"{RES}/embed/chunk_{{i}}.zarr"
+EMBED_RECORDS = f"{RES}/embed/jobs.json"
 WEIGHTS = f"{RES}/density/weights.parquet"
 WEIGHTS_META = f"{RES}/density/metadata.json"
 RM_MODEL = f"{RES}/rm/model"
@@ -86,12 +87,14 @@ def model_fingerprint(wildcards):
 JOBS = []  # (files, wildcard values) of every job the report shows, registered by its rule
 
 
-def job(rule, *wildcards, each=None, name=None, folder=RES, logs=LOGS):
+def job(rule, *wildcards, each=None, name=None, folder=RES, logs=LOGS, report=True):
     """A job's memory record, log and benchmark paths, named after the job (density_grpo.monitor.job_name) unless
-    `name` is given. `each` lists the values of `wildcards` (a callable, called when the report's inputs are)."""
+    `name` is given. `each` lists the values of `wildcards`; report=False: the report gets the job's records another
+    way (the embed chunks': rule embed_records collects them, as their number depends on the prompts checkpoint)."""
     name = name or job_name(rule, [f"{{{w}}}" for w in wildcards])
     files = {"memory": f"{folder}/memory/{name}.json", "log": f"{logs}/{name}.log", "bench": f"{folder}/bench/{name}.tsv"}
-    JOBS.append((files, each))
+    if report:
+        JOBS.append((files, each))
     return files
 
 
@@ -100,10 +103,6 @@ def resources(mem_mb, runtime, gpu=False):
     out = {"mem_mb": lambda wildcards, attempt: mem_mb * 2 ** (attempt - 1), "runtime": runtime}
     out["warn_fraction"] = str(config["memory"]["warn_fraction"])  # a resource: a threshold must not rerun anything
     return {**out, "gpu": GPU} if gpu else out
-
-
-def each_chunk():
-    return [{"i": i} for i in chunk_ids()]
 
 
 def each_run():
@@ -205,6 +204,11 @@ def chunk_ids():
 def all_chunks(wildcards):
     checked_prompts()
     return [CHUNK.format(i=i) for i in chunk_ids()]
+
+
+def chunk_files(kind):
+    """Every chunk's memory record or benchmark (rule embed_records collects them for the report)."""
+    return lambda wildcards: [EMBED_JOB[kind].format(i=i) for i in chunk_ids()]
 
 
 def chunk_hash(wildcards):

@@ -5,6 +5,7 @@ WEIGHTS_JOB = job("knn_weights")
 rule knn_weights:
     input:
         chunks=all_chunks,
+        prompts=checked_prompts,
     output:
         weights=WEIGHTS,
         meta=WEIGHTS_META,

@@ -1,6 +1,6 @@
 # Stage 4: one Zarr store per chunk of prompts. A chunk reruns only when its own prompts (params.content) or
 # the embedding settings change: the prompts file and model folder are ancient() so their mtimes don't count.
-EMBED_JOB = job("embed_chunk", "i", each=each_chunk)
+EMBED_JOB = job("embed_chunk", "i", report=False)
 
 
 rule embed_chunk:
@@ -29,3 +29,20 @@ rule embed_chunk:
         model_fingerprint=model_fingerprint,
     script:
         "../scripts/embed_chunk.py"
+
+
+rule embed_records:
+    input:
+        memory=chunk_files("memory"),
+        bench=chunk_files("bench"),
+    output:
+        records=EMBED_RECORDS,
+    log:
+        f"{LOGS}/embed_records.log",
+    conda:
+        "../envs/data.yaml"
+    threads: 1
+    resources:
+        **resources(1000, 5),
+    script:
+        "../scripts/embed_records.py"

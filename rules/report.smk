@@ -5,7 +5,6 @@
 
 rule build_reports:
     input:
-        prompts=PROMPTS,
         prompts_summary=PROMPTS_SUMMARY,
         model=MODEL_CARD,
         weights=WEIGHTS,
@@ -15,8 +14,9 @@ rule build_reports:
         grpo_summary=runs(GRPO_SUMMARY),
         draws=runs(GRPO_DRAWS),
         comparison=COMPARISON,
-        memory=lambda wildcards: report_files("memory"),
-        bench=lambda wildcards: report_files("bench"),
+        memory=report_files("memory"),
+        bench=report_files("bench"),
+        embed_records=EMBED_RECORDS,
     output:
         **{
             name: report(f"{REPORTS}/{png}", caption=f"../report/{caption}", category="Plots")

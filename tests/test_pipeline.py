@@ -51,7 +51,7 @@ def test_full_run_artifacts(tiny_run):
     assert len(prompts) == 30 and prompts["prompt_id"].is_unique
     assert all(t.endswith("\n\nAssistant:") for t in prompts["text"])
     weights = pd.read_parquet(workdir / RES / "density/weights.parquet")
-    assert list(weights.columns) == ["prompt_id", "knn_mean_dist", "density", "weight", "n_tokens", "turns"]
+    assert list(weights.columns) == ["prompt_id", "knn_mean_dist", "density", "weight", "n_tokens", "turns", "topic", "group"]
     assert weights["prompt_id"].tolist() == prompts["prompt_id"].tolist()
     assert weights["turns"].tolist() == prompts["text"].str.count("\n\nHuman:").tolist() and (weights["n_tokens"] > 5).all()
     assert weights["weight"].sum() == pytest.approx(1.0)

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from density_grpo import memory
-from density_grpo.config import EvalConfig, RMConfig
+from density_grpo.config import EvalConfig, RMConfig, job_from_params
 from density_grpo.embed import RESPONSE_BATCH_TOKENS
 from density_grpo.io import write_json
 from density_grpo.sampling import Sampling, keep_last_tokens, sample
@@ -51,10 +51,7 @@ class EvalJob:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "EvalJob":
-        return cls(
-            EvalConfig.from_params(params["eval"]), RMConfig.from_params(params["rm"]), params["name"], params["sets"],
-            params["seed"], params["device"], params["dtype"],
-        )  # fmt: skip
+        return job_from_params(cls, params)
 
     @property
     def sampling(self) -> Sampling:

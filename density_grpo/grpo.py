@@ -34,7 +34,7 @@ import trl
 from transformers import TrainerCallback
 
 from density_grpo import memory
-from density_grpo.config import EvalConfig, GRPOConfig, RMConfig
+from density_grpo.config import EvalConfig, GRPOConfig, RMConfig, job_from_params
 from density_grpo.errors import UserError
 from density_grpo.io import atomic_path
 from density_grpo.models import eos_token_ids, pad_token_id, set_pad_token
@@ -366,7 +366,7 @@ class StepMetrics(TrainerCallback):
 
 @dataclass(frozen=True)
 class GRPOJob:
-    """The params of one grpo job, typed: the grpo section, the curve settings and held-out pool (eval section),
+    """The params of one grpo job, typed: the grpo section, the held-out pool and the curve settings (eval section),
     rm.max_length (rm reward only), and what the rules resolved.
 
     seed: the config seed (held-out split, curve sampling); policy_seed: this run's seed (the wildcard: model
@@ -375,7 +375,7 @@ class GRPOJob:
     """
 
     grpo: GRPOConfig
-    curves: EvalConfig
+    eval: EvalConfig
     rm: RMConfig | None
     seed: int
     policy_seed: int
@@ -385,16 +385,12 @@ class GRPOJob:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "GRPOJob":
-        return cls(
-            GRPOConfig.from_params(params["grpo"]), EvalConfig.from_params(params["eval"]),
-            RMConfig.from_params(params["rm"]) if "rm" in params else None, params["seed"], params["policy_seed"],
-            params["device"], params["dtype"], params["train_precision"],
-        )  # fmt: skip
+        return job_from_params(cls, params)
 
     @property
     def curve_sampling(self) -> Sampling:
         """Curve points sample as GRPO does: grpo.max_completion_length tokens at grpo.temperature."""
-        return Sampling(self.curves.curve_samples, self.grpo.max_completion_length, self.grpo.temperature)
+        return Sampling(self.eval.curve_samples, self.grpo.max_completion_length, self.grpo.temperature)
 
     def trl_args(self, output_dir: str, device: torch.device) -> trl.GRPOConfig:
         """trl.GRPOConfig: each optimizer step = one generation of prompts_per_step x num_generations completions,
@@ -510,7 +506,7 @@ def train_grpo(
         tp = job.train_precision
         autocast = {"device_type": device.type, "dtype": torch.float16 if tp == "fp16" else torch.bfloat16, "enabled": tp != "fp32"}
         tools = CurveTools(base, tokenizer, reward_func, response_embedder(base, base_tok, g.max_completion_length), autocast)
-        curves = CollapseCurves(curve_prompts, job.curve_sampling, job.curves.every, job.seed, tools)
+        curves = CollapseCurves(curve_prompts, job.curve_sampling, job.eval.every, job.seed, tools)
         callbacks.append(curves)
     with tempfile.TemporaryDirectory() as trainer_dir:  # the Trainer's own output_dir: nothing kept from it
         trainer = WeightedGRPOTrainer(
@@ -560,8 +556,8 @@ def run(input: dict, output: dict, params: dict) -> dict:
     from density_grpo.pairs import holdout_split
 
     job = GRPOJob.from_params(params)
-    prompts, pool = holdout_split(pd.read_parquet(input["prompts"]), job.curves.pool, job.seed)
-    curve = pool.head(job.curves.curve_prompts)
+    prompts, pool = holdout_split(pd.read_parquet(input["prompts"]), job.eval.pool, job.seed)
+    curve = pool.head(job.eval.curve_prompts)
     weights = training_weights(prompts, input.get("weights"))
     out = train_grpo(job, input["model"], prompts, weights, input.get("rm"), curve["text"].tolist())
     with atomic_path(output["model"]) as tmp:

@@ -92,7 +92,11 @@ def job(rule, *wildcards, each=None, name=None, folder=RES, logs=LOGS, report=Tr
     `name` is given. `each` lists the values of `wildcards`; report=False: the report gets the job's records another
     way (the embed chunks': rule embed_records collects them, as their number depends on the prompts checkpoint)."""
     name = name or job_name(rule, [f"{{{w}}}" for w in wildcards])
-    files = {"memory": f"{folder}/memory/{name}.json", "log": f"{logs}/{name}.log", "bench": f"{folder}/bench/{name}.tsv"}
+    files = {
+        "memory": f"{folder}/memory/{name}.json",
+        "log": f"{logs}/{name}.log",
+        "bench": f"{folder}/bench/{name}.tsv",
+    }
     if report:
         JOBS.append((files, each))
     return files
@@ -114,7 +118,7 @@ def each_model():
 
 
 def report_files(kind):
-    """Every registered job's memory record or benchmark, in rule order: the report shows exactly these jobs."""
+    """Every registered job's memory record or benchmark, in the order the rules registered them; the report shows exactly these jobs."""
     return [files[kind].format(**v) for files, each in JOBS for v in (each() if each else [{}])]
 
 

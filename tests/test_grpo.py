@@ -319,7 +319,7 @@ def test_last_curve_point_samples_like_the_final_evaluation(tiny_model, tiny_rm,
     out = run_step(tiny_model, tiny_rm, prompts, tmp_path, params)
     last = [json.loads(line) for line in Path(out["curves"]).read_text().splitlines()][-1]
     curve_prompts = holdout_split(prompts, 2, 0)[1]["text"].tolist()
-    ev = {"pool": 2, "prompts": 2, "rare_fraction": 0.5, "rare_quantile": 0.2, "samples": 2, "max_new_tokens": 12, "temperature": 1.0}
+    ev = {"pool": 2, "prompts": 2, "rare_fraction": 0.5, "rare_quantile": 0.2, "samples": 2, "max_new_tokens": 12, "max_prompt_length": 64, "temperature": 1.0}
     job = EvalJob.from_params({"eval": ev, "rm": {"max_length": 64, "batch_size": 2}, "name": "x", "sets": 1, "seed": 0,
                                "device": "cpu", "dtype": "float32"})  # fmt: skip
     evaluated = evaluate_policy(job, out["model"], str(tiny_model), curve_prompts, str(tiny_rm))

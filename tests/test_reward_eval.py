@@ -42,7 +42,7 @@ def eval_job(sets: int) -> EvalJob:
     """An evaluate_model job's params (the sampling keys of the eval section, RM scoring), typed."""
     return EvalJob.from_params({
         "seed": 0, "device": "cpu", "dtype": "float32", "rm": {"max_length": 64, "batch_size": 4}, "name": "base",
-        "sets": sets, "eval": {"samples": 3, "max_new_tokens": 6, "temperature": 1.0},
+        "sets": sets, "eval": {"samples": 3, "max_new_tokens": 6, "max_prompt_length": 64, "temperature": 1.0},
     })  # fmt: skip
 
 

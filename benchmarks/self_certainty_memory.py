@@ -21,41 +21,15 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import yaml
+from common import PeakRSS
 
 try:
     import density_grpo  # noqa: F401
 except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class PeakRSS:
-    """Samples this process's RSS on a thread; `peak` is the highest value seen (bytes)."""
-
-    def __init__(self, interval: float = 0.0005):
-        import psutil
-
-        self.proc, self.interval, self.peak = psutil.Process(), interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> "PeakRSS":
-        self.peak = self.proc.memory_info().rss
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -95,7 +69,7 @@ def worker(args: argparse.Namespace) -> None:
         peak = torch.cuda.max_memory_allocated() - base
     else:
         base = psutil.Process().memory_info().rss
-        with PeakRSS() as rss:
+        with PeakRSS(interval=0.0005) as rss:
             t = time.perf_counter()
             out = run()
             elapsed = time.perf_counter() - t

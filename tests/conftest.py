@@ -55,6 +55,25 @@ def write_jsonl(rows: list[dict], path: Path, mode: str = "w") -> Path:
     return path
 
 
+@pytest.fixture()
+def deny_open(monkeypatch):
+    """deny_open(match): make open() raise PermissionError for paths match(path) accepts, as for a file the user
+    may not read (root, which runs CI, ignores file modes)."""
+    import builtins
+
+    real_open = builtins.open
+
+    def deny(match):
+        def fake(file, *args, **kwargs):
+            if match(str(file)):
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", fake)
+
+    return deny
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     from tiny_model import build_tiny_model

@@ -175,17 +175,10 @@ def test_bad_data(tmp_path, case):
     assert expected in run_failing(tmp_path, "pairs", step, inputs, outputs, params)
 
 
-def test_unreadable_data_file(tmp_path, monkeypatch):
+def test_unreadable_data_file(tmp_path, deny_open):
     """Root ignores file modes, so the open is made to fail; tests/test_resume.py shows the config-time check."""
     step, inputs, outputs, params = pairs_case(tmp_path, [])
-    real_open = open
-
-    def deny(file, *args, **kwargs):
-        if str(file).endswith("bad.jsonl"):
-            raise PermissionError(13, "Permission denied", str(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", deny)
+    deny_open(lambda path: path.endswith("bad.jsonl"))
     assert run_failing(tmp_path, "pairs", step, inputs, outputs, params).endswith("bad.jsonl: cannot read (Permission denied)")
 
 

@@ -352,15 +352,8 @@ def test_sample_length_does_not_predict_preference():
     assert 0.35 <= chosen_longer <= 0.65, f"chosen is longer in {chosen_longer:.1%} of the sample pairs"
 
 
-def test_read_local_unreadable_file(tmp_path, monkeypatch):
+def test_read_local_unreadable_file(tmp_path, deny_open):
     """An unreadable file is one line naming it (root ignores chmod, so the open is made to fail)."""
     path = write_jsonl(tmp_path / "pairs.jsonl", [hh_row("q1")])
-    real_open = open
-
-    def deny(file, *args, **kwargs):
-        if str(file) == str(path):
-            raise PermissionError(13, "Permission denied", str(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", deny)
+    deny_open(lambda p: p == str(path))
     assert user_error(read_local, path) == f"{path}: cannot read (Permission denied)"

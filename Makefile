@@ -8,7 +8,7 @@ CORES ?= all
 BENCHMARKS := embed_throughput knn_weights knn_scale grpo_step self_certainty_memory incremental
 BENCH_ARGS ?=
 
-.PHONY: install run test lint dag bench clean
+.PHONY: install run test lint dag bench study study-report clean
 
 install: $(STAMP)
 
@@ -35,6 +35,14 @@ bench: install  # each prints a table, then a RESULT line; BENCH_ARGS=--quick fo
 dag: install  # the rule graph from snakemake --rulegraph (tests/test_dag.py fails when docs/pipeline.dot is stale)
 	$(BIN)/python tools/rulegraph.py docs/pipeline.dot
 	dot -Tsvg docs/pipeline.dot > docs/pipeline.svg
+
+study: install  # the study of the README's "Results" (about 3 h on 2 CPU cores; resumes where it stopped)
+	$(BIN)/snakemake --cores $(CORES) --configfile configs/study-cpu.yaml
+
+# the study's reports rebuilt from its frozen artifacts alone (studies/study-cpu: only build_reports runs)
+study-report: install
+	cd studies/study-cpu && ../../$(BIN)/snakemake -s ../../Snakefile --cores 1 --configfile ../../configs/study-cpu.yaml \
+		reports --allowed-rules build_reports reports -R build_reports
 
 clean:
 	rm -rf results logs .snakemake

@@ -108,15 +108,36 @@ def bootstrap_diff(
     n_prompts: int, n_seeds: tuple[int, int], B: int, rng: np.random.Generator,
 ) -> dict[str, Any]:  # fmt: skip
     """Percentile interval of stat_a - stat_b. stat(prompts, seeds_a, seeds_b) -> (a, b); the point estimate uses all
-    prompts and seeds once; each resample draws prompts (shared, paired) and each side's seeds with replacement."""
-    a, b = stat(np.arange(n_prompts), np.arange(n_seeds[0]), np.arange(n_seeds[1]))
-    diffs = np.empty(B)
-    for i in range(B):
-        p = rng.integers(0, n_prompts, n_prompts)
-        sa, sb = rng.integers(0, n_seeds[0], n_seeds[0]), rng.integers(0, n_seeds[1], n_seeds[1])
-        x, y = stat(p, sa, sb)
-        diffs[i] = x - y
-    return interval(diffs, a - b)
+    prompts and seeds once; each resample draws prompts (shared, paired) and each side's seeds with replacement.
+
+    Also the two parts of the standard error, from B/4 resamples each: se_prompts with the seeds held fixed,
+    se_seeds with the prompts held fixed (se^2 ≈ se_prompts^2 + se_seeds^2), so that the error of a design with
+    other numbers of prompts and seeds can be predicted (tools/predict_run.py)."""
+    all_p, all_a, all_b = np.arange(n_prompts), np.arange(n_seeds[0]), np.arange(n_seeds[1])
+    a, b = stat(all_p, all_a, all_b)
+
+    def draws(prompts: bool, seeds: bool, n: int) -> np.ndarray:
+        out = np.empty(n)
+        for i in range(n):
+            p = rng.integers(0, n_prompts, n_prompts) if prompts else all_p
+            sa = rng.integers(0, n_seeds[0], n_seeds[0]) if seeds else all_a
+            sb = rng.integers(0, n_seeds[1], n_seeds[1]) if seeds else all_b
+            x, y = stat(p, sa, sb)
+            out[i] = x - y
+        return out
+
+    out = interval(draws(True, True, B), a - b)
+    quarter = max(2, B // 4)
+    out["se_prompts"] = float(np.std(draws(True, False, quarter), ddof=1))
+    out["se_seeds"] = float(np.std(draws(False, True, quarter), ddof=1)) if max(n_seeds) > 1 else 0.0
+    return out
+
+
+def detectable_at(diff: dict[str, Any], measured: tuple[int, int], planned: tuple[int, int]) -> float:
+    """The smallest difference a design of `planned` (prompts, seeds per arm) could detect, from one measured with
+    `measured` (prompts, seeds per arm): each part of the standard error scaled by its own sample size."""
+    se2 = diff["se_prompts"] ** 2 * measured[0] / planned[0] + diff["se_seeds"] ** 2 * measured[1] / planned[1]
+    return DETECTABLE_SE * float(np.sqrt(se2))
 
 
 def compare_models(groups: dict[str, list[Run]], key: str, idx: np.ndarray, B: int, seed: int) -> dict[str, Any]:

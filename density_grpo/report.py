@@ -280,46 +280,76 @@ def _ci(c: dict) -> str:
 
 
 def verdict(label: str, m: dict) -> str:
-    """One sentence: the density - uniform difference, its interval, whether it excludes zero, and the noise floor."""
+    """One sentence: the density - uniform difference, its interval, whether it excludes zero, the smallest
+    difference the design could detect, and the noise floor."""
     d = m["density_minus_uniform"]
     if d["excludes_zero"]:
         what = f"the interval excludes zero: density is {'higher' if d['diff'] > 0 else 'lower'} than uniform"
     else:
         what = "the interval includes zero: no evidence of a difference"
     nf = f" Base vs base (noise floor): {_ci(m['noise_floor'])}." if "noise_floor" in m else ""
-    return f"- **{label}**: density − uniform = {_ci(d)} (95% CI); {what}.{nf}"
+    return f"- **{label}**: density − uniform = {_ci(d)} (95% CI); {what}; smallest detectable: ±{d['detectable']:.3g}.{nf}"
+
+
+def check_line(what: str, d: dict, yes: str, no: str) -> str:
+    """A difference that must (or may) exclude zero, in one sentence."""
+    return f"{what} = {_ci(d)} (95% CI): {yes if d['excludes_zero'] else no}"
 
 
 def diversity_md(comp: dict) -> list[str]:
-    """The experiment's answer: per metric the models' values, density - uniform with its interval and the noise
-    floor; per stratum; one sentence per headline metric; the collapse curves at matched reward and KL."""
-    has_arms = "density_minus_uniform" in comp["metrics"]["vendi_within"]
+    """The experiment's answer: per metric the models' values, the differences with their intervals, the noise
+    floor and the smallest detectable difference; per stratum; the collapse check (uniform - base), the positive
+    control (control - base) and one sentence per headline metric; the collapse curves at matched reward and KL."""
+    metrics = comp["metrics"]
+    first = metrics[comp["headline"][0]]
+    has_arms, has_control = "density_minus_uniform" in first, "control_minus_base" in first
     seeds = ", ".join(f"{a}: seeds {s}" for a, s in comp["seeds"].items() if s)
+    control = f" Positive control: the base model at temperature {comp['control_temperature']}." if has_control else ""
     lines = [
         "## Diversity (held-out prompts)",
         "",
         f"{comp['n_prompts']} held-out prompts never trained on ({comp['strata']['rare']} rare, {comp['strata']['dense']} dense "
-        f"by density weight) × {comp['samples']} samples per model; {seeds}. Embedding space: {comp['space']}. "
-        f"Intervals: 95% bootstrap ({comp['bootstrap']} resamples; prompts paired across models, seeds resampled). "
-        "Higher diversity = less mode collapse.",
+        f"by density weight) × {comp['samples']} samples per model at temperature {comp.get('temperature', 'n/a')}; {seeds}."
+        f"{control} Embedding space: {comp['space']}. Intervals: 95% bootstrap ({comp['bootstrap']} resamples; prompts "
+        "paired across models, seeds resampled); smallest detectable = 2.8 bootstrap standard errors of density − "
+        "uniform (a 95% interval excludes zero with 80% power). Higher diversity = less mode collapse.",
         "",
     ]
-    names = [n for n in ("base", "density", "uniform") if n in comp["metrics"]["vendi_within"]["values"]]
+    names = [n for n in ("base", "control", "density", "uniform") if n in first["values"]]
+    cols = [(k, h) for k, h in (("density_minus_uniform", "density − uniform"), ("uniform_minus_base", "uniform − base"),
+                                ("control_minus_base", "control − base"), ("noise_floor", "base − base (noise floor)")) if k in first]  # fmt: skip
     rows = []
     for key in comp["order"]:
-        m = comp["metrics"][key]
-        diff = [_ci(m["density_minus_uniform"])] if has_arms else []
-        rows.append([m["label"], *[_f(m["values"][n], ".4g") for n in names], *diff, _ci(m["noise_floor"])])
-    lines.append(_table(["metric", *names, *(["density − uniform [95% CI]"] if has_arms else []), "base − base (noise floor)"], rows))
+        m = metrics[key]
+        detect = [f"±{m['density_minus_uniform']['detectable']:.3g}"] if has_arms else []
+        rows.append([m["label"], *[_f(m["values"][n], ".4g") for n in names], *[_ci(m[k]) for k, _ in cols], *detect])
+    header = ["metric", *names, *[f"{h} [95% CI]" for _, h in cols], *(["smallest detectable"] if has_arms else [])]
+    lines.append(_table(header, rows))
     if has_arms:
         lines += ["", "Per stratum (density − uniform [95% CI]):", ""]
-        strata = [s for s in ("rare", "dense") if s in comp["metrics"]["vendi_within"]["strata"]]
+        strata = [s for s in ("rare", "dense") if s in first["strata"]]
         lines.append(_table(
             ["metric", *[f"{s} ({comp['strata'][s]} prompts)" for s in strata]],
-            [[comp["metrics"][k]["label"], *[_ci(comp["metrics"][k]["strata"][s]["density_minus_uniform"]) for s in strata]] for k in comp["headline"]],
+            [[metrics[k]["label"], *[_ci(metrics[k]["strata"][s]["density_minus_uniform"]) for s in strata]] for k in comp["headline"]],
         ))  # fmt: skip
-        lines += ["", "Headline:", ""]
-        lines += [verdict(comp["metrics"][k]["label"], comp["metrics"][k]) for k in comp["headline"]]
+    lines += ["", "Headline:", ""]
+    within = [k for k in comp["headline"] if metrics[k]["kind"] == "within" and k != "reward_mean"]
+    if "uniform_minus_base" in first:
+        for k in within:
+            lines.append("- Collapse check, " + check_line(
+                f"{metrics[k]['label']}: uniform − base", metrics[k]["uniform_minus_base"],
+                "the uniform arm is measurably " + ("less" if metrics[k]["uniform_minus_base"]["diff"] < 0 else "more") + " diverse than the base model",
+                "no measurable change from the base model",
+            ) + ".")  # fmt: skip
+    if has_control:
+        for k in within:
+            lines.append("- Positive control, " + check_line(
+                f"{metrics[k]['label']}: control − base", metrics[k]["control_minus_base"],
+                "the design detects an effect of this size",
+                "the interval includes zero, so this design is too small to trust on this metric",
+            ) + ".")  # fmt: skip
+    if has_arms:
+        lines += [verdict(metrics[k]["label"], metrics[k]) for k in comp["headline"]]
         for x, what in (("reward", "mean reward"), ("kl", "KL to the base policy")):
             mt = comp["matched"][x]
             if mt["level"] is None:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from density_grpo import memory as M
 from density_grpo import report
-from density_grpo.monitor import MemoryMonitor, expect, note
+from density_grpo.monitor import MemoryMonitor, collect, expect, note
 
 BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 PARAMS = {
@@ -35,25 +35,30 @@ def synthetic_comparison(root: Path) -> dict:
 
     rng = np.random.default_rng(1)
     inputs = {"evals": [], "embeddings": [], "curves": [], "curve_embeddings": []}
-    models = [["base", None], ["density", 0], ["density", 1], ["uniform", 0], ["uniform", 1]]
+    models = [["base", None], ["control", None], ["density", 0], ["density", 1], ["uniform", 0], ["uniform", 1]]
     for i, (name, seed) in enumerate(models):
         sets = 2 if name == "base" else 1
         texts = [[[f"answer {name} {p} {s} {k}" for s in range(4)] for p in range(8)] for k in range(sets)]
+        if name == "control":  # the lower temperature: every sample of a prompt alike
+            texts = [[[f"answer {p}"] * 4 for p in range(8)]]
         doc = {"model": name, "strata": ["rare"] * 4 + ["dense"] * 4, "samples": 4, "sets": sets, "completions": texts,
+               "temperature": 0.7 if name == "control" else 1.0,
                "rewards": (rng.normal(size=(sets, 8, 4)) + (1.0 if name == "density" else 0.0)).tolist(),
                "lengths": np.full((sets, 8, 4), 12).tolist()}  # fmt: skip
         (root / f"eval{i}.json").write_text(json.dumps(doc))
         np.savez(root / f"eval{i}.npz", embeddings=rng.normal(size=(sets, 8, 4, 16)) + 5)
         inputs["evals"].append(str(root / f"eval{i}.json"))
         inputs["embeddings"].append(str(root / f"eval{i}.npz"))
-        if name != "base":
+        if name not in ("base", "control"):
             rows = [{"step": st, "reward_mean": 0.1 * st + (0.2 if name == "density" else 0), "kl_to_base": 0.01 * st, "distinct_2_within": 0.9, "length_tokens": 10} for st in (0, 2, 4)]
             (root / f"curve{i}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             np.savez(root / f"curve{i}.npz", embeddings=rng.normal(size=(3, 2, 4, 16)))
             inputs["curves"].append(str(root / f"curve{i}.jsonl"))
             inputs["curve_embeddings"].append(str(root / f"curve{i}.npz"))
-    out = {"json": str(root / "cmp.json"), "png": str(root / "cmp.png"), "curves_png": str(root / "curves.png")}
-    compare.run(inputs, out, {"models": models, "runs": [m for m in models if m[0] != "base"], "bootstrap": 200, "seed": 0})
+    out = {"json": str(root / "cmp.json"), "diversity": str(root / "cmp.png"), "curves": str(root / "curves.png")}
+    params = {"models": models, "runs": [m for m in models if m[0] not in ("base", "control")], "seed": 0,
+              "eval": {"bootstrap": 200, "control_temperature": 0.7}}  # fmt: skip
+    compare.run(inputs, out, params)
     return json.loads((root / "cmp.json").read_text())
 
 
@@ -63,13 +68,14 @@ def make_inputs(root: Path) -> dict:
     topics = ["cooking"] * 20 + ["python"] * 16 + [f"rare topic {i}" for i in range(8)]
     ids = [f"{i:016x}" for i in range(len(topics))]
     texts = [f"How do I do thing {i} about {t}?" for i, t in enumerate(topics)]
-    pd.DataFrame({"prompt_id": ids, "text": texts, "n_pairs": 1, "topic": topics}).to_parquet(root / "prompts.parquet")
     dist = np.where([t.startswith("rare") for t in topics], 0.6, 0.2) + rng.uniform(0, 0.05, len(ids))
     w = dist / dist.sum()
     n_tokens = rng.integers(10, 300, len(ids))
-    weights = {"prompt_id": ids, "knn_mean_dist": dist, "density": 1 / dist, "weight": w, "n_tokens": n_tokens, "turns": 1 + n_tokens // 100}
+    group = ["rare" if t.startswith("rare") else "dense" for t in topics]
+    weights = {"prompt_id": ids, "knn_mean_dist": dist, "density": 1 / dist, "weight": w, "n_tokens": n_tokens,
+               "turns": 1 + n_tokens // 100, "topic": topics, "group": group}  # fmt: skip
     pd.DataFrame(weights).to_parquet(root / "weights.parquet")
-    inputs = {"prompts": str(root / "prompts.parquet"), "weights": str(root / "weights.parquet")}
+    inputs = {"weights": str(root / "weights.parquet")}
     inputs["prompts_summary"] = write_json(root / "prompts.json", {
         "n_pairs": 50, "n_prompts": 44, "n_multi_turn": 3,
         "topics": {"dense": ["cooking", "python"], "n_rare": 8, "n_prompts_dense": 36, "n_prompts_rare": 8},
@@ -81,22 +87,27 @@ def make_inputs(root: Path) -> dict:
         "n": len(ids), "k": 3, "dim": 576, "index": "flat", "recall_at_k": 1.0, "index_bytes": len(ids) * 576 * 4,
         "source": "hidden", "weight_stats": ws, "pooling": "human", "pooling_fallbacks": 2, "postprocess": "none",
         "length_residual": "none", "spearman_weight_tokens": 0.0312, "spearman_weight_turns": -0.25,
+        "topics": {"rare_dense_ratio": 2.9, "n_dense": 36, "n_rare": 8, "n_rare_topics": 8},
     })  # fmt: skip
     inputs["rm"] = write_json(root / "rm.json", {
         "eval_accuracy": 0.75, "eval_accuracy_longer_baseline": 0.5, "n_eval_dropped_overlap": 3, "eval_margin_mean": 0.4, "n_eval": 8, "steps": 40,
         "train_loss_first": 0.69, "train_loss_last": 0.5, "wall_time_s": 100.0,
     })  # fmt: skip
-    inputs["grpo"], inputs["draws"] = [], []
+    inputs["grpo"], inputs["draws"], inputs["grpo_summary"] = [], [], []
     for arm, slope in (("density", 0.1), ("uniform", 0.05)):
         rows = [{"step": s, "reward": 1 + slope * s, "reward_std": 0.2, "kl": None, "entropy": 2.0, "completions/mean_length": 30 - s, "step_wall_s": 10.0} for s in range(1, 7)]
         (root / f"{arm}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         draws = rng.multinomial(12, w if arm == "density" else np.full(len(ids), 1 / len(ids)))
         pd.DataFrame({"prompt_id": ids, "draws": draws}).to_parquet(root / f"{arm}_draws.parquet")
         inputs["grpo"].append(str(root / f"{arm}.jsonl"))
+        summary = {"steps": 6, "first_reward": rows[0]["reward"], "final_reward": rows[-1]["reward"], "mean_reward": 1.2,
+                   "unique_prompts_drawn": int((draws > 0).sum()), "n_prompts": len(ids), "step_s_mean": 10.0}  # fmt: skip
+        inputs["grpo_summary"].append(write_json(root / f"{arm}_summary.json", summary))
         inputs["draws"].append(str(root / f"{arm}_draws.parquet"))
     inputs["comparison"] = write_json(root / "comparison.json", synthetic_comparison(root))
-    # two monitored jobs with their benchmark TSVs: an embedding chunk and the weights stage
-    inputs["memory"], inputs["bench"] = [], []
+    # two monitored jobs with their benchmark TSVs: an embedding chunk (collected by rule embed_records) and the
+    # weights stage
+    files = {}
     for rule, wildcards, pred_mb, extra in (
         ("embed_chunk", {"i": "0"}, 600, {"tokens_per_s": 500.0, "n_prompts": 44, "n_tokens": 880}),
         ("knn_weights", {}, 150, {}),
@@ -105,9 +116,12 @@ def make_inputs(root: Path) -> dict:
         with MemoryMonitor(path, rule, wildcards, interval=0.01):
             expect(M.prediction("cpu", {"baseline": 100 * M.MiB, "work": (pred_mb - 100) * M.MiB}, "test", "knob"))
             note(**extra)
-        inputs["memory"].append(str(path))
         (root / f"{rule}.tsv").write_text(BENCH_HEADER + "12.5\t0:00:12\t1010.5\t3000\t900\t950\t1\t0\t90\t11\n")
-        inputs["bench"].append(str(root / f"{rule}.tsv"))
+        files[rule] = {"memory": str(path), "bench": str(root / f"{rule}.tsv")}
+    inputs["memory"], inputs["bench"] = [files["knn_weights"]["memory"]], [files["knn_weights"]["bench"]]
+    collect({"memory": [files["embed_chunk"]["memory"]], "bench": [files["embed_chunk"]["bench"]]},
+            {"records": str(root / "embed_jobs.json")}, {})  # fmt: skip
+    inputs["embed_records"] = str(root / "embed_jobs.json")
     return inputs
 
 
@@ -116,11 +130,11 @@ def test_report_renders_the_declared_inputs(tmp_path):
     inputs = make_inputs(tmp_path / "in")
     out = tmp_path / "reports"
     outputs = {"summary": out / "summary.md", "memory_md": out / "memory.md", "memory_json": out / "memory.json"}
-    outputs |= {name: out / png for name, png in report.PLOTS.items()}
+    outputs |= {name: out / png for name, (png, _) in report.PLOTS.items()}
     report.run(inputs, {k: str(v) for k, v in outputs.items()}, PARAMS)
     for name, path in outputs.items():
         assert path.stat().st_size > 0, name
-    for png in report.PLOTS.values():
+    for png, _ in report.PLOTS.values():
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in outputs.values())  # no temporaries
     mem_md, summary = (out / "memory.md").read_text(), (out / "summary.md").read_text()
@@ -138,8 +152,11 @@ def test_report_renders_the_declared_inputs(tmp_path):
     assert mem["model"]["params"] == 134_515_008
     assert "rare prompts get more weight ✓" in summary and "0.750" in summary
     assert "density − uniform" in summary and "| density/seed0 | 6 |" in summary
-    assert "**mean RM reward**: density − uniform = +0.977 [+0.681, +1.36] (95% CI); the interval excludes zero: density is higher" in summary
+    assert "**mean RM reward**: density − uniform = +1.14 [+0.624, +1.63] (95% CI); the interval excludes zero: density is higher" in summary
     assert "**Vendi within prompt (centred)**" in summary and "Per stratum" in summary
+    assert "- Positive control, distinct-2 within prompt: control − base = " in summary
+    assert "the design detects an effect of this size" in summary and "smallest detectable: ±" in summary
+    assert "- Collapse check, distinct-2 within prompt: uniform − base = " in summary
     assert "Spearman(weight, prompt tokens) = **+0.03**, Spearman(weight, Human turns) = -0.25 (|ρ| ≤ 0.2: ✓)" in summary
     assert "pooling `human`, 2 prompts without Human text mean-pooled" in summary and "weights_vs_tokens.png" in summary
 

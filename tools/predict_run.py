@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from density_grpo import density, embed, evaluate, grpo, memory, reward  # noqa: E402
 from density_grpo import params as P  # noqa: E402
+from density_grpo.compare import detectable_at  # noqa: E402
 from density_grpo.config import load_config  # noqa: E402
 from density_grpo.sampling import Sampling  # noqa: E402
 
@@ -55,6 +56,8 @@ def main() -> None:
     ap.add_argument("--gpu", choices=sorted(GPUS), default="h200")
     ap.add_argument("--mfu", type=float, default=0.3, help="fraction of bf16 peak reached by training/scoring matmuls")
     ap.add_argument("--decode-ms", type=float, default=25.0, help="per-token overhead of HF generate (small models)")
+    ap.add_argument("--measured", default=str(REPO / "studies/study-cpu/results/study-cpu/eval/comparison.json"),
+                    help="a measured run's comparison.json: scales its standard errors to this design")
     args = ap.parse_args()
 
     cfg = load_config(*args.configfile)
@@ -124,6 +127,25 @@ def main() -> None:
     print(f"| **all, one job at a time** | | | | **{total / 3600:.1f} h** |")
     fits = all(peak < gib * 2**30 for _, _, peak, _ in rows)
     print(f"\nEvery job fits on one {args.gpu} ({gib} GiB): {fits}.")
+    if Path(args.measured).exists():
+        print_detectable(json.loads(Path(args.measured).read_text()), args.measured, ev["prompts"], len(g["seeds"]))
+
+
+def print_detectable(comparison: dict, where: str, n_prompts: int, n_seeds: int) -> None:
+    """The smallest density - uniform difference this design could detect (95% interval, 80% power), scaled from
+    a measured run's bootstrap standard errors (prompt part by prompts, seed part by seeds)."""
+    seeds0 = min(len(s) for s in comparison["seeds"].values())
+    measured = (comparison["n_prompts"], seeds0)
+    print(f"\nSmallest detectable density - uniform difference with {n_prompts} prompts x {n_seeds} seeds per arm, "
+          f"scaled from {where} ({measured[0]} prompts x {seeds0} seeds; {comparison['samples']} samples per prompt "
+          "in both):")
+    for key in comparison["headline"]:
+        m = comparison["metrics"][key]
+        d = m.get("density_minus_uniform")
+        if d is None or "se_prompts" not in d:
+            continue
+        planned = detectable_at(d, measured, (n_prompts, n_seeds))
+        print(f"- {m['label']}: {planned:.3g} (measured design: {d['detectable']:.3g})")
 
 
 if __name__ == "__main__":

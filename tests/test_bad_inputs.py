@@ -312,7 +312,8 @@ def test_damaged_chunk(tmp_path, case):
     damage(Path(chunks[1]))
     params = {"knn": {"k": 3, "index": "flat"}, "density": {"alpha": 1.0, "eps": 1e-6, "max_ratio": None, "postprocess": "none", "length_residual": "none"}}
     outputs = {"weights": str(tmp_path / "weights.parquet"), "meta": str(tmp_path / "metadata.json")}
-    line = run_failing(tmp_path, "knn_weights", density.run, {"chunks": chunks}, outputs, params)
+    inputs = {"chunks": chunks, "prompts": str(tmp_path / "prompts.parquet")}
+    line = run_failing(tmp_path, "knn_weights", density.run, inputs, outputs, params)
     assert line.startswith(f"{chunks[1]}: ") and expected in line
     if case not in ("chunk from another model", "no content hash"):
         assert line.endswith(f"delete it (rm -r {chunks[1]}) and rerun snakemake to rebuild it")

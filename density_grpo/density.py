@@ -212,9 +212,7 @@ def predict(params: Mapping[str, Any], work: memory.Workload) -> dict:
 def _predict(n: int, dim: int, chunk: int, knn: KNNConfig, postprocess: str) -> dict:
     kind = knn.index
     nl = default_nlist(n, knn.nlist, kind) if kind != "flat" else 0
-    join = {key: getattr(knn, key) for key in ("nprobe", "fix_fraction", "fix_nprobe")} if kind == "ivfjoin" else {}
-    pq_m = knn.pq_m if kind == "ivfpq" else 0
-    c = components(n, dim, chunk, knn.k, kind, nl, pq_m, knn.recall_sample if kind != "flat" else 0, **join)
+    c = components(n, dim, chunk, knn.values(), nl)
     if postprocess in COVARIANCE:  # moments, eigenvectors and the transform, float64, plus a float64 chunk
         c["postprocess (d x d float64)"] = 4 * dim * dim * 8 + 2 * chunk * dim * 8
     return memory.prediction(

@@ -421,7 +421,8 @@ def _predict(job: GRPOJob, work: memory.Workload) -> dict:
     B, C = g.batch, g.max_completion_length  # generated together
     S = max(work.lengths) + C
     n_params, V = memory.param_count(model_cfg), memory.dims(model_cfg)["V"]
-    tc = memory.training_components(model_cfg, g.micro_batch, S, "fp32", "adamw", g.gradient_checkpointing, C, act)
+    how = memory.Training(checkpointing=g.gradient_checkpointing, logit_positions=C, activations=act)
+    tc = memory.training_components(model_cfg, g.micro_batch, S, how)
     gen = memory.kv_cache_bytes(model_cfg, B, S, act) + B * V * 4
     c = {**memory.baseline("trl", device), **{k: tc[k] for k in ("weights", "grads", "optimizer")}}
     c["max(train activations + logits, generation KV cache)"] = max(tc["activations"] + tc["logits"], gen)

@@ -7,6 +7,7 @@ index into the weights job's params, and the memory report uses the byte counts.
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 INDEXES = ("flat", "ivf", "ivfpq", "ivfjoin")
 PQ_NBITS = 8  # bits per PQ sub-quantizer code
@@ -68,16 +69,17 @@ def join_temp_bytes(n: int, k: int, nprobe: int, fix_fraction: float, fix_nprobe
     return int(probe_map + workers * n * (k + 1) * 12 + 2 * n * k * 40)
 
 
-def components(
-    n: int, dim: int, chunk: int, k: int, index: str, nlist: int, pq_m: int, recall_sample: int, nprobe: int = 32,
-    fix_fraction: float = 0.1, fix_nprobe: int = 128,
-) -> dict:  # fmt: skip
-    """Bytes of the weights stage by component (an upper bound: the IVF training sample is freed before the search)."""
-    c = {"index": index_bytes(n, dim, index, nlist, pq_m)}
+def components(n: int, dim: int, chunk: int, knn: Mapping[str, Any], nlist: int) -> dict:
+    """Bytes of the weights stage by component (an upper bound: the IVF training sample is freed before the search).
+
+    knn: k and index, and the knobs of that index (the weights job's knn params): recall_sample for approximate
+    kinds, pq_m for ivfpq, nprobe, fix_fraction and fix_nprobe for ivfjoin."""
+    index, k = knn["index"], knn["k"]
+    c = {"index": index_bytes(n, dim, index, nlist, knn["pq_m"] if index == "ivfpq" else 0)}
     if index == "ivfjoin":
-        c["join"] = join_temp_bytes(n, k, nprobe, fix_fraction, fix_nprobe)
+        c["join"] = join_temp_bytes(n, k, knn["nprobe"], knn["fix_fraction"], knn["fix_nprobe"])
     if index != "flat":
-        rs = min(n, recall_sample)
+        rs = min(n, knn["recall_sample"])
         if index == "ivf":
             c["direct_map"] = n * 8
         c["train_sample"] = ivf_train_size(n, nlist, index) * dim * 4

@@ -143,38 +143,42 @@ def inference_activation_bytes(model_cfg: Mapping, batch: int, seq: int, precisi
     return math.ceil(batch * seq * (8 * d["h"] + 6 * d["I"]) * b + batch * d["heads"] * seq * seq * b)
 
 
-def training_components(
-    model_cfg: Mapping,
-    batch: int,
-    seq: int,
-    precision: str = "fp32",
-    optimizer: str = "adamw",
-    gradient_checkpointing: bool = False,
-    logit_positions: int | None = None,
-    activation_precision: str | None = None,
-    train_layers: int | None = None,
-) -> dict[str, int]:
-    """Bytes of one training step, by component: weights, grads, optimizer, activations, logits.
+@dataclass(frozen=True)
+class Training:
+    """How a training step holds its state (the options of `training_components`).
 
-    optimizer: adamw (m and v in fp32: 8 bytes/param) or sgd (none). logit_positions: positions per sequence
-    with LM-head logits (None: all `seq`; 0: a scalar head, e.g. a reward model); logits are fp32 and counted
-    twice (the logits and their gradient / log-softmax). activation_precision: e.g. bf16 under autocast.
-    train_layers: only the top N blocks train (rm.train_layers): grads and AdamW states cover their parameters
-    only, and the frozen blocks below run without autograd, so only the top N store activations.
+    precision: of the weights and grads; optimizer: adamw (m and v in fp32: 8 bytes/param) or sgd (none);
+    checkpointing: activations recomputed in the backward pass; logit_positions: positions per sequence with LM-head
+    logits (None: all; 0: a scalar head, e.g. a reward model), fp32 and counted twice (the logits and their gradient
+    / log-softmax); activations: their precision (e.g. bf16 under autocast; None: `precision`); train_layers: only
+    the top N blocks train (rm.train_layers): grads and AdamW states cover their parameters only, and the frozen
+    blocks below run without autograd, so only the top N store activations.
     """
-    if optimizer not in ("adamw", "sgd"):
-        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+
+    precision: str = "fp32"
+    optimizer: str = "adamw"
+    checkpointing: bool = False
+    logit_positions: int | None = None
+    activations: str | None = None
+    train_layers: int | None = None
+
+
+def training_components(model_cfg: Mapping, batch: int, seq: int, how: Training = Training()) -> dict[str, int]:
+    """Bytes of one training step, by component: weights, grads, optimizer, activations, logits."""
+    if how.optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {how.optimizer!r}")
     n = param_count(model_cfg)
     d = dims(model_cfg)
-    frac = 1.0 if train_layers is None else min(1.0, train_layers / d["L"])
-    trainable = n if train_layers is None else math.ceil(frac * (n - d["V"] * d["h"]))  # embeddings frozen
-    positions = seq if logit_positions is None else logit_positions
+    frac = 1.0 if how.train_layers is None else min(1.0, how.train_layers / d["L"])
+    trainable = n if how.train_layers is None else math.ceil(frac * (n - d["V"] * d["h"]))  # embeddings frozen
+    positions = seq if how.logit_positions is None else how.logit_positions
+    acts = activation_bytes(model_cfg, batch, seq, how.activations or how.precision, how.checkpointing)
     return {
-        "weights": weights_bytes(n, precision),
-        "grads": weights_bytes(trainable, precision),
-        "optimizer": 8 * trainable if optimizer == "adamw" else 0,
-        "activations": math.ceil(frac * activation_bytes(model_cfg, batch, seq, activation_precision or precision, gradient_checkpointing)),
-        "logits": 2 * batch * positions * dims(model_cfg)["V"] * 4,
+        "weights": weights_bytes(n, how.precision),
+        "grads": weights_bytes(trainable, how.precision),
+        "optimizer": 8 * trainable if how.optimizer == "adamw" else 0,
+        "activations": math.ceil(frac * acts),
+        "logits": 2 * batch * positions * d["V"] * 4,
     }
 
 
@@ -349,10 +353,8 @@ def scaling_table(n0: int, dim: int, vocab: int, chunk_size: int, knn: Mapping, 
         n = n0 * scale
         kind = ip.choose_index(knn["index"], n, dim, knn["exact_max"], knn["max_index_gb"])
         nl = ip.default_nlist(n, knn["nlist"], kind)
-        join = {key: knn[key] for key in ("nprobe", "fix_fraction", "fix_nprobe")}
-        peak = BASELINE_BYTES["faiss"] + sum(
-            ip.components(n, dim, min(n, chunk_size), knn["k"], kind, nl if kind != "flat" else 0, knn["pq_m"], knn["recall_sample"], **join).values()
-        )
+        parts = ip.components(n, dim, min(n, chunk_size), {**knn, "index": kind}, nl if kind != "flat" else 0)
+        peak = BASELINE_BYTES["faiss"] + sum(parts.values())
         rows.append({
             "scale": scale, "n": n, "chunks": math.ceil(n / chunk_size),
             "emb_hidden_bytes": embedding_store_bytes(n, dim), "emb_logits_bytes": embedding_store_bytes(n, vocab),
@@ -364,17 +366,17 @@ def scaling_table(n0: int, dim: int, vocab: int, chunk_size: int, knn: Mapping, 
     return rows
 
 
-def recommendations(
-    model_cfg: Mapping, dim: int, scaling: list[dict], prompts_per_s: float | None, device: str, dtype: str,
-    warn_fraction: float, chunk_size: int, batch_tokens: int, pq_m: int,
-) -> list[str]:  # fmt: skip
-    """Index type, chunk size, dtype and batch budget implied by the scaling table and this machine's RAM."""
-    ram = psutil.virtual_memory().total
+def recommendations(model_cfg: Mapping, dim: int, scaling: list[dict], prompts_per_s: float | None, params: Mapping, ram: float) -> list[str]:
+    """Index type, chunk size, dtype and batch budget implied by the scaling table and the RAM of the machine the
+    jobs ran on (`ram` bytes). params: the report's (device, dtype, warn_fraction, embed.chunk_size and
+    embed.batch_tokens, knn.pq_m)."""
+    device, dtype, warn_fraction = params["device"], params["dtype"], params["warn_fraction"]
+    chunk_size, batch_tokens, pq_m = params["embed"]["chunk_size"], params["embed"]["batch_tokens"], params["knn"]["pq_m"]
     budget = warn_fraction * ram
     free_for_index = budget - BASELINE_BYTES["faiss"]
     n_flat = int(free_for_index // (dim * 4))
     n_pq = int(free_for_index // (pq_m + 8 + 2 * dim))  # codes + id + float16 copy for re-ranking
-    out = [f"Machine RAM {ram / 2**30:.1f} GiB; budget {warn_fraction:.0%} of it = {budget / 2**30:.1f} GiB."]
+    out = [f"Machine RAM {ram / 2**30:.1f} GiB (where the jobs ran); budget {warn_fraction:.0%} of it = {budget / 2**30:.1f} GiB."]
     out.append(
         f"Index: a flat (exact) index or ivfjoin's matrix of {dim}-dim fp32 vectors fits up to ~{n_flat:,} prompts here; "
         f"IVF-PQ (m={pq_m}, float16 re-ranking copies) up to ~{n_pq:,}. knn.index: auto picks "

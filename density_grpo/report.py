@@ -474,9 +474,8 @@ def memory_report(d: dict, params: dict) -> dict:
         "prompts_per_s": pps,
         "scaling": scaling,
         "recommendations": M.recommendations(
-            card["config"], meta["dim"], scaling, pps, params["device"], params["dtype"], params["warn_fraction"],
-            e["chunk_size"], e["batch_tokens"], knn["pq_m"],
-        ),  # fmt: skip
+            card["config"], meta["dim"], scaling, pps, params, machine["ram_mb"] * MiB
+        ),
         "precision_table": M.precision_table(card["config"], card["name"]),
         "logits": M.logits_questions(
             card["config"], g["prompts_per_step"] * g["num_generations"], g["max_completion_length"], g["token_chunk"],

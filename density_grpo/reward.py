@@ -136,9 +136,8 @@ def predict(params: Mapping[str, Any], work: memory.Workload) -> dict:
     rm, device = RMConfig.from_params(params["rm"]), params["device"]
     act = memory.precision_key(params["train_precision"])
     seq = max(work.lengths)
-    c = memory.training_components(
-        work.model, 2 * rm.batch_size, seq, "fp32", "adamw", rm.gradient_checkpointing, 0, act, rm.train_layers
-    )
+    how = memory.Training(checkpointing=rm.gradient_checkpointing, logit_positions=0, activations=act, train_layers=rm.train_layers)
+    c = memory.training_components(work.model, 2 * rm.batch_size, seq, how)
     return memory.prediction(
         device, {**memory.baseline("trl", device), **c},
         "baseline + fp32 weights + grads + AdamW (trained blocks) + activations (batch = 2 x rm.batch_size)",

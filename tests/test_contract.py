@@ -13,8 +13,8 @@ from conftest import copy_run, planned_jobs, snakemake, tiny_pairs, write_jsonl
 
 pytestmark = pytest.mark.e2e
 STEP_RULES = {
-    "pairs", "unique_prompts", "model_card", "embed_chunk", "knn_weights", "reward_model", "grpo", "evaluate_model",
-    "compare", "build_reports",
+    "pairs", "unique_prompts", "model_card", "embed_chunk", "embed_records", "knn_weights", "reward_model", "grpo",
+    "evaluate_model", "compare", "build_reports",
 }  # fmt: skip
 DOWNSTREAM = {"compare": 1, "build_reports": 1, "all": 1}
 # the tiny run: 4 chunks; arms density and uniform x seeds 0 and 1; evaluate_model: base, control + 4 policies
@@ -91,9 +91,9 @@ def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
 # a finished run, one config change at a time: the jobs a dry run plans (4 chunks; arms density, uniform)
 RERUN_MATRIX = [
     # model.dtype is the inference precision: the reward model trains in fp32 master weights and does not read it
-    ({"model": {"dtype": "bfloat16"}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 4, "evaluate_model": 6}),
+    ({"model": {"dtype": "bfloat16"}}, {"embed_chunk": 4, "embed_records": 1, "knn_weights": 1, "grpo": 4, "evaluate_model": 6}),
     # the weights feed the density arm's sampler and every evaluation (prompts drawn stratified by weight)
-    ({"embed": {"layer": 1}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
+    ({"embed": {"layer": 1}}, {"embed_chunk": 4, "embed_records": 1, "knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
     ({"knn": {"k": 4}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
     ({"density": {"alpha": 2.0}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
     ({"rm": {"max_steps": 3}}, {"reward_model": 1, "grpo": 4, "evaluate_model": 6}),
@@ -106,9 +106,9 @@ RERUN_MATRIX = [
     ({"eval": {"samples": 3}}, {"evaluate_model": 6}),
     ({"eval": {"every": 2}}, {"grpo": 4, "evaluate_model": 4}),
     ({"seed": 1}, {"reward_model": 1, "grpo": 4, "evaluate_model": 6}),
-    ({"device": "cuda"}, {"embed_chunk": 4, "knn_weights": 1, "reward_model": 1, "grpo": 4, "evaluate_model": 6}),
+    ({"device": "cuda"}, {"embed_chunk": 4, "embed_records": 1, "knn_weights": 1, "reward_model": 1, "grpo": 4, "evaluate_model": 6}),
     # the density recipes (density.* keys) and embed.pooling change the weights like knn.k / embed.layer
-    ({"embed": {"pooling": "mean"}}, {"embed_chunk": 4, "knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
+    ({"embed": {"pooling": "mean"}}, {"embed_chunk": 4, "embed_records": 1, "knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
     ({"density": {"postprocess": "center"}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
     ({"density": {"length_residual": "tokens"}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
 ]

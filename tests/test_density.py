@@ -442,9 +442,12 @@ def test_run_reads_exactly_its_params(tmp_path, small_chunks, knn, dens):
     cols = {"n_tokens": np.arange(len(x)) + 5, "turns": np.ones(len(x), dtype=int)}
     paths = write_chunks(tmp_path, x, [160, 160], columns=cols)
     params = RecordingParams({"knn": knn, "density": dens})
+    prompts = tmp_path / "prompts.parquet"
+    pd.DataFrame({"prompt_id": [f"{j:016x}" for j in range(len(x))], "topic": ""}).to_parquet(prompts)
     config.AUDIT = set()
     try:
-        density.run({"chunks": paths}, {"weights": str(tmp_path / "w.parquet"), "meta": str(tmp_path / "m.json")}, params)
+        inputs = {"chunks": paths, "prompts": str(prompts)}
+        density.run(inputs, {"weights": str(tmp_path / "w.parquet"), "meta": str(tmp_path / "m.json")}, params)
         read = params.read | config.AUDIT
     finally:
         config.AUDIT = None

@@ -85,13 +85,13 @@ def test_kv_cache_and_training():
     cfg = M.SMOLLM2_135M
     assert M.kv_cache_bytes(cfg, 2, 100, "bf16") == 2 * 30 * 2 * 100 * 3 * 64 * 2
     n = 134_515_008
-    parts = M.training_components(cfg, 4, 128, "fp32", logit_positions=0)
+    parts = M.training_components(cfg, 4, 128, M.Training(logit_positions=0))
     assert parts["weights"] == parts["grads"] == 4 * n
     assert parts["optimizer"] == 8 * n  # AdamW: m and v in fp32
     assert parts["logits"] == 0
-    ckpt = M.training_components(cfg, 4, 128, "fp32", gradient_checkpointing=True, logit_positions=0)
+    ckpt = M.training_components(cfg, 4, 128, M.Training(checkpointing=True, logit_positions=0))
     assert ckpt["activations"] < parts["activations"] / 5
-    assert M.training_components(cfg, 4, 128, "fp32", optimizer="sgd")["optimizer"] == 0
+    assert M.training_components(cfg, 4, 128, M.Training(optimizer="sgd"))["optimizer"] == 0
     assert M.training_components(cfg, 4, 128)["logits"] == 2 * 4 * 128 * 49152 * 4
 
 
@@ -100,7 +100,7 @@ def test_a_published_model_and_the_bytes_it_implies():
     of state per parameter (weights, grads, m, v): 107.8 GB before activations."""
     cfg = M.REFERENCE_MODELS["Llama-2-7B"]
     assert M.param_count(cfg) == 6_738_415_616
-    parts = M.training_components(cfg, 1, 1, "fp32", logit_positions=0)
+    parts = M.training_components(cfg, 1, 1, M.Training(logit_positions=0))
     assert parts["weights"] + parts["grads"] + parts["optimizer"] == 107_814_649_856
     assert M.weights_bytes(6_738_415_616, "bf16") == 13_476_831_232 and M.weights_bytes(6_738_415_616, "int4") == 3_369_207_808
 

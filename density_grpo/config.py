@@ -181,7 +181,7 @@ class Section:
         value = object.__getattribute__(self, name)
         if value is UNDECLARED:
             raise KeyError(f"{object.__getattribute__(self, 'SECTION')}.{name} is not declared in this rule's params")
-        if AUDIT is not None and name in object.__getattribute__(self, "__dataclass_fields__"):
+        if AUDIT is not None and name in object.__getattribute__(self, "__dataclass_fields__") and not object.__getattribute__(self, "__dict__").get("_fixed"):
             AUDIT.add(f"{object.__getattribute__(self, 'SECTION')}.{name}")
         return value
 
@@ -198,9 +198,13 @@ class Section:
         return cls(**{n: given.get(n, UNDECLARED) for n in names})
 
     @classmethod
-    def pick(cls, config: Mapping[str, Any], *names: str) -> dict[str, Any]:
-        """The config values of `names` in this section: what a rule declares in its params."""
-        return {n: config[cls.SECTION][n] for n in names}
+    def fixed(cls, **values: Any):
+        """A section with values the code fixes itself, not config (e.g. how responses are embedded): reading it is
+        not reading a rule's params, so the params audit does not count it."""
+        obj = cls.from_params(values)
+        object.__setattr__(obj, "_fixed", True)
+        return obj
+
 
 
 @section

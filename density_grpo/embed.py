@@ -425,10 +425,9 @@ RESPONSE_BATCH_TOKENS = 4096  # responses are embedded in token-budget batches o
 def response_embedder(model: nn.Module, tokenizer: Any, max_new_tokens: int) -> Embedder:
     """How sampled responses are embedded (evaluation, collapse curves): the mean over every token of the last
     hidden state. Responses are at most max_new_tokens long; re-tokenized text may differ a little, hence 4x."""
-    cfg = EmbedConfig.from_params(
-        {"source": "hidden", "layer": -1, "pooling": "mean", "max_length": 4 * max_new_tokens,
-         "batch_tokens": RESPONSE_BATCH_TOKENS}
-    )  # fmt: skip
+    cfg = EmbedConfig.fixed(
+        source="hidden", layer=-1, pooling="mean", max_length=4 * max_new_tokens, batch_tokens=RESPONSE_BATCH_TOKENS
+    )
     return Embedder(model, tokenizer, cfg)
 
 

@@ -353,7 +353,8 @@ def scaling_table(n0: int, dim: int, vocab: int, chunk_size: int, knn: Mapping, 
         n = n0 * scale
         kind = ip.choose_index(knn["index"], n, dim, knn["exact_max"], knn["max_index_gb"])
         nl = ip.default_nlist(n, knn["nlist"], kind)
-        parts = ip.components(n, dim, min(n, chunk_size), {**knn, "index": kind}, nl if kind != "flat" else 0)
+        knobs = {key: knn[key] for key in ("k", "recall_sample", "pq_m", "nprobe", "fix_fraction", "fix_nprobe")}
+        parts = ip.components(n, dim, min(n, chunk_size), {**knobs, "index": kind}, nl if kind != "flat" else 0)
         peak = BASELINE_BYTES["faiss"] + sum(parts.values())
         rows.append({
             "scale": scale, "n": n, "chunks": math.ceil(n / chunk_size),

@@ -84,7 +84,7 @@ def test_other_branches_read_exactly_their_params(audited_run, tmp_path):
     hh.write_text(yaml.safe_dump({"data": {"source": "hh-rlhf", "subsets": ["helpful-base"], "mirror": str(tmp_path / "hh")}}))
     snakemake(copy, "prompts", "--configfile", str(config), str(hh), env=env)
     pairs = audits(audit)["pairs"]
-    assert pairs["declared"] == ["max_pairs", "source", "split", "subsets"]
+    assert pairs["declared"] == ["data.max_pairs", "data.source", "data.split", "data.subsets"]
     assert_read_equals_declared({"pairs": pairs})
 
 

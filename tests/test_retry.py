@@ -44,15 +44,17 @@ def test_without_retry_the_job_fails(tmp_path):
 
 
 def test_pipeline_rules_scale_memory_by_attempt():
-    """Every rule of the pipeline takes mem_mb from the helper in rules/common.smk, which doubles per attempt."""
+    """Every rule of the pipeline takes its resources from the helper in rules/common.smk, whose mem_mb doubles
+    per attempt."""
     common = (REPO / "rules/common.smk").read_text()
-    helper = re.search(r"^def mem_mb\(base\):\n(?:    .*\n|\n)+", common, re.M)
-    assert helper, "rules/common.smk: def mem_mb(base) not found"
-    namespace: dict = {}
+    helper = re.search(r"^def resources\(mem_mb, runtime, gpu=False\):\n(?:    .*\n|\n)+", common, re.M)
+    assert helper, "rules/common.smk: def resources(mem_mb, runtime, gpu=False) not found"
+    namespace: dict = {"config": {"memory": {"warn_fraction": 0.9}}, "GPU": 1}
     exec(helper.group(0), namespace)
-    assert [namespace["mem_mb"](4000)(None, attempt) for attempt in (1, 2, 3)] == [4000, 8000, 16000]
-    for smk in sorted((REPO / "rules").glob("*.smk")):
-        for block in re.findall(r"resources:\n((?:\s{8,}.*\n)+)", smk.read_text()):
-            assert re.search(
-                r"mem_mb=mem_mb\(\d+\)", block
-            ), f"{smk.name}: resources without attempt-scaled mem_mb:\n{block}"
+    res = namespace["resources"](4000, 60)
+    assert [res["mem_mb"](None, attempt) for attempt in (1, 2, 3)] == [4000, 8000, 16000]
+    assert "gpu" not in res and namespace["resources"](4000, 60, gpu=True)["gpu"] == 1
+    blocks = [b for smk in sorted((REPO / "rules").glob("*.smk")) for b in re.findall(r"resources:\n((?:\s{8,}.*\n)+)", smk.read_text())]
+    assert len(blocks) >= 10, blocks
+    for block in blocks:
+        assert re.fullmatch(r"\s+\*\*resources\(\d+, \d+(, gpu=True)?\),\n", block), f"resources not from the helper:\n{block}"

@@ -241,7 +241,7 @@ def test_gpu_rule_requests_a_gpu(runs, cluster):
     job = subprocess.run(["scontrol", "show", "job", "-d", jobid], capture_output=True, text=True).stdout
     assert "TresPerJob=gres:gpu:1" in job and "JOB_GRES=gpu:1" in job, job  # requested and allocated
     if res.returncode != 0:  # expected without CUDA: a clear error, and Snakemake stops instead of polling forever
-        log = (workdir / "logs/tiny/embed/chunk_0.log").read_text()
+        log = (workdir / "logs/tiny/embed_chunk_0.log").read_text()
         assert "torch sees no CUDA device" in log, f"{log}\n{out[-4000:]}"
         assert "JobState=FAILED" in job
 

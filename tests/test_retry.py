@@ -54,7 +54,9 @@ def test_pipeline_rules_scale_memory_by_attempt():
     res = namespace["resources"](4000, 60)
     assert [res["mem_mb"](None, attempt) for attempt in (1, 2, 3)] == [4000, 8000, 16000]
     assert "gpu" not in res and namespace["resources"](4000, 60, gpu=True)["gpu"] == 1
-    blocks = [b for smk in sorted((REPO / "rules").glob("*.smk")) for b in re.findall(r"resources:\n((?:\s{8,}.*\n)+)", smk.read_text())]
+    # a block is the lines indented one level deeper than its "resources:" (rules inside an if are indented further)
+    pattern = re.compile(r"^( *)resources:\n((?:\1    .*\n)+)", re.M)
+    blocks = [m[1] for smk in sorted((REPO / "rules").glob("*.smk")) for m in pattern.findall(smk.read_text())]
     assert len(blocks) >= 10, blocks
     for block in blocks:
         assert re.fullmatch(r"\s+\*\*resources\(\d+, \d+(, gpu=True)?\),\n", block), f"resources not from the helper:\n{block}"

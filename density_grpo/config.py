@@ -422,21 +422,24 @@ class EvalConfig(Section):
                 raise UserError(f"config key eval.{key}: {getattr(self, key)} is more than the held-out pool eval.pool = {self.pool}")
 
 
-def job_from_params(cls, params: Mapping[str, Any]):
-    """A stage's typed job (a dataclass) from its rule's params: a field typed as a Section is built from the params
-    of the same name (None where the rule declares none: a section the step does not read), any other field is the
-    param itself (a value the rules resolved: device, dtype, seeds, the model's name)."""
-    import typing
+class Job:
+    """Base of a stage's typed job (a dataclass built from its rule's params): a field typed as a Section is built
+    from the params of the same name (None where the rule declares none: a section the step does not read), any
+    other field is the param itself (a value the rules resolved: device, dtype, seeds, the model's name)."""
 
-    hints, values = typing.get_type_hints(cls), {}
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        section = next((t for t in (hint, *typing.get_args(hint)) if isinstance(t, type) and issubclass(t, Section)), None)
-        if section is None:
-            values[f.name] = params[f.name]
-        else:
-            values[f.name] = section.from_params(params[f.name]) if f.name in params else None
-    return cls(**values)
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]):
+        import typing
+
+        hints, values = typing.get_type_hints(cls), {}
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            section = next((t for t in (hint, *typing.get_args(hint)) if isinstance(t, type) and issubclass(t, Section)), None)
+            if section is None:
+                values[f.name] = params[f.name]
+            else:
+                values[f.name] = section.from_params(params[f.name]) if f.name in params else None
+        return cls(**values)
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from density_grpo import memory
-from density_grpo.config import EvalConfig, RMConfig, job_from_params
+from density_grpo.config import EvalConfig, RMConfig, Job
 from density_grpo.embed import RESPONSE_BATCH_TOKENS
 from density_grpo.io import write_json
 from density_grpo.sampling import Sampling, keep_last_tokens, sample
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class EvalJob:
+class EvalJob(Job):
     """The params of one evaluate_model job, typed: the eval section (temperature: eval.control_temperature for
     the control), rm scoring (max_length, batch_size), the model's name, its number of sample sets (2 for the base
     model: the noise floor), the config seed (set k samples with seed + k: every model sees the same seeds), and
@@ -48,10 +48,6 @@ class EvalJob:
     seed: int
     device: str
     dtype: str
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "EvalJob":
-        return job_from_params(cls, params)
 
     @property
     def sampling(self) -> Sampling:

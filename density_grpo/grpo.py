@@ -34,7 +34,7 @@ import trl
 from transformers import TrainerCallback
 
 from density_grpo import memory
-from density_grpo.config import EvalConfig, GRPOConfig, RMConfig, job_from_params
+from density_grpo.config import EvalConfig, GRPOConfig, RMConfig, Job
 from density_grpo.errors import UserError
 from density_grpo.io import atomic_path
 from density_grpo.models import eos_token_ids, pad_token_id, set_pad_token
@@ -365,7 +365,7 @@ class StepMetrics(TrainerCallback):
 
 
 @dataclass(frozen=True)
-class GRPOJob:
+class GRPOJob(Job):
     """The params of one grpo job, typed: the grpo section, the held-out pool and the curve settings (eval section),
     rm.max_length (rm reward only), and what the rules resolved.
 
@@ -382,10 +382,6 @@ class GRPOJob:
     device: str
     dtype: str
     train_precision: str
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "GRPOJob":
-        return job_from_params(cls, params)
 
     @property
     def curve_sampling(self) -> Sampling:

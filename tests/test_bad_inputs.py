@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from snakemake.iocontainers import Namedlist
 
 from density_grpo import density, embed, models, pairs
 from density_grpo.cli import run_step
-from density_grpo.config import check_prompt_counts, load_config
+from density_grpo.config import check_prompt_counts, load_config, schema
 from density_grpo.errors import UserError
 from density_grpo.store import write_chunk
 
@@ -364,6 +365,15 @@ CONFIG = {
         {"data": {"source": "hh-rlhf", "subsets": ["red-team-attempts"]}},
         "config key data.subsets.0: 'red-team-attempts' is not one of",
     ),
+    "null integer": ({"knn": {"k": None}}, "config key knn.k: expected an integer, got null"),
+    "null number": ({"density": {"alpha": None}}, "config key density.alpha: expected a finite number, got null"),
+    "null enum": ({"embed": {"pooling": None}}, "config key embed.pooling: null is not one of ['mean', 'human', 'last_turn', 'last']"),
+    "null string": ({"model": {"name_or_path": None}}, "config key model.name_or_path: expected string, got null"),
+    "string number": ({"grpo": {"learning_rate": "1e-5"}}, "config key grpo.learning_rate: expected a finite number, got '1e-5'"),
+    "data.path a directory": (
+        {"data": {"source": "local", "path": str(Path(__file__).parent)}},
+        f"config key data.path: '{Path(__file__).parent}' is a directory, expected a .jsonl, .jsonl.gz or .parquet file",
+    ),
 }
 
 
@@ -373,6 +383,80 @@ def test_bad_config(case):
     with pytest.raises(UserError) as e:
         load_config(override)
     assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def numeric_keys(node: dict | None = None, prefix: str = "") -> list[tuple[str, dict]]:
+    """Every key of the schema that takes a number (dotted; an array's items as `key.0`), with its sub-schema."""
+    node = schema() if node is None else node
+    out = []
+    for name, sub in node.get("properties", {}).items():
+        key = f"{prefix}{name}"
+        types = sub.get("type", [])
+        if set([types] if isinstance(types, str) else types) & {"number", "integer"}:
+            out.append((key, sub))
+        elif sub.get("type") == "array" and isinstance(sub.get("items"), dict) and "type" in sub["items"]:
+            out += numeric_keys({"properties": {"0": sub["items"]}}, f"{key}.")
+        out += numeric_keys(sub, f"{key}.")
+    return out
+
+
+def out_of_range(sub: dict) -> list[tuple[str, object]]:
+    """A value past each bound of a numeric sub-schema (an integer key gets an integer)."""
+    step = 1 if "integer" in sub["type"] else 1e-3
+    cases = [("below minimum", sub["minimum"] - step)] if "minimum" in sub else []
+    cases += [("at exclusiveMinimum", sub["exclusiveMinimum"])] if "exclusiveMinimum" in sub else []
+    cases += [("above maximum", sub["maximum"] + step)] if "maximum" in sub else []
+    cases += [("at exclusiveMaximum", sub["exclusiveMaximum"])] if "exclusiveMaximum" in sub else []
+    return cases
+
+
+def nested(key: str, value: object) -> dict:
+    """{"a": {"b": value}} for "a.b"; an array item ("grpo.seeds.0") becomes a one-item list."""
+    parts = key.split(".")
+    if parts[-1] == "0":
+        parts, value = parts[:-1], [value]
+    for part in reversed(parts):
+        value = {part: value}
+    return value  # type: ignore[return-value]
+
+
+def numeric_cases() -> dict[str, tuple[str, object, str]]:
+    cases = {}
+    for key, sub in numeric_keys():
+        for what, value in [("NaN", math.nan), ("+inf", math.inf), ("-inf", -math.inf), *out_of_range(sub)]:
+            expected = "expected an integer" if "integer" in sub["type"] else "expected a finite number"
+            if what not in ("NaN", "+inf", "-inf"):
+                expected = "minimum" if "inimum" in what else "maximum"
+            cases[f"{key} {what}"] = (key, value, expected)
+    return cases
+
+
+NUMERIC = numeric_cases()
+
+
+def test_every_numeric_key_is_bounded():
+    """A key without a bound takes any huge number; the walk below would then test no range for it."""
+    assert len(numeric_keys()) >= 40 and ("grpo.seeds.0", schema()["properties"]["grpo"]["properties"]["seeds"]["items"]) in numeric_keys()
+    assert [key for key, sub in numeric_keys() if not out_of_range(sub)] == []
+
+
+@pytest.mark.parametrize("case", list(NUMERIC))
+def test_numbers_are_finite_and_in_range(case):
+    """Every numeric key of the schema, with NaN, +inf, -inf and a value past each of its bounds: one line naming it."""
+    key, value, expected = NUMERIC[case]
+    with pytest.raises(UserError) as e:
+        load_config(nested(key, value))
+    line = str(e.value)
+    assert line.startswith(f"config key {key}: ") and expected in line and "\n" not in line, line
+
+
+def test_seed_in_params_is_checked_like_the_config():
+    """A step's section built from its rule's params checks the seed against the same schema bound (numpy's and
+    torch's RNGs take seeds below 2**32)."""
+    from density_grpo.config import KNNConfig
+
+    with pytest.raises(UserError, match=r"^config key seed: 4294967296 is greater than the maximum of 4294967295$"):
+        KNNConfig.from_params({"k": 3, "index": "flat", "seed": 2**32})
 
 
 def test_yaml_syntax_error_names_the_file(tmp_path):

@@ -8,10 +8,12 @@ through Snakemake itself.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import logging
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ import yaml
 from conftest import tiny_pairs, write_jsonl
 from snakemake.iocontainers import Namedlist
 
-from density_grpo import density, embed, models, pairs
+from density_grpo import density, embed, grpo, models, pairs, reward
 from density_grpo.cli import run_step
 from density_grpo.config import check_prompt_counts, load_config, schema
 from density_grpo.errors import UserError
@@ -109,6 +111,15 @@ def pairs_case(tmp: Path, lines: list | bytes, name: str = "bad.jsonl") -> tuple
     return pairs.run, {"files": [str(path)]}, {"pairs": str(tmp / "out/pairs.parquet")}, {"data": {"source": "local", "max_pairs": None}}
 
 
+LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 13051\n"
+
+
+def pairs_dir_case(tmp: Path) -> tuple:
+    (tmp / "data.jsonl").mkdir()
+    step, inputs, outputs, params = pairs_case(tmp, [])
+    return step, {"files": [str(tmp / "data.jsonl")]}, outputs, params
+
+
 def parquet_case(tmp: Path, frame: pd.DataFrame | None) -> tuple:
     path = tmp / "bad.parquet"
     if frame is None:
@@ -166,6 +177,31 @@ DATA = {
         "bad.parquet row 1: missing key 'rejected'",
     ),
     "unsupported file type": (lambda t: pairs_case(t, b"a,b\n", "bad.csv"), "bad.csv: unsupported file type"),
+    "null value": (lambda t: pairs_case(t, [{**GOOD, "rejected": None}]), "bad.jsonl:3: 'rejected' must be a string, got null"),
+    "number past the parser's limit": (
+        lambda t: pairs_case(t, ['{"chosen": ' + "1" * 5000 + ', "rejected": "r"}']),
+        "bad.jsonl:3: JSON that Python's parser refuses (Exceeds the limit (4300 digits) for integer string conversion",
+    ),
+    "nesting past the parser's limit": (
+        lambda t: pairs_case(t, ['{"chosen": ' + "[" * 200_000 + "]" * 200_000 + "}"]),
+        "bad.jsonl:3: JSON nested too deeply for Python's parser",
+    ),
+    "Git LFS pointer (.jsonl)": (
+        lambda t: pairs_case(t, LFS, "bad.jsonl"), "bad.jsonl: this is a Git LFS pointer, fetch the real file with git lfs pull"
+    ),
+    "Git LFS pointer (.jsonl.gz)": (
+        lambda t: pairs_case(t, LFS, "bad.jsonl.gz"), "bad.jsonl.gz: this is a Git LFS pointer, fetch the real file with git lfs pull"
+    ),
+    "Git LFS pointer (.parquet)": (
+        lambda t: pairs_case(t, LFS, "bad.parquet"), "bad.parquet: this is a Git LFS pointer, fetch the real file with git lfs pull"
+    ),
+    "gzip bytes under .jsonl": (
+        lambda t: pairs_case(t, gzip.compress(json.dumps(GOOD).encode() + b"\n"), "bad.jsonl"),
+        "bad.jsonl: gzip-compressed data under a name without .gz (rename it to bad.jsonl.gz)",
+    ),
+    "a directory as the data file": (
+        lambda t: pairs_dir_case(t), "data.jsonl: is a directory, expected a .jsonl, .jsonl.gz or .parquet file"
+    ),
 }
 
 
@@ -318,6 +354,142 @@ def test_damaged_chunk(tmp_path, case):
     assert line.startswith(f"{chunks[1]}: ") and expected in line
     if case not in ("chunk from another model", "no content hash"):
         assert line.endswith(f"delete it (rm -r {chunks[1]}) and rerun snakemake to rebuild it")
+
+
+# -----------------------------------------------------------------------------
+# readers verify what they read: chunk ids against prompts.parquet, weights when written and when read
+
+DENSITY_PARAMS = {"knn": {"k": 3, "index": "flat"}, "density": {"alpha": 1.0, "eps": 1e-6, "max_ratio": None, "postprocess": "none", "length_residual": "none"}}
+
+
+def knn_weights_case(tmp: Path, chunks: list[str]) -> str:
+    outputs = {"weights": str(tmp / "weights.parquet"), "meta": str(tmp / "metadata.json")}
+    inputs = {"chunks": chunks, "prompts": str(tmp / "prompts.parquet")}
+    return run_failing(tmp, "knn_weights", density.run, inputs, outputs, DENSITY_PARAMS)
+
+
+def foreign_chunk(tmp: Path, chunks: list[str]) -> None:
+    """Chunk 1 replaced by a valid store (same model, good hashes) of other prompts."""
+    x = np.random.default_rng(1).normal(size=(10, 16)).astype(np.float32)
+    attrs = {"model": "m", "model_fingerprint": FINGERPRINT, "source": "hidden", "layer": 2, "pooling": "mean-masked"}
+    shutil.rmtree(chunks[1])
+    write_chunk(chunks[1], [f"{i:016x}" for i in range(1, 11)], x, attrs)
+
+
+def swapped_chunks(tmp: Path, chunks: list[str]) -> None:
+    """Chunks 0 and 2 swapped (e.g. restored from a listing in the wrong order)."""
+    shutil.move(chunks[0], tmp / "c0")
+    shutil.move(chunks[2], chunks[0])
+    shutil.move(tmp / "c0", chunks[2])
+
+
+STALE = {
+    "chunk of other prompts": (
+        foreign_chunk, 1, lambda c: f"{c[1]}: its 10 prompt ids are not rows 10..19 of", lambda c: f"(rm -r {c[1]}) and rerun snakemake"
+    ),
+    "chunks out of order": (
+        swapped_chunks, 0, lambda c: f"{c[0]}: its 10 prompt ids are not rows 0..9 of", lambda c: f"(1 more chunks differ too); delete them (rm -r {c[0]} {c[2]})"
+    ),
+    "last chunk short": (
+        None, 2, lambda c: f"{c[2]}: the chunk stores hold 29 prompts but", lambda c: f"delete it (rm -r {c[2]}) and rerun snakemake"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(STALE))
+def test_chunks_are_the_prompts_in_order(tmp_path, case):
+    """A foreign or stale chunk (valid hashes, same model) fails before any search, naming it; deleting what the
+    line names lets its embed_chunk job rebuild it (chunk i holds the rows after chunk i-1's)."""
+    damage, _, head, tail = STALE[case]
+    chunks = chunk_files(tmp_path, (10, 10, 9) if damage is None else (10, 10, 10))
+    if damage is not None:
+        damage(tmp_path, chunks)
+    line = knn_weights_case(tmp_path, chunks)
+    assert line.startswith(head(chunks)) and tail(chunks) in line, line
+
+
+def test_extreme_alpha_weights_are_not_written(tmp_path, monkeypatch):
+    """Weights that came out non-finite (here forced: the schema bounds alpha) are refused before they are written."""
+    chunks = chunk_files(tmp_path)
+    real = density.density_weights
+    monkeypatch.setattr(density, "density_weights", lambda *a: (real(*a)[0], np.full(30, np.nan)))
+    line = knn_weights_case(tmp_path, chunks)
+    assert line.startswith(f"{tmp_path / 'weights.parquet'}: 30 weights are not finite and positive (row 0: nan); not written")
+
+
+def good_weights(tmp: Path) -> pd.DataFrame:
+    ids = pd.read_parquet(prompts_file(tmp))["prompt_id"]
+    return pd.DataFrame({"prompt_id": ids, "weight": np.full(len(ids), 1.0 / len(ids))})
+
+
+WEIGHTS = {
+    "NaN weight": (lambda w: w.assign(weight=w["weight"].where(w.index != 3, np.nan)), "1 weights are not finite and positive (row 3: nan)"),
+    "negative weight": (lambda w: w.assign(weight=w["weight"].where(w.index != 5, -w["weight"])), "1 weights are not finite and positive (row 5: -0.0333"),
+    "infinite weight": (lambda w: w.assign(weight=w["weight"].where(w.index != 0, np.inf)), "1 weights are not finite and positive (row 0: inf)"),
+    "zero weight": (lambda w: w.assign(weight=w["weight"].where(w.index != 1, 0.0)), "1 weights are not finite and positive (row 1: 0.0)"),
+    "weights not normalised": (lambda w: w.assign(weight=w["weight"] * 2), "the weights sum to 2, not 1"),
+    "weight rows missing": (lambda w: w.iloc[:-4].assign(weight=1.0 / 26), "no weight for"),
+}
+
+
+@pytest.mark.parametrize("case", list(WEIGHTS))
+def test_grpo_checks_the_weights_it_reads(tmp_path, case):
+    """A hand-edited or damaged weights.parquet stops the density arm before any model is loaded."""
+    edit, expected = WEIGHTS[case]
+    weights = tmp_path / "weights.parquet"
+    edit(good_weights(tmp_path)).to_parquet(weights, index=False)
+    params = {
+        "grpo": {}, "eval": {"pool": 8, "curve_prompts": 2}, "seed": 0, "policy_seed": 0, "device": "cpu",
+        "dtype": "float32", "train_precision": "float32",
+    }  # fmt: skip
+    inputs = {"prompts": str(tmp_path / "prompts.parquet"), "weights": str(weights), "model": str(tmp_path / "model")}
+    names = ("model", "metrics", "curves", "curve_embeddings", "summary", "draws")
+    outputs = {n: str(tmp_path / "out" / n) for n in names}
+    line = run_failing(tmp_path, "grpo", grpo.run, inputs, outputs, params)
+    assert line.startswith(f"{weights}: ") and expected in line and line.endswith(f"delete it (rm -r {weights}) and rerun snakemake to rebuild it"), line
+
+
+# -----------------------------------------------------------------------------
+# writing outputs: a full disk or a folder the job may not write names the output
+
+
+WRITES = {
+    "disk full (no file name)": (lambda tmp: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "cannot write (No space left on device)"),
+    "read-only results folder": (
+        lambda tmp: PermissionError(errno.EACCES, "Permission denied", str(tmp / "out" / ".pairs.parquet.tmp-1")), "cannot write (Permission denied)"
+    ),
+    "read-only file system": (lambda tmp: OSError(errno.EROFS, os.strerror(errno.EROFS)), "cannot write (Read-only file system)"),
+    "disk full inside a library": (lambda tmp: RuntimeError("file write failed: No space left on device (os error 28)"), "cannot write (No space left on device)"),
+}
+
+
+@pytest.mark.parametrize("case", list(WRITES))
+def test_write_errors_name_the_output(tmp_path, monkeypatch, case):
+    error, expected = WRITES[case]
+    step, inputs, outputs, params = pairs_case(tmp_path, [])
+
+    def fail(*args, **kwargs):
+        raise error(tmp_path)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", fail)
+    assert run_failing(tmp_path, "pairs", step, inputs, outputs, params) == f"{outputs['pairs']}: {expected}"
+
+
+def test_reward_model_needs_held_out_pairs_with_a_preference(tmp_path, caplog):
+    """Pairs whose chosen and rejected responses are identical: a warning with their count when the pairs are read;
+    when the reward model's held-out pairs are all such ties, a clear failure (not an accuracy of n/a)."""
+    rows = [{**r, "rejected": r["chosen"]} for r in tiny_pairs()]
+    step, inputs, outputs, params = pairs_case(tmp_path, [])
+    write_jsonl(rows, Path(inputs["files"][0]))
+    with caplog.at_level(logging.WARNING, logger="density_grpo.pairs"):
+        df = pairs.load_pairs(pairs.DataConfig.from_params({"source": "local", "max_pairs": None}), inputs["files"])
+    assert f"{len(rows)} of {len(rows)} pairs have identical chosen and rejected responses (no preference)" in caplog.text
+    df.to_parquet(tmp_path / "pairs.parquet")
+    params = {"rm": {"eval_fraction": 0.2}, "seed": 0, "device": "cpu", "train_precision": "float32"}
+    outputs = {"model": str(tmp_path / "rm/model"), "metrics": str(tmp_path / "rm/metrics.json"), "steps": str(tmp_path / "rm/steps.jsonl")}
+    inputs = {"pairs": str(tmp_path / "pairs.parquet"), "model": str(tmp_path / "model")}
+    line = run_failing(tmp_path, "reward_model", reward.run, inputs, outputs, params)
+    assert line.startswith("all ") and "held-out pairs of the reward model have identical chosen and rejected responses" in line, line
 
 
 def test_damaged_parquet_artifacts(tmp_path):

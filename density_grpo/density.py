@@ -325,6 +325,18 @@ def check_weights(weights: np.ndarray, where: str, advice: str) -> None:
         raise UserError(f"{where}: the weights sum to {w.sum():.9g}, not 1; {advice}")
 
 
+def read_weights(path: str) -> pd.Series:
+    """weights.parquet as a weight per prompt_id, verified (check_weights) and with unique ids: later stages trust
+    it, and a hand-edited or damaged table fails naming the file."""
+    from density_grpo.store import rebuild_hint
+
+    w = pd.read_parquet(path, columns=["prompt_id", "weight"]).set_index("prompt_id")["weight"]
+    check_weights(w.to_numpy(), path, rebuild_hint(path))
+    if not w.index.is_unique:
+        raise UserError(f"{path}: prompt_id {w.index[w.index.duplicated()][0]} appears more than once; {rebuild_hint(path)}")
+    return w
+
+
 def topic_summary(df: pd.DataFrame, topics: pd.Series) -> dict[str, Any] | None:
     """With topic labels (the sample data), each prompt's topic and its dense/rare group as columns of `df`, and the
     check the weights exist for: the mean weight of rare-topic prompts over that of dense-topic ones (> 1: rare

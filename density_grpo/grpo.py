@@ -539,11 +539,10 @@ def training_weights(prompts: pd.DataFrame, weights_path: str | None) -> np.ndar
     uniform for the uniform arm (no weights file)."""
     if weights_path is None:
         return np.full(len(prompts), 1.0 / len(prompts))
-    from density_grpo.density import check_weights
+    from density_grpo.density import read_weights
     from density_grpo.store import rebuild_hint
 
-    w = pd.read_parquet(weights_path).set_index("prompt_id")["weight"]
-    check_weights(w.to_numpy(), weights_path, rebuild_hint(weights_path))
+    w = read_weights(weights_path)
     missing = ~prompts["prompt_id"].isin(w.index)
     if missing.any():
         raise UserError(f"{weights_path}: no weight for {int(missing.sum())} prompts: {rebuild_hint(weights_path)}")

@@ -429,6 +429,7 @@ WEIGHTS = {
     "zero weight": (lambda w: w.assign(weight=w["weight"].where(w.index != 1, 0.0)), "1 weights are not finite and positive (row 1: 0.0)"),
     "weights not normalised": (lambda w: w.assign(weight=w["weight"] * 2), "the weights sum to 2, not 1"),
     "weight rows missing": (lambda w: w.iloc[:-4].assign(weight=1.0 / 26), "no weight for"),
+    "repeated prompt_id": (lambda w: w.assign(prompt_id=w["prompt_id"].where(w.index != 2, w["prompt_id"][1])), "appears more than once"),
 }
 
 

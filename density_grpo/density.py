@@ -325,15 +325,19 @@ def check_weights(weights: np.ndarray, where: str, advice: str) -> None:
         raise UserError(f"{where}: the weights sum to {w.sum():.9g}, not 1; {advice}")
 
 
-def read_weights(path: str) -> pd.Series:
-    """weights.parquet as a weight per prompt_id, verified (check_weights) and with unique ids: later stages trust
-    it, and a hand-edited or damaged table fails naming the file."""
+def read_weights(path: str, prompt_ids: pd.Series) -> pd.Series:
+    """weights.parquet as a weight per prompt_id, verified: check_weights, unique ids, and a weight for every id of
+    `prompt_ids` (later stages trust the table; a hand-edited, damaged or stale one fails naming the file)."""
     from density_grpo.store import rebuild_hint
 
     w = pd.read_parquet(path, columns=["prompt_id", "weight"]).set_index("prompt_id")["weight"]
     check_weights(w.to_numpy(), path, rebuild_hint(path))
     if not w.index.is_unique:
-        raise UserError(f"{path}: prompt_id {w.index[w.index.duplicated()][0]} appears more than once; {rebuild_hint(path)}")
+        dup = w.index[w.index.duplicated()][0]
+        raise UserError(f"{path}: prompt_id {dup} appears more than once; {rebuild_hint(path)}")
+    missing = ~prompt_ids.isin(w.index)
+    if missing.any():
+        raise UserError(f"{path}: no weight for {int(missing.sum())} prompts: {rebuild_hint(path)}")
     return w
 
 

@@ -148,8 +148,9 @@ def run(input: dict, output: dict, params: dict) -> None:
 
     job = EvalJob.from_params(params)
     e = job.eval
-    _, pool = holdout_split(pd.read_parquet(input["prompts"]), e.pool, job.seed)
-    weights = read_weights(input["weights"])
+    prompts = pd.read_parquet(input["prompts"])
+    _, pool = holdout_split(prompts, e.pool, job.seed)
+    weights = read_weights(input["weights"], prompts["prompt_id"])  # the rare stratum: a quantile over all prompts
     chosen = stratified_eval(pool, weights, e.prompts, e.rare_fraction, e.rare_quantile, job.seed)
     result = evaluate_policy(job, input["policy"], input["base"], chosen["text"].tolist(), input["rm"])
     with atomic_path(output["embeddings"]) as tmp:

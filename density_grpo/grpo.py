@@ -540,12 +540,8 @@ def training_weights(prompts: pd.DataFrame, weights_path: str | None) -> np.ndar
     if weights_path is None:
         return np.full(len(prompts), 1.0 / len(prompts))
     from density_grpo.density import read_weights
-    from density_grpo.store import rebuild_hint
 
-    w = read_weights(weights_path)
-    missing = ~prompts["prompt_id"].isin(w.index)
-    if missing.any():
-        raise UserError(f"{weights_path}: no weight for {int(missing.sum())} prompts: {rebuild_hint(weights_path)}")
+    w = read_weights(weights_path, prompts["prompt_id"])
     weights = w.loc[prompts["prompt_id"]].to_numpy(dtype="float64")
     return weights / weights.sum()
 

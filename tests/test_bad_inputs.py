@@ -27,7 +27,7 @@ import yaml
 from conftest import tiny_pairs, write_jsonl
 from snakemake.iocontainers import Namedlist
 
-from density_grpo import density, embed, grpo, models, pairs, reward
+from density_grpo import density, embed, evaluate, grpo, models, pairs, reward
 from density_grpo.cli import run_step
 from density_grpo.config import check_prompt_counts, load_config, schema
 from density_grpo.errors import UserError
@@ -433,21 +433,38 @@ WEIGHTS = {
 }
 
 
+def weights_reader(tmp: Path, reader: str, weights: Path) -> tuple:
+    """The real step of a stage that reads weights.parquet (GRPO's density arm, evaluation), with inputs that would
+    load models only after the weights were read."""
+    prompts, model = str(tmp / "prompts.parquet"), str(tmp / "model")
+    if reader == "grpo":
+        params = {
+            "grpo": {}, "eval": {"pool": 8, "curve_prompts": 2}, "seed": 0, "policy_seed": 0, "device": "cpu",
+            "dtype": "float32", "train_precision": "float32",
+        }  # fmt: skip
+        names = ("model", "metrics", "curves", "curve_embeddings", "summary", "draws")
+        inputs = {"prompts": prompts, "weights": str(weights), "model": model}
+        return grpo.run, inputs, {n: str(tmp / "out" / n) for n in names}, params
+    params = {
+        "eval": {"pool": 8, "prompts": 4, "rare_fraction": 0.5, "rare_quantile": 0.25}, "rm": {}, "name": "base",
+        "sets": 2, "seed": 0, "device": "cpu", "dtype": "float32",
+    }  # fmt: skip
+    inputs = {"prompts": prompts, "weights": str(weights), "policy": model, "base": model, "rm": model}
+    return evaluate.run, inputs, {"eval": str(tmp / "out/base.json"), "embeddings": str(tmp / "out/base.npz")}, params
+
+
+@pytest.mark.parametrize("reader", ["grpo", "evaluate_model"])
 @pytest.mark.parametrize("case", list(WEIGHTS))
-def test_grpo_checks_the_weights_it_reads(tmp_path, case):
-    """A hand-edited or damaged weights.parquet stops the density arm before any model is loaded."""
+def test_readers_check_the_weights(tmp_path, case, reader):
+    """A hand-edited or damaged weights.parquet stops the density arm and the evaluation before any model is loaded,
+    with advice that works (a deleted weights.parquet is rebuilt by its rule)."""
     edit, expected = WEIGHTS[case]
     weights = tmp_path / "weights.parquet"
     edit(good_weights(tmp_path)).to_parquet(weights, index=False)
-    params = {
-        "grpo": {}, "eval": {"pool": 8, "curve_prompts": 2}, "seed": 0, "policy_seed": 0, "device": "cpu",
-        "dtype": "float32", "train_precision": "float32",
-    }  # fmt: skip
-    inputs = {"prompts": str(tmp_path / "prompts.parquet"), "weights": str(weights), "model": str(tmp_path / "model")}
-    names = ("model", "metrics", "curves", "curve_embeddings", "summary", "draws")
-    outputs = {n: str(tmp_path / "out" / n) for n in names}
-    line = run_failing(tmp_path, "grpo", grpo.run, inputs, outputs, params)
-    assert line.startswith(f"{weights}: ") and expected in line and line.endswith(f"delete it (rm -r {weights}) and rerun snakemake to rebuild it"), line
+    step, inputs, outputs, params = weights_reader(tmp_path, "grpo" if reader == "grpo" else "evaluate", weights)
+    line = run_failing(tmp_path, reader, step, inputs, outputs, params)
+    assert line.startswith(f"{weights}: ") and expected in line, line
+    assert line.endswith(f"delete it (rm -r {weights}) and rerun snakemake to rebuild it"), line
 
 
 # -----------------------------------------------------------------------------

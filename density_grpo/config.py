@@ -97,7 +97,7 @@ def _shown(x: Any) -> str:
 
 
 def _message(e) -> str:
-    """A schema error in plain words for the cases users hit most (integers, non-finite numbers, nulls, the run name)."""
+    """A schema error in plain words for the cases users hit most (integers, non-finite numbers, nulls, run name)."""
     types = [e.validator_value] if isinstance(e.validator_value, str) else e.validator_value
     if e.validator == "type" and "integer" in types:
         return f"expected an integer{' or null' if 'null' in types else ''}, got {_shown(e.instance)}"
@@ -468,7 +468,8 @@ def validate_config(cfg: dict) -> None:
     data = cfg["data"]
     if data["source"] == "local":
         if Path(data["path"]).is_dir():
-            raise UserError(f"config key data.path: {data['path']!r} is a directory, expected a .jsonl, .jsonl.gz or .parquet file")
+            expected = "expected a .jsonl, .jsonl.gz or .parquet file"
+            raise UserError(f"config key data.path: {data['path']!r} is a directory, {expected}")
         if not Path(data["path"]).is_file():
             raise UserError(f"config key data.path: no such file {data['path']!r}")
         readable("data.path", data["path"])

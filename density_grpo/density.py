@@ -328,8 +328,6 @@ def check_weights(weights: np.ndarray, where: str, advice: str) -> None:
 def read_weights(path: str, prompt_ids: pd.Series) -> pd.Series:
     """weights.parquet as a weight per prompt_id, verified: check_weights, unique ids, and a weight for every id of
     `prompt_ids` (later stages trust the table; a hand-edited, damaged or stale one fails naming the file)."""
-    from density_grpo.store import rebuild_hint
-
     w = pd.read_parquet(path, columns=["prompt_id", "weight"]).set_index("prompt_id")["weight"]
     check_weights(w.to_numpy(), path, rebuild_hint(path))
     if not w.index.is_unique:

@@ -212,6 +212,17 @@ def test_bad_data(tmp_path, case):
     assert expected in run_failing(tmp_path, "pairs", step, inputs, outputs, params)
 
 
+def test_hh_rlhf_clone_without_lfs(tmp_path):
+    """A mirror made by cloning the hub's dataset repository without Git LFS holds pointer files, not data."""
+    path = tmp_path / "hh" / "helpful-base" / "train.jsonl.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(LFS)
+    params = {"data": {"source": "hh-rlhf", "subsets": ["helpful-base"], "split": "train", "max_pairs": None}}
+    outputs = {"pairs": str(tmp_path / "out/pairs.parquet")}
+    line = run_failing(tmp_path, "pairs", pairs.run, {"files": [str(path)]}, outputs, params)
+    assert line == f"{path}: this is a Git LFS pointer, fetch the real file with git lfs pull"
+
+
 def test_unreadable_data_file(tmp_path, deny_open):
     """Root ignores file modes, so the open is made to fail; tests/test_resume.py shows the config-time check."""
     step, inputs, outputs, params = pairs_case(tmp_path, [])

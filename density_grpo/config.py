@@ -91,13 +91,22 @@ def _validator_class():
     return jsonschema.validators.extend(base, type_checker=strict)
 
 
+def _shown(x: Any) -> str:
+    """A config value as the user wrote it in YAML: null for None (Python's repr otherwise)."""
+    return "null" if x is None else repr(x)
+
+
 def _message(e) -> str:
-    """A schema error in plain words for the cases users hit most (integers, non-finite numbers, the run name)."""
+    """A schema error in plain words for the cases users hit most (integers, non-finite numbers, nulls, run name)."""
     types = [e.validator_value] if isinstance(e.validator_value, str) else e.validator_value
     if e.validator == "type" and "integer" in types:
-        return f"expected an integer{' or null' if 'null' in types else ''}, got {e.instance!r}"
-    if e.validator == "type" and "number" in types and isinstance(e.instance, float):
-        return f"expected a finite number{' or null' if 'null' in types else ''}, got {e.instance!r}"
+        return f"expected an integer{' or null' if 'null' in types else ''}, got {_shown(e.instance)}"
+    if e.validator == "type" and "number" in types:
+        return f"expected a finite number{' or null' if 'null' in types else ''}, got {_shown(e.instance)}"
+    if e.validator == "type":
+        return f"expected {' or '.join(types)}, got {_shown(e.instance)}"
+    if e.validator == "enum":
+        return f"{_shown(e.instance)} is not one of {e.validator_value}"
     if list(e.absolute_path) == ["run"] and e.validator in ("pattern", "not"):
         return f"expected a plain name (letters, digits, '-', '_', '.'; not '.' or '..'), got {e.instance!r}"
     return e.message
@@ -284,8 +293,9 @@ class KNNConfig(Section):
     """the config's seed: IVF training and recall samples (not a key of the knn section)."""
 
     def check(self) -> None:
-        if self.declared("seed") and not (isinstance(self.seed, int) and self.seed >= 0):
-            raise UserError(f"config key seed: expected an integer >= 0, got {self.seed!r}")
+        problem = _schema_error(self.seed, schema()["properties"]["seed"], "seed") if self.declared("seed") else None
+        if problem:
+            raise UserError(problem)
 
 
 @section
@@ -460,6 +470,9 @@ def validate_config(cfg: dict) -> None:
         cls(**cfg[name])
     data = cfg["data"]
     if data["source"] == "local":
+        if Path(data["path"]).is_dir():
+            expected = "expected a .jsonl, .jsonl.gz or .parquet file"
+            raise UserError(f"config key data.path: {data['path']!r} is a directory, {expected}")
         if not Path(data["path"]).is_file():
             raise UserError(f"config key data.path: no such file {data['path']!r}")
         readable("data.path", data["path"])

@@ -29,7 +29,7 @@ from density_grpo.index_plan import components, default_nlist
 from density_grpo.io import provenance, write_json, write_parquet
 from density_grpo.knn import Chunks, search
 from density_grpo.stats import spearman
-from density_grpo.store import read_attrs, read_column, read_ids
+from density_grpo.store import read_attrs, read_column, read_ids, rebuild_hint, uint64_to_ids
 
 log = logging.getLogger(__name__)
 COVARIANCE = ("abtt", "whiten")  # the density.postprocess recipes that fit a d x d covariance and read components
@@ -282,17 +282,61 @@ def compute_weights(
     return df[columns], meta
 
 
-def check_prompt_order(chunk_ids: list[str], prompts: pd.DataFrame, prompts_path: str) -> None:
-    """The chunk stores hold exactly the prompts of prompts.parquet, in order: a foreign or stale chunk would
-    publish weights for other prompts."""
-    ids = prompts["prompt_id"].astype(str).tolist()
-    if chunk_ids == ids:
-        return
-    at = next((i for i, (a, b) in enumerate(zip(chunk_ids, ids)) if a != b), min(len(chunk_ids), len(ids)))
-    raise UserError(
-        f"the chunk stores hold {len(chunk_ids)} prompts but {prompts_path} has {len(ids)}, first differing at row "
-        f"{at}: the chunks are stale or from other data; delete the results/<run>/embed folder and rerun snakemake"
-    )
+def check_prompt_order(chunk_paths: list[str], prompts: pd.DataFrame, prompts_path: str) -> None:
+    """The chunk stores hold exactly the prompts of prompts.parquet, in order (chunk i: the rows after chunk i-1's):
+    a foreign or stale chunk would publish weights for other prompts. Reads only the (verified) id arrays.
+
+    The advice works: a deleted chunk is rebuilt by its embed_chunk job from the rows of prompts.parquet it owns.
+    """
+    ids, start, bad = prompts["prompt_id"].astype(str).tolist(), 0, []
+    for path in chunk_paths:
+        chunk_ids = uint64_to_ids(read_ids(path))
+        if chunk_ids != ids[start : start + len(chunk_ids)]:
+            bad.append((path, start, len(chunk_ids)))
+        start += len(chunk_ids)
+    if start != len(ids) and not bad:
+        raise UserError(
+            f"{chunk_paths[-1]}: the chunk stores hold {start} prompts but {prompts_path} has {len(ids)} (stale): "
+            f"{rebuild_hint(chunk_paths[-1])}"
+        )
+    if bad:
+        path, row, n = bad[0]
+        more = f" ({len(bad) - 1} more chunks differ too)" if len(bad) > 1 else ""
+        raise UserError(
+            f"{path}: its {n} prompt ids are not rows {row}..{row + n - 1} of {prompts_path} (the chunk stores hold "
+            f"{start} prompts, the table {len(ids)}): stale or from other data{more}; delete them "
+            f"(rm -r {' '.join(p for p, _, _ in bad)}) and rerun snakemake to rebuild them"
+        )
+
+
+def check_weights(weights: np.ndarray, where: str, advice: str) -> None:
+    """Sampling weights are finite, positive and sum to 1 (checked before they are written and when GRPO reads
+    them: a NaN or a negative weight would make the sampler draw nothing or garbage); UserError '{where}: ...;
+    {advice}'."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.size == 0:
+        raise UserError(f"{where}: no weights")
+    bad = ~np.isfinite(w) | (w <= 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        what = f"{int(bad.sum())} weights are not finite and positive (row {i}: {float(w[i])!r})"
+        raise UserError(f"{where}: {what}; {advice}")
+    if abs(w.sum() - 1.0) > 1e-6:
+        raise UserError(f"{where}: the weights sum to {w.sum():.9g}, not 1; {advice}")
+
+
+def read_weights(path: str, prompt_ids: pd.Series) -> pd.Series:
+    """weights.parquet as a weight per prompt_id, verified: check_weights, unique ids, and a weight for every id of
+    `prompt_ids` (later stages trust the table; a hand-edited, damaged or stale one fails naming the file)."""
+    w = pd.read_parquet(path, columns=["prompt_id", "weight"]).set_index("prompt_id")["weight"]
+    check_weights(w.to_numpy(), path, rebuild_hint(path))
+    if not w.index.is_unique:
+        dup = w.index[w.index.duplicated()][0]
+        raise UserError(f"{path}: prompt_id {dup} appears more than once; {rebuild_hint(path)}")
+    missing = ~prompt_ids.isin(w.index)
+    if missing.any():
+        raise UserError(f"{path}: no weight for {int(missing.sum())} prompts: {rebuild_hint(path)}")
+    return w
 
 
 def topic_summary(df: pd.DataFrame, topics: pd.Series) -> dict[str, Any] | None:
@@ -325,8 +369,9 @@ def run(input: dict, output: dict, params: dict) -> None:
     t = time.perf_counter()
     knn, dens = KNNConfig.from_params(params["knn"]), DensityConfig.from_params(params["density"])
     prompts = pd.read_parquet(input["prompts"], columns=["prompt_id", "topic"])
+    check_prompt_order(input["chunks"], prompts, input["prompts"])  # before any search
     df, meta = compute_weights(input["chunks"], knn, dens)
-    check_prompt_order(df["prompt_id"].tolist(), prompts, input["prompts"])
+    check_weights(df["weight"].to_numpy(), output["weights"], "not written (check density.alpha and density.eps)")
     meta["topics"] = topic_summary(df, prompts["topic"].astype(str))
     meta.update(chunks=[str(p) for p in input["chunks"]], time_total_s=time.perf_counter() - t, provenance=provenance(params))
     write_parquet(df, output["weights"])

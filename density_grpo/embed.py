@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # config attributes that make logits a non-linear (softcap) or rescaled function of the final hidden state
 _LOGIT_SCALE_KEYS = ("logit_scale", "logits_scaling", "lm_head_multiplier")
+WINDOW_MARGIN = 2  # the tail tokenized of a long prompt: twice the characters max_length tokens can span
+TOKEN_PIECE = 1 << 18  # characters tokenized at a time when a long prompt's whole length is counted
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -208,6 +210,7 @@ class Embedder:
         pad = pad_token_id(tokenizer)
         self.pad_id = pad if pad is not None else 0  # value is irrelevant: pads are masked and right of every real token
         self.n_tokens, self.time_s, self.n_truncated, self.longest, self.n_fallback = 0, 0.0, 0, 0, 0
+        self._tail_chars: int | None = None
 
     def window(self, batch_size: int) -> int:
         """Positions per forward for a batch of `batch_size` rows: batch_size x window <= embed.batch_tokens."""
@@ -300,11 +303,13 @@ class Embedder:
         token (counted in n_fallback); a text with no tokens gets one special token.
         """
         offsets = self.pooling in ("human", "last_turn")
-        enc = self.tokenizer(list(texts), verbose=False, return_offsets_mapping=offsets)  # verbose: no overlong warning
+        enc, cut = self._encode_tails(list(texts), offsets)
         spans = enc["offset_mapping"] if offsets else [[(0, 0)] * len(x) for x in enc["input_ids"]]
+        spans = [[(a + c, b + c) if b > a else (a, b) for a, b in o] if c else o for o, c in zip(spans, cut)]
         specials = set(self.tokenizer.all_special_ids)
         filler = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id
-        self.lengths = [len(x) for x in enc["input_ids"]]  # whole prompts, before truncation
+        # whole prompts, before truncation (a cut prompt is counted piece by piece)
+        self.lengths = [self.count_tokens(t) if c else len(x) for t, x, c in zip(texts, enc["input_ids"], cut)]
         self.n_truncated, self.longest, self.n_fallback = 0, max(self.lengths, default=0), 0
         ids, masks = [], []
         for text, x, o in zip(texts, enc["input_ids"], spans):
@@ -321,6 +326,46 @@ class Embedder:
             ids.append(list(x))
             masks.append(m)
         return ids, masks
+
+    def tail_chars(self) -> int:
+        """Characters from the end that hold more than max_length tokens for certain: a token spans at most the
+        longest vocabulary entry's characters (byte-level entries: one character per byte), so a window of
+        max_length x that has at least max_length tokens; x WINDOW_MARGIN for normalisers that merge characters
+        and for the tokens at the window's cut, which differ from the whole text's and must fall outside the kept
+        tokens."""
+        if self._tail_chars is None:
+            longest = max(map(len, self.tokenizer.get_vocab()), default=1)
+            self._tail_chars = self.max_length * max(longest, 1) * WINDOW_MARGIN
+        return self._tail_chars
+
+    def _encode_tails(self, texts: list[str], offsets: bool) -> tuple[Any, list[int]]:
+        """Tokenize each text, a long one only its last tail_chars() characters (memory bounded by max_length, not
+        by the prompt: a 20 MB prompt would otherwise be tokenized whole); returns the encoding and each text's cut
+        (characters dropped from its start; 0: tokenized whole). A tail with no more than max_length tokens (a
+        tokenizer whose tokens outgrow the bound) is tokenized whole after all."""
+        window = self.tail_chars()
+        cut = [max(len(t) - window, 0) for t in texts]
+        enc = self.tokenizer([t[c:] for t, c in zip(texts, cut)], verbose=False, return_offsets_mapping=offsets)
+        for i, c in enumerate(cut):
+            if c and len(enc["input_ids"][i]) <= self.max_length:
+                whole = self.tokenizer(texts[i], verbose=False, return_offsets_mapping=offsets)
+                for key in enc.keys():
+                    enc[key][i] = whole[key]
+                cut[i] = 0
+        return enc, cut
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of the whole text, tokenized in pieces of TOKEN_PIECE characters cut before whitespace (where
+        pre-tokenizers split anyway): memory bounded by the piece, not the text."""
+        n, start = len(self.tokenizer("", verbose=False)["input_ids"]), 0  # the special tokens added to every text
+        while start < len(text):
+            stop = min(start + TOKEN_PIECE, len(text))
+            while stop < len(text) and stop > start + 1 and not text[stop].isspace():
+                stop -= 1
+            stop = stop if stop > start + 1 else min(start + TOKEN_PIECE, len(text))  # no whitespace: cut anyway
+            n += len(self.tokenizer(text[start:stop], add_special_tokens=False, verbose=False)["input_ids"])
+            start = stop
+        return n
 
     def batches(self, ids: list[list[int]]) -> list[list[int]]:
         """The forward batches `embed_ids` runs (indices into ids)."""

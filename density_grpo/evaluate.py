@@ -138,13 +138,15 @@ def run(input: dict, output: dict, params: dict) -> None:
     """Rule evaluate_model: one model on the evaluated prompts -> eval JSON (texts, rewards, lengths) + embeddings NPZ."""
     import pandas as pd
 
+    from density_grpo.density import read_weights
     from density_grpo.io import atomic_path
     from density_grpo.pairs import holdout_split, stratified_eval
 
     job = EvalJob.from_params(params)
     e = job.eval
-    _, pool = holdout_split(pd.read_parquet(input["prompts"]), e.pool, job.seed)
-    weights = pd.read_parquet(input["weights"]).set_index("prompt_id")["weight"]
+    prompts = pd.read_parquet(input["prompts"])
+    _, pool = holdout_split(prompts, e.pool, job.seed)
+    weights = read_weights(input["weights"], prompts["prompt_id"])  # the rare stratum: a quantile over all prompts
     chosen = stratified_eval(pool, weights, e.prompts, e.rare_fraction, e.rare_quantile, job.seed)
     result = evaluate_policy(job, input["policy"], input["base"], chosen["text"].tolist(), input["rm"])
     with atomic_path(output["embeddings"]) as tmp:

@@ -535,10 +535,9 @@ def training_weights(prompts: pd.DataFrame, weights_path: str | None) -> np.ndar
     uniform for the uniform arm (no weights file)."""
     if weights_path is None:
         return np.full(len(prompts), 1.0 / len(prompts))
-    w = pd.read_parquet(weights_path).set_index("prompt_id")["weight"]
-    missing = ~prompts["prompt_id"].isin(w.index)
-    if missing.any():
-        raise UserError(f"{weights_path}: no weight for {int(missing.sum())} prompts (rerun the weights rule)")
+    from density_grpo.density import read_weights
+
+    w = read_weights(weights_path, prompts["prompt_id"])
     weights = w.loc[prompts["prompt_id"]].to_numpy(dtype="float64")
     return weights / weights.sum()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -15,23 +16,47 @@ from typing import Any, Iterator, Mapping
 
 import pandas as pd
 
+from density_grpo.errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of `path` (file or directory); rename it onto `path` on success.
 
     On any exception the temporary is removed and `path` is left untouched.
+    A full disk, a quota or a results folder the job may not write raises UserError naming `path` (the library
+    that writes often names no file, or only the temporary).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _remove(tmp)
     try:
-        yield tmp
-        _remove(path)
-        os.replace(tmp, path)
-    finally:
+        path.parent.mkdir(parents=True, exist_ok=True)
         _remove(tmp)
+        try:
+            yield tmp
+            _remove(path)
+            os.replace(tmp, path)
+        finally:
+            _remove(tmp)
+    except Exception as e:
+        reason = _write_error(e, path)
+        if reason is None:
+            raise
+        raise UserError(f"{path}: cannot write ({reason})") from None
+
+
+def _write_error(e: BaseException, path: Path) -> str | None:
+    """Why writing `path` failed, when `e` is an error of writing (not of reading an input); else None.
+
+    torch and safetensors wrap a full disk in their own exception types, with the OS message in the text.
+    """
+    if not isinstance(e, OSError):
+        return "No space left on device" if "No space left on device" in str(e) else None
+    # the temporary or a folder above the output (mkdir), not some input the body read
+    ours = e.filename is None or str(e.filename).startswith(str(path.parent)) or str(path).startswith(str(e.filename))
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or (e.errno in (errno.EACCES, errno.EPERM) and ours):
+        return e.strerror or os.strerror(e.errno)
+    return None
 
 
 def remove_stale_temps(paths: list[str | os.PathLike]) -> list[Path]:

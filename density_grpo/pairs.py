@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import importlib
 import json
+import logging
 import os
 import zlib
 from pathlib import Path
@@ -28,6 +29,10 @@ HUMAN_TAG = "\n\nHuman:"
 HH_REPO = "Anthropic/hh-rlhf"
 SAMPLE_PATH = Path(__file__).parent / "data" / "sample_pairs.jsonl"
 PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "source", "subset", "topic"]
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+GZIP_MAGIC = b"\x1f\x8b"
+
+log = logging.getLogger(__name__)
 
 
 # -----------------------------------------------------------------------------
@@ -121,9 +126,14 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    yield where, json.loads(line.rstrip("\r\n"))
+                    row = json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e:
                     raise UserError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+                except ValueError as e:  # a number past Python's int conversion limit
+                    raise UserError(f"{where}: JSON that Python's parser refuses ({e})") from None
+                except RecursionError:
+                    raise UserError(f"{where}: JSON nested too deeply for Python's parser") from None
+                yield where, row
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # corrupt or truncated .gz
         raise UserError(f"{path}: not a valid gzip file ({e})") from None
 
@@ -152,7 +162,8 @@ def _parse_row(row: Any, where: str) -> dict[str, str]:
                 "'rejected')"
             )
         if not isinstance(row[k], str):
-            raise UserError(f"{where}: {k!r} must be a string, got {type(row[k]).__name__}")
+            got = "null" if row[k] is None else type(row[k]).__name__
+            raise UserError(f"{where}: {k!r} must be a string, got {got}")
         _check_unicode(row[k], k, where)
     if explicit:
         prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
@@ -181,6 +192,20 @@ def _check_unicode(text: str, key: str, where: str) -> None:
         raise UserError(f"{where}: {key!r} holds a lone surrogate {text[e.start]!r} at character {e.start} (not valid Unicode)") from None
 
 
+def _sniff(path: Path) -> None:
+    """Name the wrong files that look like data: a Git LFS pointer (a clone without LFS) and gzip bytes under a
+    name without .gz (both would read as invalid JSON or UTF-8)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LFS_POINTER))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    if head == LFS_POINTER:
+        raise UserError(f"{path}: this is a Git LFS pointer, fetch the real file with git lfs pull")
+    if head.startswith(GZIP_MAGIC) and not path.name.lower().endswith(".gz"):
+        raise UserError(f"{path}: gzip-compressed data under a name without .gz (rename it to {path.name}.gz)")
+
+
 def read_local(path: str | os.PathLike) -> pd.DataFrame:
     """Read pairs from a .jsonl, .jsonl.gz or .parquet file -> prompt, chosen, rejected [, topic, subset].
 
@@ -189,6 +214,8 @@ def read_local(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = Path(path)
     name = path.name.lower()
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a .jsonl, .jsonl.gz or .parquet file")
     if name.endswith((".jsonl", ".jsonl.gz")):
         reader = _jsonl_rows
     elif name.endswith(".parquet"):
@@ -197,6 +224,7 @@ def read_local(path: str | os.PathLike) -> pd.DataFrame:
         raise UserError(f"{path}: unsupported file type (expected .jsonl, .jsonl.gz or .parquet)")
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    _sniff(path)
     rows = [_parse_row(row, where) for where, row in reader(path)]
     if not rows:
         raise UserError(f"{path}: no pairs (empty file)")
@@ -260,6 +288,9 @@ def load_pairs(data: DataConfig, files: list[str]) -> pd.DataFrame:
         df["pair_id"] = [f"hh-rlhf:{s}/{data.split}:{i}" for s, i in zip(df["subset"], row)]
     if max_pairs is not None:
         df = df.iloc[:max_pairs]
+    ties = int((df["chosen"].str.strip() == df["rejected"].str.strip()).sum())
+    if ties:
+        log.warning("%d of %d pairs have identical chosen and rejected responses (no preference)", ties, len(df))
     df = df.assign(source=source)
     if "topic" not in df.columns:
         df["topic"] = ""

@@ -60,7 +60,7 @@ def split_by_prompt(pairs: pd.DataFrame, eval_fraction: float, seed: int) -> tup
     n_eval = math.ceil(eval_fraction * len(prompts))  # fewer than all: config.check_prompt_counts
     _, held_prompts = holdout_split(prompts, n_eval, seed)
     mask = pairs["prompt"].isin(set(held_prompts["text"]))
-    train, held = pairs[~mask], pairs[mask]
+    train, held = pairs[~mask], without_ties(pairs[mask])
     seen = set(train["chosen"].str.strip()) | set(train["rejected"].str.strip())
     overlap = held["chosen"].str.strip().isin(seen) | held["rejected"].str.strip().isin(seen)
     return train.reset_index(drop=True), held[~overlap].reset_index(drop=True), int(overlap.sum())
@@ -226,6 +226,20 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: Mapping[str,
     keys = ("step", "loss", "accuracy", "margin", "learning_rate", "grad_norm")
     rows = [{k: h[k] for k in keys if k in h} for h in steps]
     return {"model": model, "tokenizer": tokenizer, "metrics": metrics, "steps": rows}
+
+
+def without_ties(held: pd.DataFrame) -> pd.DataFrame:
+    """The held-out pairs that state a preference: identical responses are a tie no reward model can rank (they
+    would count as errors). UserError when only ties are left: the accuracy would silently be n/a."""
+    tie = held["chosen"].str.strip() == held["rejected"].str.strip()
+    if len(held) and tie.all():
+        raise UserError(
+            f"all {len(held)} held-out pairs of the reward model have identical chosen and rejected responses: no "
+            "pair left to measure its accuracy on (fix the data, or raise rm.eval_fraction)"
+        )
+    if tie.any():
+        log.warning("%d of %d held-out pairs have identical responses: not evaluated", int(tie.sum()), len(held))
+    return held[~tie].reset_index(drop=True)
 
 
 def held_out_metrics(model, tokenizer, held: pd.DataFrame, rm: RMConfig) -> dict[str, float | None]:

@@ -8,9 +8,12 @@ through Snakemake itself.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import logging
+import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +27,9 @@ import yaml
 from conftest import tiny_pairs, write_jsonl
 from snakemake.iocontainers import Namedlist
 
-from density_grpo import density, embed, models, pairs
+from density_grpo import density, embed, evaluate, grpo, models, pairs, reward
 from density_grpo.cli import run_step
-from density_grpo.config import check_prompt_counts, load_config
+from density_grpo.config import check_prompt_counts, load_config, schema
 from density_grpo.errors import UserError
 from density_grpo.store import write_chunk
 
@@ -108,6 +111,15 @@ def pairs_case(tmp: Path, lines: list | bytes, name: str = "bad.jsonl") -> tuple
     return pairs.run, {"files": [str(path)]}, {"pairs": str(tmp / "out/pairs.parquet")}, {"data": {"source": "local", "max_pairs": None}}
 
 
+LFS = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 13051\n"
+
+
+def pairs_dir_case(tmp: Path) -> tuple:
+    (tmp / "data.jsonl").mkdir()
+    step, inputs, outputs, params = pairs_case(tmp, [])
+    return step, {"files": [str(tmp / "data.jsonl")]}, outputs, params
+
+
 def parquet_case(tmp: Path, frame: pd.DataFrame | None) -> tuple:
     path = tmp / "bad.parquet"
     if frame is None:
@@ -165,6 +177,31 @@ DATA = {
         "bad.parquet row 1: missing key 'rejected'",
     ),
     "unsupported file type": (lambda t: pairs_case(t, b"a,b\n", "bad.csv"), "bad.csv: unsupported file type"),
+    "null value": (lambda t: pairs_case(t, [{**GOOD, "rejected": None}]), "bad.jsonl:3: 'rejected' must be a string, got null"),
+    "number past the parser's limit": (
+        lambda t: pairs_case(t, ['{"chosen": ' + "1" * 5000 + ', "rejected": "r"}']),
+        "bad.jsonl:3: JSON that Python's parser refuses (Exceeds the limit (4300 digits) for integer string conversion",
+    ),
+    "nesting past the parser's limit": (
+        lambda t: pairs_case(t, ['{"chosen": ' + "[" * 200_000 + "]" * 200_000 + "}"]),
+        "bad.jsonl:3: JSON nested too deeply for Python's parser",
+    ),
+    "Git LFS pointer (.jsonl)": (
+        lambda t: pairs_case(t, LFS, "bad.jsonl"), "bad.jsonl: this is a Git LFS pointer, fetch the real file with git lfs pull"
+    ),
+    "Git LFS pointer (.jsonl.gz)": (
+        lambda t: pairs_case(t, LFS, "bad.jsonl.gz"), "bad.jsonl.gz: this is a Git LFS pointer, fetch the real file with git lfs pull"
+    ),
+    "Git LFS pointer (.parquet)": (
+        lambda t: pairs_case(t, LFS, "bad.parquet"), "bad.parquet: this is a Git LFS pointer, fetch the real file with git lfs pull"
+    ),
+    "gzip bytes under .jsonl": (
+        lambda t: pairs_case(t, gzip.compress(json.dumps(GOOD).encode() + b"\n"), "bad.jsonl"),
+        "bad.jsonl: gzip-compressed data under a name without .gz (rename it to bad.jsonl.gz)",
+    ),
+    "a directory as the data file": (
+        lambda t: pairs_dir_case(t), "data.jsonl: is a directory, expected a .jsonl, .jsonl.gz or .parquet file"
+    ),
 }
 
 
@@ -173,6 +210,17 @@ def test_bad_data(tmp_path, case):
     make, expected = DATA[case]
     step, inputs, outputs, params = make(tmp_path)
     assert expected in run_failing(tmp_path, "pairs", step, inputs, outputs, params)
+
+
+def test_hh_rlhf_clone_without_lfs(tmp_path):
+    """A mirror made by cloning the hub's dataset repository without Git LFS holds pointer files, not data."""
+    path = tmp_path / "hh" / "helpful-base" / "train.jsonl.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(LFS)
+    params = {"data": {"source": "hh-rlhf", "subsets": ["helpful-base"], "split": "train", "max_pairs": None}}
+    outputs = {"pairs": str(tmp_path / "out/pairs.parquet")}
+    line = run_failing(tmp_path, "pairs", pairs.run, {"files": [str(path)]}, outputs, params)
+    assert line == f"{path}: this is a Git LFS pointer, fetch the real file with git lfs pull"
 
 
 def test_unreadable_data_file(tmp_path, deny_open):
@@ -319,6 +367,160 @@ def test_damaged_chunk(tmp_path, case):
         assert line.endswith(f"delete it (rm -r {chunks[1]}) and rerun snakemake to rebuild it")
 
 
+# -----------------------------------------------------------------------------
+# readers verify what they read: chunk ids against prompts.parquet, weights when written and when read
+
+DENSITY_PARAMS = {"knn": {"k": 3, "index": "flat"}, "density": {"alpha": 1.0, "eps": 1e-6, "max_ratio": None, "postprocess": "none", "length_residual": "none"}}
+
+
+def knn_weights_case(tmp: Path, chunks: list[str]) -> str:
+    outputs = {"weights": str(tmp / "weights.parquet"), "meta": str(tmp / "metadata.json")}
+    inputs = {"chunks": chunks, "prompts": str(tmp / "prompts.parquet")}
+    return run_failing(tmp, "knn_weights", density.run, inputs, outputs, DENSITY_PARAMS)
+
+
+def foreign_chunk(tmp: Path, chunks: list[str]) -> None:
+    """Chunk 1 replaced by a valid store (same model, good hashes) of other prompts."""
+    x = np.random.default_rng(1).normal(size=(10, 16)).astype(np.float32)
+    attrs = {"model": "m", "model_fingerprint": FINGERPRINT, "source": "hidden", "layer": 2, "pooling": "mean-masked"}
+    shutil.rmtree(chunks[1])
+    write_chunk(chunks[1], [f"{i:016x}" for i in range(1, 11)], x, attrs)
+
+
+def swapped_chunks(tmp: Path, chunks: list[str]) -> None:
+    """Chunks 0 and 2 swapped (e.g. restored from a listing in the wrong order)."""
+    shutil.move(chunks[0], tmp / "c0")
+    shutil.move(chunks[2], chunks[0])
+    shutil.move(tmp / "c0", chunks[2])
+
+
+STALE = {
+    "chunk of other prompts": (
+        foreign_chunk, 1, lambda c: f"{c[1]}: its 10 prompt ids are not rows 10..19 of", lambda c: f"(rm -r {c[1]}) and rerun snakemake"
+    ),
+    "chunks out of order": (
+        swapped_chunks, 0, lambda c: f"{c[0]}: its 10 prompt ids are not rows 0..9 of", lambda c: f"(1 more chunks differ too); delete them (rm -r {c[0]} {c[2]})"
+    ),
+    "last chunk short": (
+        None, 2, lambda c: f"{c[2]}: the chunk stores hold 29 prompts but", lambda c: f"delete it (rm -r {c[2]}) and rerun snakemake"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(STALE))
+def test_chunks_are_the_prompts_in_order(tmp_path, case):
+    """A foreign or stale chunk (valid hashes, same model) fails before any search, naming it; deleting what the
+    line names lets its embed_chunk job rebuild it (chunk i holds the rows after chunk i-1's)."""
+    damage, _, head, tail = STALE[case]
+    chunks = chunk_files(tmp_path, (10, 10, 9) if damage is None else (10, 10, 10))
+    if damage is not None:
+        damage(tmp_path, chunks)
+    line = knn_weights_case(tmp_path, chunks)
+    assert line.startswith(head(chunks)) and tail(chunks) in line, line
+
+
+def test_extreme_alpha_weights_are_not_written(tmp_path, monkeypatch):
+    """Weights that came out non-finite (here forced: the schema bounds alpha) are refused before they are written."""
+    chunks = chunk_files(tmp_path)
+    real = density.density_weights
+    monkeypatch.setattr(density, "density_weights", lambda *a: (real(*a)[0], np.full(30, np.nan)))
+    line = knn_weights_case(tmp_path, chunks)
+    assert line.startswith(f"{tmp_path / 'weights.parquet'}: 30 weights are not finite and positive (row 0: nan); not written")
+
+
+def good_weights(tmp: Path) -> pd.DataFrame:
+    ids = pd.read_parquet(prompts_file(tmp))["prompt_id"]
+    return pd.DataFrame({"prompt_id": ids, "weight": np.full(len(ids), 1.0 / len(ids))})
+
+
+WEIGHTS = {
+    "NaN weight": (lambda w: w.assign(weight=w["weight"].where(w.index != 3, np.nan)), "1 weights are not finite and positive (row 3: nan)"),
+    "negative weight": (lambda w: w.assign(weight=w["weight"].where(w.index != 5, -w["weight"])), "1 weights are not finite and positive (row 5: -0.0333"),
+    "infinite weight": (lambda w: w.assign(weight=w["weight"].where(w.index != 0, np.inf)), "1 weights are not finite and positive (row 0: inf)"),
+    "zero weight": (lambda w: w.assign(weight=w["weight"].where(w.index != 1, 0.0)), "1 weights are not finite and positive (row 1: 0.0)"),
+    "weights not normalised": (lambda w: w.assign(weight=w["weight"] * 2), "the weights sum to 2, not 1"),
+    "weight rows missing": (lambda w: w.iloc[:-4].assign(weight=1.0 / 26), "no weight for"),
+    "repeated prompt_id": (lambda w: w.assign(prompt_id=w["prompt_id"].where(w.index != 2, w["prompt_id"][1])), "appears more than once"),
+}
+
+
+def weights_reader(tmp: Path, reader: str, weights: Path) -> tuple:
+    """The real step of a stage that reads weights.parquet (GRPO's density arm, evaluation), with inputs that would
+    load models only after the weights were read."""
+    prompts, model = str(tmp / "prompts.parquet"), str(tmp / "model")
+    if reader == "grpo":
+        params = {
+            "grpo": {}, "eval": {"pool": 8, "curve_prompts": 2}, "seed": 0, "policy_seed": 0, "device": "cpu",
+            "dtype": "float32", "train_precision": "float32",
+        }  # fmt: skip
+        names = ("model", "metrics", "curves", "curve_embeddings", "summary", "draws")
+        inputs = {"prompts": prompts, "weights": str(weights), "model": model}
+        return grpo.run, inputs, {n: str(tmp / "out" / n) for n in names}, params
+    params = {
+        "eval": {"pool": 8, "prompts": 4, "rare_fraction": 0.5, "rare_quantile": 0.25}, "rm": {}, "name": "base",
+        "sets": 2, "seed": 0, "device": "cpu", "dtype": "float32",
+    }  # fmt: skip
+    inputs = {"prompts": prompts, "weights": str(weights), "policy": model, "base": model, "rm": model}
+    return evaluate.run, inputs, {"eval": str(tmp / "out/base.json"), "embeddings": str(tmp / "out/base.npz")}, params
+
+
+@pytest.mark.parametrize("reader", ["grpo", "evaluate_model"])
+@pytest.mark.parametrize("case", list(WEIGHTS))
+def test_readers_check_the_weights(tmp_path, case, reader):
+    """A hand-edited or damaged weights.parquet stops the density arm and the evaluation before any model is loaded,
+    with advice that works (a deleted weights.parquet is rebuilt by its rule)."""
+    edit, expected = WEIGHTS[case]
+    weights = tmp_path / "weights.parquet"
+    edit(good_weights(tmp_path)).to_parquet(weights, index=False)
+    step, inputs, outputs, params = weights_reader(tmp_path, "grpo" if reader == "grpo" else "evaluate", weights)
+    line = run_failing(tmp_path, reader, step, inputs, outputs, params)
+    assert line.startswith(f"{weights}: ") and expected in line, line
+    assert line.endswith(f"delete it (rm -r {weights}) and rerun snakemake to rebuild it"), line
+
+
+# -----------------------------------------------------------------------------
+# writing outputs: a full disk or a folder the job may not write names the output
+
+
+WRITES = {
+    "disk full (no file name)": (lambda tmp: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "cannot write (No space left on device)"),
+    "read-only results folder": (
+        lambda tmp: PermissionError(errno.EACCES, "Permission denied", str(tmp / "out" / ".pairs.parquet.tmp-1")), "cannot write (Permission denied)"
+    ),
+    "read-only file system": (lambda tmp: OSError(errno.EROFS, os.strerror(errno.EROFS)), "cannot write (Read-only file system)"),
+    "disk full inside a library": (lambda tmp: RuntimeError("file write failed: No space left on device (os error 28)"), "cannot write (No space left on device)"),
+}
+
+
+@pytest.mark.parametrize("case", list(WRITES))
+def test_write_errors_name_the_output(tmp_path, monkeypatch, case):
+    error, expected = WRITES[case]
+    step, inputs, outputs, params = pairs_case(tmp_path, [])
+
+    def fail(*args, **kwargs):
+        raise error(tmp_path)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", fail)
+    assert run_failing(tmp_path, "pairs", step, inputs, outputs, params) == f"{outputs['pairs']}: {expected}"
+
+
+def test_reward_model_needs_held_out_pairs_with_a_preference(tmp_path, caplog):
+    """Pairs whose chosen and rejected responses are identical: a warning with their count when the pairs are read;
+    when the reward model's held-out pairs are all such ties, a clear failure (not an accuracy of n/a)."""
+    rows = [{**r, "rejected": r["chosen"]} for r in tiny_pairs()]
+    step, inputs, outputs, params = pairs_case(tmp_path, [])
+    write_jsonl(rows, Path(inputs["files"][0]))
+    with caplog.at_level(logging.WARNING, logger="density_grpo.pairs"):
+        df = pairs.load_pairs(pairs.DataConfig.from_params({"source": "local", "max_pairs": None}), inputs["files"])
+    assert f"{len(rows)} of {len(rows)} pairs have identical chosen and rejected responses (no preference)" in caplog.text
+    df.to_parquet(tmp_path / "pairs.parquet")
+    params = {"rm": {"eval_fraction": 0.2}, "seed": 0, "device": "cpu", "train_precision": "float32"}
+    outputs = {"model": str(tmp_path / "rm/model"), "metrics": str(tmp_path / "rm/metrics.json"), "steps": str(tmp_path / "rm/steps.jsonl")}
+    inputs = {"pairs": str(tmp_path / "pairs.parquet"), "model": str(tmp_path / "model")}
+    line = run_failing(tmp_path, "reward_model", reward.run, inputs, outputs, params)
+    assert line.startswith("all ") and "held-out pairs of the reward model have identical chosen and rejected responses" in line, line
+
+
 def test_damaged_parquet_artifacts(tmp_path):
     """Parquet the stages wrote, damaged afterwards: the runner names the file (found among the job's inputs)."""
     pairs_path = tmp_path / "pairs.parquet"
@@ -364,6 +566,15 @@ CONFIG = {
         {"data": {"source": "hh-rlhf", "subsets": ["red-team-attempts"]}},
         "config key data.subsets.0: 'red-team-attempts' is not one of",
     ),
+    "null integer": ({"knn": {"k": None}}, "config key knn.k: expected an integer, got null"),
+    "null number": ({"density": {"alpha": None}}, "config key density.alpha: expected a finite number, got null"),
+    "null enum": ({"embed": {"pooling": None}}, "config key embed.pooling: null is not one of ['mean', 'human', 'last_turn', 'last']"),
+    "null string": ({"model": {"name_or_path": None}}, "config key model.name_or_path: expected string, got null"),
+    "string number": ({"grpo": {"learning_rate": "1e-5"}}, "config key grpo.learning_rate: expected a finite number, got '1e-5'"),
+    "data.path a directory": (
+        {"data": {"source": "local", "path": str(Path(__file__).parent)}},
+        f"config key data.path: '{Path(__file__).parent}' is a directory, expected a .jsonl, .jsonl.gz or .parquet file",
+    ),
 }
 
 
@@ -373,6 +584,80 @@ def test_bad_config(case):
     with pytest.raises(UserError) as e:
         load_config(override)
     assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def numeric_keys(node: dict | None = None, prefix: str = "") -> list[tuple[str, dict]]:
+    """Every key of the schema that takes a number (dotted; an array's items as `key.0`), with its sub-schema."""
+    node = schema() if node is None else node
+    out = []
+    for name, sub in node.get("properties", {}).items():
+        key = f"{prefix}{name}"
+        types = sub.get("type", [])
+        if set([types] if isinstance(types, str) else types) & {"number", "integer"}:
+            out.append((key, sub))
+        elif sub.get("type") == "array" and isinstance(sub.get("items"), dict) and "type" in sub["items"]:
+            out += numeric_keys({"properties": {"0": sub["items"]}}, f"{key}.")
+        out += numeric_keys(sub, f"{key}.")
+    return out
+
+
+def out_of_range(sub: dict) -> list[tuple[str, object]]:
+    """A value past each bound of a numeric sub-schema (an integer key gets an integer)."""
+    step = 1 if "integer" in sub["type"] else 1e-3
+    cases = [("below minimum", sub["minimum"] - step)] if "minimum" in sub else []
+    cases += [("at exclusiveMinimum", sub["exclusiveMinimum"])] if "exclusiveMinimum" in sub else []
+    cases += [("above maximum", sub["maximum"] + step)] if "maximum" in sub else []
+    cases += [("at exclusiveMaximum", sub["exclusiveMaximum"])] if "exclusiveMaximum" in sub else []
+    return cases
+
+
+def nested(key: str, value: object) -> dict:
+    """{"a": {"b": value}} for "a.b"; an array item ("grpo.seeds.0") becomes a one-item list."""
+    parts = key.split(".")
+    if parts[-1] == "0":
+        parts, value = parts[:-1], [value]
+    for part in reversed(parts):
+        value = {part: value}
+    return value  # type: ignore[return-value]
+
+
+def numeric_cases() -> dict[str, tuple[str, object, str]]:
+    cases = {}
+    for key, sub in numeric_keys():
+        for what, value in [("NaN", math.nan), ("+inf", math.inf), ("-inf", -math.inf), *out_of_range(sub)]:
+            expected = "expected an integer" if "integer" in sub["type"] else "expected a finite number"
+            if what not in ("NaN", "+inf", "-inf"):
+                expected = "minimum" if "inimum" in what else "maximum"
+            cases[f"{key} {what}"] = (key, value, expected)
+    return cases
+
+
+NUMERIC = numeric_cases()
+
+
+def test_every_numeric_key_is_bounded():
+    """A key without a bound takes any huge number; the walk below would then test no range for it."""
+    assert len(numeric_keys()) >= 40 and ("grpo.seeds.0", schema()["properties"]["grpo"]["properties"]["seeds"]["items"]) in numeric_keys()
+    assert [key for key, sub in numeric_keys() if not out_of_range(sub)] == []
+
+
+@pytest.mark.parametrize("case", list(NUMERIC))
+def test_numbers_are_finite_and_in_range(case):
+    """Every numeric key of the schema, with NaN, +inf, -inf and a value past each of its bounds: one line naming it."""
+    key, value, expected = NUMERIC[case]
+    with pytest.raises(UserError) as e:
+        load_config(nested(key, value))
+    line = str(e.value)
+    assert line.startswith(f"config key {key}: ") and expected in line and "\n" not in line, line
+
+
+def test_seed_in_params_is_checked_like_the_config():
+    """A step's section built from its rule's params checks the seed against the same schema bound (numpy's and
+    torch's RNGs take seeds below 2**32)."""
+    from density_grpo.config import KNNConfig
+
+    with pytest.raises(UserError, match=r"^config key seed: 4294967296 is greater than the maximum of 4294967295$"):
+        KNNConfig.from_params({"k": 3, "index": "flat", "seed": 2**32})
 
 
 def test_yaml_syntax_error_names_the_file(tmp_path):

@@ -370,6 +370,7 @@ def test_max_length_keeps_the_end(tiny):
     monkey = Embedder(model, tokenizer, embed_config(pooling="mean", max_length=5))
     monkey.tokenizer = lambda texts, **kw: {"input_ids": [[bos, 10, 11, 12, 13, 14, 15]]}
     monkey.tokenizer.all_special_ids, monkey.tokenizer.bos_token_id = [bos], bos
+    monkey._tail_chars = 10**9  # the fake tokenizer has no vocabulary: every text tokenized whole
     assert monkey.tokenize(["x"])[0] == [[bos, 12, 13, 14, 15]]
 
 
@@ -383,3 +384,31 @@ def test_human_pooling_mask_survives_left_truncation(tiny):
     (ids_c,), (mask_c,) = cut.tokenize([text])
     assert ids_c == ids_w[-16:] and mask_c == mask_w[-16:] and any(mask_c)
     assert "final request" in tokenizer.decode([t for t, m in zip(ids_c, mask_c) if m])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "human", "last_turn"])
+def test_long_prompts_are_tokenized_from_a_bounded_tail(tiny, pooling, monkeypatch):
+    """A prompt far longer than embed.max_length tokens: only a tail of tail_chars() characters is tokenized (the
+    tokenizer never sees the whole text at once), and the kept ids, pooling mask and whole-prompt token count are
+    those of tokenizing it whole."""
+    model, tokenizer = tiny
+    turn = "\n\nHuman: " + " ".join(f"word{i} ünï ✓ 你好" for i in range(400)) + "\n\nAssistant: fine."
+    texts = [turn * 40 + "\n\nHuman: the last question?\n\nAssistant:", "Hi", *DIALOGUES]
+    bounded = Embedder(model, tokenizer, embed_config(pooling=pooling, max_length=64))
+    seen: list[int] = []
+    real = type(tokenizer).__call__
+
+    def spy(self, text, *args, **kwargs):
+        seen.extend(len(t) for t in ([text] if isinstance(text, str) else text))
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", spy)
+    ids, masks = bounded.tokenize(texts)
+    assert len(texts[0]) > 10 * bounded.tail_chars() and max(seen) <= max(bounded.tail_chars(), embed.TOKEN_PIECE)
+    monkeypatch.setattr(type(tokenizer), "__call__", real)
+    whole = Embedder(model, tokenizer, embed_config(pooling=pooling, max_length=64))
+    whole._tail_chars = 10**12  # no tail: every text tokenized whole (the reference)
+    ref_ids, ref_masks = whole.tokenize(texts)
+    assert ids == ref_ids and masks == ref_masks and bounded.n_truncated == whole.n_truncated >= 1
+    assert abs(bounded.lengths[0] - whole.lengths[0]) <= len(texts[0]) // embed.TOKEN_PIECE + 1
+    assert bounded.lengths[1:] == whole.lengths[1:]

@@ -41,8 +41,8 @@ study: install  # the study of the README's "Results" (about 3 h on 2 CPU cores;
 
 # the study's reports rebuilt from its frozen artifacts alone (studies/study-cpu: only build_reports runs)
 study-report: install
-	cd studies/study-cpu && ../../$(BIN)/snakemake -s ../../Snakefile --cores 1 --configfile ../../configs/study-cpu.yaml \
-		reports --allowed-rules build_reports reports -R build_reports
+	cd studies/study-cpu && ../../$(BIN)/snakemake reports -s ../../Snakefile --cores 1 --configfile ../../configs/study-cpu.yaml \
+		--allowed-rules build_reports reports -R build_reports
 
 clean:
 	rm -rf results logs .snakemake

@@ -1,5 +1,6 @@
-"""Freeze a finished run's small artifacts (exactly the inputs of rule build_reports, plus its reports) into a folder
-from which `make study-report` rebuilds the reports without running any upstream job.
+"""Freeze a finished run's small artifacts (exactly the inputs of rule build_reports, plus its reports and the
+compare figures the summary links) into a folder from which `make study-report` rebuilds the reports without
+running any upstream job.
 
 The input list comes from Snakemake's own dry run of build_reports, so the frozen set follows the rule: no
 checkpoints, no chunk stores, no pairs or prompts tables. The data folder is linked, not copied (the workflow reads
@@ -18,6 +19,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from density_grpo.report import EVAL_FIGURES  # noqa: E402
 
 
 def report_inputs(run_dir: Path, configfile: Path) -> list[str]:
@@ -31,7 +35,10 @@ def report_inputs(run_dir: Path, configfile: Path) -> list[str]:
         raise SystemExit(f"no build_reports job in the dry run of {run_dir}:\n{out[-2000:]}")
     inputs = re.search(r"^    input: (.*)$", block.group(1), re.M)
     outputs = re.search(r"^    output: (.*)$", block.group(1), re.M)
-    return [p for line in (inputs, outputs) for p in line.group(1).split(", ")]
+    paths = [p for line in (inputs, outputs) for p in line.group(1).split(", ")]
+    # the summary links the compare stage's figures (not inputs of build_reports): freeze them beside it
+    summary = next(Path(p) for p in paths if p.endswith("summary.md"))
+    return paths + [os.path.normpath(summary.parent / fig) for fig in EVAL_FIGURES]
 
 
 def freeze(run_dir: Path, configfile: Path, dest: Path) -> int:

@@ -175,3 +175,22 @@ def test_weights_vs_tokens_plot_without_lengths(tmp_path):
     assert "**+0.70**" in lines[-1] and "✗ longer prompts get more weight" in lines[-1] and "signal" not in lines[-1]
     lines = report.length_lines({**ws, "spearman_weight_tokens": -0.5, "spearman_weight_turns": None, "spearman_rare_tokens": -0.43})
     assert "✗ shorter prompts get more weight; here rare-topic prompts are themselves shorter" in lines[-1]
+
+
+def test_every_report_caption_renders_without_docutils_messages():
+    """Each caption in report/ goes through Jinja and docutils as `snakemake --report` does; no system message."""
+    import io
+
+    import jinja2
+    from docutils.core import publish_parts
+
+    captions = sorted((Path(__file__).parent.parent / "report").glob("*.rst"))
+    assert captions
+    for caption in captions:
+        text = jinja2.Environment().from_string(caption.read_text()).render()
+        warnings = io.StringIO()
+        body = publish_parts(
+            text, writer_name="html", settings_overrides={"report_level": 1, "halt_level": 5, "warning_stream": warnings}
+        )["body"]
+        assert not warnings.getvalue(), f"{caption.name}: {warnings.getvalue()}"
+        assert "system-message" not in body, f"{caption.name} renders a docutils system message"

@@ -21,18 +21,20 @@ Step = Callable[[Paths, Paths, Mapping[str, Any]], "dict | None"]
 
 
 FILE_ONLY = {"console": False}  # logging `extra=`: the record goes to the job's log file, not the console
+CONSOLE_ONLY = {"file": False}  # ... to the console, not the log file
 
 
 class JobStamp(logging.Filter):
-    """Stamps every record with the job's name (`%(job)s`); on the console also drops FILE_ONLY records."""
+    """Stamps every record with the job's name (`%(job)s`); drops FILE_ONLY records on the console, CONSOLE_ONLY
+    ones in the file."""
 
     def __init__(self, job: str, console: bool):
         super().__init__()
-        self.job, self.console = job, console
+        self.job, self.where = job, "console" if console else "file"
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.job = self.job
-        return not self.console or getattr(record, "console", True)
+        return getattr(record, self.where, True)
 
 
 def setup_logging(log_file: str | None = None, job: str = "-") -> None:
@@ -155,11 +157,20 @@ def run_step(smk: Any, step: Step) -> None:
             write_json({"rule": smk.rule, "declared": sorted(params.leaves()), "read": read}, f"{audit}/{job}.json")
     except UserError as e:
         log.error("%s", e)
+        _point_to_log(smk)
         sys.exit(1)
     except Exception as e:
         what = describe(e, [str(f) for f in smk.input])  # a damaged or unreadable file: one line, no traceback
         if what is None:
             log.exception("rule %s failed", smk.rule)
+            _point_to_log(smk)
             raise
         log.error("%s", what)
+        _point_to_log(smk)
         sys.exit(1)
+
+
+def _point_to_log(smk: Any) -> None:
+    """The console line naming a failed job's log (the profile keeps Snakemake's own job blocks off the console)."""
+    if len(smk.log):
+        log.info("the whole log: %s", smk.log[0], extra=CONSOLE_ONLY)

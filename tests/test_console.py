@@ -88,3 +88,24 @@ def test_every_project_log_line_names_its_job(tmp_path, capsys):
     logging.getLogger("transformers").warning("a library warning")
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(f" {job} " in line for line in err), err
+
+
+def test_a_failed_job_names_its_log_on_the_console_only(tmp_path, capsys):
+    from snakemake.iocontainers import Namedlist
+
+    from density_grpo.cli import run_step
+    from density_grpo.errors import UserError
+
+    def step(input, output, params):
+        raise UserError("pairs.jsonl:3: invalid JSON")
+
+    log_file = tmp_path / "pairs.log"
+    smk = SimpleNamespace(
+        rule="pairs", threads=1, resources={}, input=Namedlist(), output=Namedlist(), params=Namedlist(),
+        log=Namedlist(fromdict={"log": str(log_file)}), wildcards=Namedlist(),
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        run_step(smk, step)
+    err = capsys.readouterr().err
+    assert "pairs ERROR pairs.jsonl:3: invalid JSON" in err and f"the whole log: {log_file}" in err
+    assert "the whole log" not in log_file.read_text()

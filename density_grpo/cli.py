@@ -41,6 +41,8 @@ def setup_logging(log_file: str | None = None, job: str = "-") -> None:
     """Log to stderr (short lines) and, when given, to the rule's log file (everything, with logger names); every
     line names the job (monitor.job_name), so jobs running side by side can be told apart. Python warnings and,
     in the model stages, transformers' messages go through these handlers too, so they carry the job's name."""
+    import warnings
+
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(asctime)s %(job)s %(levelname)s %(message)s", "%H:%M:%S"))
     console.addFilter(JobStamp(job, console=True))
@@ -52,12 +54,19 @@ def setup_logging(log_file: str | None = None, job: str = "-") -> None:
         handlers.append(to_file)
     logging.basicConfig(level=logging.WARNING, handlers=handlers, force=True)
     logging.getLogger("density_grpo").setLevel(logging.INFO)
-    logging.captureWarnings(True)
+    warnings.showwarning = _log_warning
     if "torch" in sys.modules:  # a model stage: transformers' own stderr handler would print lines without the job
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_default_handler()
         hf_logging.enable_propagation()
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one log line; libraries' deprecation notices (nothing a user can act on) to the log file."""
+    quiet = issubclass(category, (DeprecationWarning, FutureWarning))
+    where = FILE_ONLY if quiet else {}
+    logging.getLogger("py.warnings").warning("%s: %s (%s:%s)", category.__name__, message, filename, lineno, extra=where)
 
 
 def named(namedlist: Any) -> dict[str, Any]:

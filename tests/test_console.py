@@ -4,6 +4,7 @@ every line naming its job."""
 from __future__ import annotations
 
 import logging
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -24,7 +25,6 @@ TRL_LOGS = {
 def restore_logging():
     yield
     logging.basicConfig(level=logging.WARNING, handlers=[logging.NullHandler()], force=True)
-    logging.captureWarnings(False)
 
 
 def test_progress_line_is_one_short_line_with_step_metrics_rate_and_time_left():
@@ -86,8 +86,12 @@ def test_every_project_log_line_names_its_job(tmp_path, capsys):
     setup_logging(str(tmp_path / "x.log"), job)
     logging.getLogger("density_grpo.evaluate").info("1 sets x 16 prompts")
     logging.getLogger("transformers").warning("a library warning")
+    warnings.warn("check your data", UserWarning)
+    warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning)  # a library's: to the log file only
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and all(f" {job} " in line for line in err), err
+    assert len(err) == 3 and all(f" {job} " in line for line in err), err
+    assert "UserWarning: check your data" in err[2]
+    assert "FutureWarning: `is_gradient_checkpointing` is deprecated" in (tmp_path / "x.log").read_text()
 
 
 def test_a_failed_job_names_its_log_on_the_console_only(tmp_path, capsys):

@@ -20,14 +20,53 @@ Paths = Mapping[str, Any]
 Step = Callable[[Paths, Paths, Mapping[str, Any]], "dict | None"]
 
 
-def setup_logging(log_file: str | None = None) -> None:
-    """Log to stderr and, when given, to the rule's log file."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+FILE_ONLY = {"console": False}  # logging `extra=`: the record goes to the job's log file, not the console
+CONSOLE_ONLY = {"file": False}  # ... to the console, not the log file
+
+
+class JobStamp(logging.Filter):
+    """Stamps every record with the job's name (`%(job)s`); drops FILE_ONLY records on the console, CONSOLE_ONLY
+    ones in the file."""
+
+    def __init__(self, job: str, console: bool):
+        super().__init__()
+        self.job, self.where = job, "console" if console else "file"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.job = self.job
+        return getattr(record, self.where, True)
+
+
+def setup_logging(log_file: str | None = None, job: str = "-") -> None:
+    """Log to stderr (short lines) and, when given, to the rule's log file (everything, with logger names); every
+    line names the job (monitor.job_name), so jobs running side by side can be told apart. Python warnings and,
+    in the model stages, transformers' messages go through these handlers too, so they carry the job's name."""
+    import warnings
+
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(asctime)s %(job)s %(levelname)s %(message)s", "%H:%M:%S"))
+    console.addFilter(JobStamp(job, console=True))
+    handlers: list[logging.Handler] = [console]
     if log_file:
-        handlers.append(logging.FileHandler(log_file, mode="w"))
-    fmt = "%(asctime)s %(name)s %(levelname)s %(message)s"
-    logging.basicConfig(level=logging.WARNING, format=fmt, handlers=handlers, force=True)
+        to_file = logging.FileHandler(log_file, mode="w")
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(job)s %(name)s %(levelname)s %(message)s"))
+        to_file.addFilter(JobStamp(job, console=False))
+        handlers.append(to_file)
+    logging.basicConfig(level=logging.WARNING, handlers=handlers, force=True)
     logging.getLogger("density_grpo").setLevel(logging.INFO)
+    warnings.showwarning = _log_warning
+    if "torch" in sys.modules:  # a model stage: transformers' own stderr handler would print lines without the job
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_default_handler()
+        hf_logging.enable_propagation()
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one log line; libraries' deprecation notices (nothing a user can act on) to the log file."""
+    quiet = issubclass(category, (DeprecationWarning, FutureWarning))
+    where = FILE_ONLY if quiet else {}
+    logging.getLogger("py.warnings").warning("%s: %s (%s:%s)", category.__name__, message, filename, lineno, extra=where)
 
 
 def named(namedlist: Any) -> dict[str, Any]:
@@ -95,10 +134,12 @@ def run_step(smk: Any, step: Step) -> None:
     measured peak there beside the prediction the step records (monitor.expect); a dict the step returns is kept
     in that record too (e.g. tokens/s).
     """
-    setup_logging(smk.log[0] if len(smk.log) else None)
+    from density_grpo.monitor import MemoryMonitor, job_name, note
+
+    job = job_name(smk.rule, dict(smk.wildcards.items()).values())
+    setup_logging(smk.log[0] if len(smk.log) else None, job)
     from density_grpo.device import set_threads
     from density_grpo.io import remove_stale_temps
-    from density_grpo.monitor import MemoryMonitor, job_name, note
 
     set_threads(smk.threads)
     inputs, outputs, params = named(smk.input), named(smk.output), named(smk.params)
@@ -121,16 +162,24 @@ def run_step(smk: Any, step: Step) -> None:
         if audit:
             from density_grpo.io import write_json
 
-            job = job_name(smk.rule, dict(smk.wildcards.items()).values())
             read = sorted(params.read | config.AUDIT)
             write_json({"rule": smk.rule, "declared": sorted(params.leaves()), "read": read}, f"{audit}/{job}.json")
     except UserError as e:
         log.error("%s", e)
+        _point_to_log(smk)
         sys.exit(1)
     except Exception as e:
         what = describe(e, [str(f) for f in smk.input])  # a damaged or unreadable file: one line, no traceback
         if what is None:
             log.exception("rule %s failed", smk.rule)
+            _point_to_log(smk)
             raise
         log.error("%s", what)
+        _point_to_log(smk)
         sys.exit(1)
+
+
+def _point_to_log(smk: Any) -> None:
+    """The console line naming a failed job's log (the profile keeps Snakemake's own job blocks off the console)."""
+    if len(smk.log):
+        log.info("the whole log: %s", smk.log[0], extra=CONSOLE_ONLY)

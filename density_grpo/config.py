@@ -232,7 +232,7 @@ class DataConfig(Section):
     mirror: str | None
     """hh-rlhf: a local folder with the hub dataset's tree (null: download from the hub)."""
     max_pairs: int | None
-    """keep this many pairs (null: all)."""
+    """keep this many pairs, a seeded sample across the selected subsets in file order (null: all; pairs.load_pairs)."""
 
     def check(self) -> None:
         if self.declared("source", "path") and self.source == "local" and not self.path:

@@ -17,19 +17,18 @@ from __future__ import annotations
 import logging
 import math
 import re
-import sys
 import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from density_grpo import memory, store
 from density_grpo.errors import UserError
 from density_grpo.config import EmbedConfig
 from density_grpo.models import backbone, decoder_layers, pad_token_id
+from density_grpo.monitor import Progress
 from density_grpo.pairs import ASSISTANT_TAG, HUMAN_TAG
 
 log = logging.getLogger(__name__)
@@ -376,15 +375,17 @@ class Embedder:
         masks = masks if masks is not None else [[1] * len(x) for x in ids]
         t0 = time.perf_counter()
         out: np.ndarray | None = None
-        with torch.inference_mode(), tqdm(
-            total=len(ids), unit="prompt", desc="embed", disable=not progress, file=sys.stderr
-        ) as bar:
+        bar = Progress("embedded", len(ids), "prompts", lines=4, logger=log) if progress else None
+        done = 0
+        with torch.inference_mode():
             for batch in self.batches(ids):
                 emb = self._run_with_retry([ids[i] for i in batch], [masks[i] for i in batch]).numpy()
                 if out is None:
                     out = np.empty((len(ids), emb.shape[1]), dtype=np.float32)
                 out[batch] = emb
-                bar.update(len(batch))
+                done += len(batch)
+                if bar is not None:
+                    bar.update(done)
         if out is None:
             out = np.empty((0, self.dim or 0), dtype=np.float32)
         self.dim = int(out.shape[1])

@@ -88,7 +88,7 @@ def evaluate_policy(job: EvalJob, policy_dir: str, base_dir: str, prompts: list[
     from density_grpo.device import torch_device, torch_dtype
     from density_grpo.embed import response_embedder
     from density_grpo.models import load_causal_lm
-    from density_grpo.monitor import expect
+    from density_grpo.monitor import Progress, expect
     from density_grpo.reward import load_reward_model, score
 
     e = job.eval
@@ -101,7 +101,11 @@ def evaluate_policy(job: EvalJob, policy_dir: str, base_dir: str, prompts: list[
     prompts, n_cut = keep_last_tokens(tok, prompts, e.max_prompt_length)
     lengths = tuple(len(x) for x in tok(prompts)["input_ids"])
     expect(_predict(job, memory.Workload(memory.model_config(policy_dir), lengths)))
-    completions = [sample(policy, tok, prompts, job.sampling, job.seed + k).texts for k in range(job.sets)]
+    gen = Progress(f"{job.name}: sampled", job.sets * len(prompts), "prompts", logger=log)
+    completions = [
+        sample(policy, tok, prompts, job.sampling, job.seed + k, lambda n, k=k: gen.update(k * len(prompts) + n)).texts
+        for k in range(job.sets)
+    ]
     flat = [c for cs in completions for c_p in cs for c in c_p]
     n_tokens = np.array([len(ids) for ids in tok(flat, add_special_tokens=False)["input_ids"]])
     timings["generate_s"] = time.perf_counter() - t

@@ -473,6 +473,7 @@ def train_grpo(
     from density_grpo.embed import response_embedder
     from density_grpo.models import load_causal_lm
     from density_grpo.monitor import expect
+    from density_grpo.training import quiet_console
 
     g = job.grpo
     if len(prompts) == 0:
@@ -515,6 +516,7 @@ def train_grpo(
             callbacks=callbacks,
             prompt_weights=weights,
         )
+        quiet_console(trainer, ("reward", "kl"), log)
         trainer.train()
     counts = trainer.draw_counts
     summary = summarize(metrics.rows, counts, job, time.perf_counter() - t0) | {"n_prompts_cut": n_cut}

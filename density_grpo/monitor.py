@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import os
 import platform
 import sys
@@ -36,6 +37,35 @@ def job_name(rule: str, wildcards: Sequence[str]) -> str:
     """The one name of a job: `{rule}[_{wildcard value}...]`, for its memory record, log and benchmark (the rules
     call it with wildcard patterns such as "{sampler}", the monitor with the values)."""
     return "_".join([rule, *map(str, wildcards)])
+
+
+def duration(seconds: float) -> str:
+    """Seconds as h:mm:ss ("?" when unknown)."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class Progress:
+    """Compact progress lines with an estimate of time left, at most about `lines` of them for the whole loop:
+    `update(done, **fields)` logs `{what} {done}/{total} {unit}, {fields}; {rate} {unit}/s, ETA h:mm:ss` when due."""
+
+    def __init__(self, what: str, total: int, unit: str, lines: int = 20, logger: logging.Logger = log):
+        self.what, self.total, self.unit, self.logger = what, total, unit, logger
+        self.every = max(1, math.ceil(total / max(1, lines)))
+        self.t0, self._next = time.perf_counter(), self.every
+
+    def line(self, done: int, elapsed_s: float, fields: Mapping[str, float | None]) -> str:
+        rate = done / elapsed_s if elapsed_s > 0 else 0.0
+        left = (self.total - done) / rate if rate > 0 else math.inf
+        shown = ", ".join(f"{k} {'-' if v is None else f'{v:.4g}'}" for k, v in fields.items())
+        return f"{self.what} {done}/{self.total} {self.unit}{', ' + shown if shown else ''}; {rate:.3g} {self.unit}/s, ETA {duration(left)}"
+
+    def update(self, done: int, **fields: float | None) -> None:
+        if done >= self._next or done >= self.total:
+            self._next = (done // self.every + 1) * self.every
+            self.logger.info("%s", self.line(done, time.perf_counter() - self.t0, fields))
 
 
 def read_bench(path: str | os.PathLike) -> dict[str, float]:

@@ -23,11 +23,14 @@ from density_grpo.config import DataConfig
 from density_grpo.errors import UserError
 from density_grpo.io import write_json, write_parquet
 
+log = logging.getLogger(__name__)
+
 ASSISTANT_TAG = "\n\nAssistant:"
 HUMAN_TAG = "\n\nHuman:"
 
 HH_REPO = "Anthropic/hh-rlhf"
 SAMPLE_PATH = Path(__file__).parent / "data" / "sample_pairs.jsonl"
+MAX_PAIRS_SEED = 0  # salt of the data.max_pairs sample: fixed, so the config seed never changes the data
 PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "source", "subset", "topic"]
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -269,7 +272,12 @@ def _hub_download(filename: str) -> Path:
 
 
 def load_pairs(data: DataConfig, files: list[str]) -> pd.DataFrame:
-    """Pairs of one source -> columns PAIR_COLUMNS, in that order; the first `data.max_pairs` kept (None: all).
+    """Pairs of one source -> columns PAIR_COLUMNS, in that order; `data.max_pairs` of them kept (None: all).
+
+    max_pairs keeps the pairs with the smallest seeded hash of their pair_id (a sample without replacement in which
+    every pair of every selected subset is equally likely, so each subset keeps about its share; the same pairs on
+    every machine and whatever the config seed), in file order. Taking the first N of the concatenated subsets
+    would leave a later subset with nothing.
 
     files: the sample file, the local file, or one hh-rlhf file per subset (a mirror's, or downloaded).
     pair_id = "{source}:{name}:{row}", name = file stem (sample, local) or "<subset>/<split>" (hh-rlhf), row = the
@@ -286,8 +294,8 @@ def load_pairs(data: DataConfig, files: list[str]) -> pd.DataFrame:
         df = load_hh_rlhf(data.subsets, files)
         row = df.groupby("subset", sort=False).cumcount()
         df["pair_id"] = [f"hh-rlhf:{s}/{data.split}:{i}" for s, i in zip(df["subset"], row)]
-    if max_pairs is not None:
-        df = df.iloc[:max_pairs]
+    if max_pairs is not None and max_pairs < len(df):
+        df = df.loc[sorted(_hash_order(df["pair_id"], MAX_PAIRS_SEED)[:max_pairs])]
     ties = int((df["chosen"].str.strip() == df["rejected"].str.strip()).sum())
     if ties:
         log.warning("%d of %d pairs have identical chosen and rejected responses (no preference)", ties, len(df))
@@ -318,9 +326,10 @@ def unique_prompts(pairs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _hash_order(prompt_ids: pd.Series, seed: int) -> pd.Index:
-    """Row labels ordered by a seeded hash of the prompt id: independent of row order, stable when data is appended."""
-    keys = prompt_ids.map(lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+def _hash_order(ids: pd.Series, seed: int) -> pd.Index:
+    """Row labels ordered by a seeded hash of the (prompt or pair) id: independent of row order, stable when data is
+    appended."""
+    keys = ids.map(lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
     return keys.sort_values(kind="stable").index
 
 
@@ -380,8 +389,16 @@ def run(input: dict, output: dict, params: dict) -> dict:
     data = DataConfig.from_params(params["data"])
     files = input["files"] or [str(_hub_download(name)) for name in params["hub_files"]]
     pairs = load_pairs(data, files)
+    per_subset = ", ".join(f"{k} {v['pairs']:,}" for k, v in subset_counts(pairs).items())
+    log.info("%s pairs%s: %s", f"{len(pairs):,}", f" (data.max_pairs={data.max_pairs}, a seeded sample)" if data.max_pairs else "", per_subset)
     write_parquet(pairs, output["pairs"])
     return {"n_pairs": len(pairs)}
+
+
+def subset_counts(pairs: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Pairs and unique prompts per subset (in the order subsets first appear); a prompt in two subsets counts in each."""
+    groups = pairs.groupby("subset", sort=False)["prompt"]
+    return {str(name): {"pairs": int(g.size), "prompts": int(g.nunique())} for name, g in groups}
 
 
 def run_prompts(input: dict, output: dict, params: dict) -> dict:
@@ -397,6 +414,7 @@ def run_prompts(input: dict, output: dict, params: dict) -> dict:
         "chars_mean": float(chars.mean()) if len(chars) else 0.0,
         "chars_max": int(chars.max()) if len(chars) else 0,
         "sources": pairs["source"].value_counts().to_dict(),
+        "subsets": subset_counts(pairs),
         "topics": None if groups is None else {
             "dense": sorted(t for t, g in groups.items() if g == "dense"),
             "n_rare": sum(g == "rare" for g in groups.values()),

@@ -50,28 +50,55 @@ def _placeholder(path: str | Path, title: str, reason: str) -> None:
     _save(fig, path)
 
 
+LINE_STYLES = ("-", "--", "-.", ":")
+
+
+def timeline_styles(jobs: list[tuple[str, str]]) -> list[dict]:
+    """Line colour and style of each (rule, job): a hue per rule (tab10, the rules in order of first appearance;
+    after 10 rules the hues come round again with other line styles), a lighter shade and another line style per
+    job of that rule, so every (colour, style) differs and a rule's jobs read as one group."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_rgb
+
+    palette = colormaps["tab10"].colors
+    rules = list(dict.fromkeys(rule for rule, _ in jobs))
+    members = {rule: [j for r, j in jobs if r == rule] for rule in rules}
+    out = []
+    for rule, job in jobs:
+        k, i, n = rules.index(rule), members[rule].index(job), len(members[rule])
+        base = np.array(to_rgb(palette[k % len(palette)]))
+        light = 0.0 if n == 1 else 0.55 * i / (n - 1)  # blend towards white: same hue, lighter
+        out.append({"color": tuple(base + (1 - base) * light), "linestyle": LINE_STYLES[(i + k // len(palette)) % len(LINE_STYLES)]})
+    return out
+
+
 def plot_memory_timeline(records: list[dict], path: str | Path) -> None:
-    """Process-tree RSS over time, one line per job (embed chunks beyond 8 drawn grey, unlabelled)."""
+    """Process-tree RSS over time, one line per job (embed chunks beyond 8 drawn grey, unlabelled); a colour family
+    per rule (timeline_styles), the legend outside the axes."""
     if not records:
         return _placeholder(path, "Memory timeline", "no memory records")
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 4.8))
-    n_embed = 0
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    n_embed, shown = 0, []
     for rec in records:
-        tl = rec["timeline"]
         grey = rec["rule"] == "embed_chunk" and n_embed >= 8
         n_embed += rec["rule"] == "embed_chunk"
-        kw = dict(color="#bbbbbb", linewidth=0.8) if grey else dict(label=rec["job"], linewidth=1.6)
-        line = ax.plot(tl["t_s"], tl["rss_mb"], **kw)[0]
+        shown.append(not grey)
+    styles = iter(timeline_styles([(r["rule"], r["job"]) for r, keep in zip(records, shown) if keep]))
+    for rec, keep in zip(records, shown):
+        tl = rec["timeline"]
+        kw = dict(label=rec["job"], linewidth=1.6, **next(styles)) if keep else dict(color="#bbbbbb", linewidth=0.8)
+        ax.plot(tl["t_s"], tl["rss_mb"], **kw)
         if "cuda_alloc_mb" in tl and max(tl["cuda_alloc_mb"], default=0) > 0:
-            label = None if grey else f"{rec['job']} (CUDA)"
-            ax.plot(tl["t_s"], tl["cuda_alloc_mb"], linestyle="--", color=line.get_color(), label=label)
+            label = f"{rec['job']} (CUDA)" if keep else None
+            ax.plot(tl["t_s"], tl["cuda_alloc_mb"], color=kw["color"], linestyle=(0, (1, 1)), linewidth=1.0, label=label)
     ax.set_xlabel("time since job start (s)")
     ax.set_ylabel("RSS of process + children (MiB)")
-    ax.set_title("Memory timeline per job (sampled RSS; dashed: CUDA allocated)")
+    ax.set_title("Memory timeline per job (sampled RSS; dotted: CUDA allocated)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2, loc="best")
+    n_labels = len(ax.get_legend_handles_labels()[1])
+    ax.legend(fontsize=8, ncol=1 if n_labels <= 24 else 2, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     _save(fig, path)
 
 
@@ -260,10 +287,27 @@ def _ci_err(value: float, ci: dict) -> list[list[float]]:
     return [[value - ci["lo"]], [ci["hi"] - value]]
 
 
+def value_labels(values: list[float]) -> list[str]:
+    """Labels with about 3 significant digits, more where needed so that different values never share a label
+    (cosine distances of 1.0074 and 1.0054 are not both "1.01")."""
+    finite = [v for v in values if math.isfinite(v)]
+    top = max((abs(v) for v in finite), default=1.0) or 1.0
+    decimals = max(0, 2 - math.floor(math.log10(top)))
+    for d in range(decimals, decimals + 5):
+        labels = [f"{v:.{d}f}" for v in values]
+        if all((labels[i] == labels[j]) == (values[i] == values[j]) for i in range(len(values)) for j in range(i)):
+            break
+    return labels
+
+
+NOISE_FLOOR = {"facecolor": "#f6e3b4", "edgecolor": "#c9a227", "hatch": "///", "linewidth": 0.8}  # never an interval's grey
+DIFF_COLORS = {True: "#1f77b4", False: "#555555"}  # density - uniform interval: excludes 0, includes 0
+
+
 def plot_diversity(comparison: dict, path: str | Path) -> None:
     """Top row: each model's value per metric (arms: mean over seeds, small dots: single seeds). Bottom row: density - uniform
     with its 95% bootstrap interval, over all evaluated prompts and per stratum, against the base model's noise floor
-    (grey band: the interval of base vs base)."""
+    (hatched band: the interval of base vs base)."""
     plt = _plt()
     keys = [k for k in DIVERSITY_PANELS if k in comparison["metrics"]]
     fig, axes = plt.subplots(2, len(keys), figsize=(3.3 * len(keys), 7.2), squeeze=False)
@@ -271,12 +315,13 @@ def plot_diversity(comparison: dict, path: str | Path) -> None:
         m = comparison["metrics"][key]
         ax = axes[0, col]
         names = list(m["values"])
-        for i, n in enumerate(names):
+        labels = value_labels([float(m["values"][n]) for n in names])
+        for i, (n, text) in enumerate(zip(names, labels)):
             color = MODEL_COLORS.get(n, "#2ca02c")
             ax.scatter([i], [m["values"][n]], color=color, s=90, zorder=3, marker="D")
             if n in m["per_seed"]:
                 ax.scatter([i + 0.12] * len(m["per_seed"][n]), m["per_seed"][n], color=color, s=14, alpha=0.7, zorder=2)
-            ax.annotate(f"{m['values'][n]:.3g}", (i, m["values"][n]), ha="right", va="center", fontsize=8, xytext=(-8, 0), textcoords="offset points")
+            ax.annotate(text, (i, m["values"][n]), ha="right", va="center", fontsize=8, xytext=(-8, 0), textcoords="offset points")
         ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.set_xlim(-0.7, len(names) - 0.3)
         ax.margins(y=0.25)
@@ -287,22 +332,31 @@ def plot_diversity(comparison: dict, path: str | Path) -> None:
         rows = [(label, r) for label, r in rows if "density_minus_uniform" in r]
         for i, (label, r) in enumerate(rows):
             d = r["density_minus_uniform"]
-            color = "#1f77b4" if d["excludes_zero"] else "#7f7f7f"
-            ax.errorbar([i], [d["diff"]], yerr=_ci_err(d["diff"], d), fmt="o", color=color, capsize=5, linewidth=2)
+            color = DIFF_COLORS[bool(d["excludes_zero"])]
+            ax.errorbar([i], [d["diff"]], yerr=_ci_err(d["diff"], d), fmt="o", color=color, capsize=5, linewidth=2, zorder=3)
             if "noise_floor" in r:
                 nf = r["noise_floor"]
-                ax.add_patch(plt.Rectangle((i - 0.3, nf["lo"]), 0.6, nf["hi"] - nf["lo"], color="#cccccc", alpha=0.6, zorder=0))
+                ax.add_patch(plt.Rectangle((i - 0.3, nf["lo"]), 0.6, nf["hi"] - nf["lo"], zorder=0, **NOISE_FLOOR))
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(rows)), [f"{label}\n(n={comparison['n_prompts'] if label == 'all' else comparison['strata'][label]})" for label, _ in rows], fontsize=8)
         ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.set_title("density − uniform, 95% CI", fontsize=9)
-    axes[1, 0].set_ylabel("difference (grey: base vs base noise floor)")
+    axes[1, 0].set_ylabel("density − uniform")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Line2D([], [], color=DIFF_COLORS[True], marker="o", linewidth=2, label="density − uniform, 95% CI excludes 0"),
+        Line2D([], [], color=DIFF_COLORS[False], marker="o", linewidth=2, label="95% CI includes 0 (no evidence of a difference)"),
+        Patch(**NOISE_FLOOR, label="noise floor: base − base (two sample sets), 95% CI"),
+    ]  # fmt: skip
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9, frameon=False, bbox_to_anchor=(0.5, -0.04))
     seeds = comparison["seeds"]
     fig.suptitle(
         f"Diversity of completions on {comparison['n_prompts']} held-out prompts × {comparison['samples']} samples "
         f"({', '.join(f'{a}: {len(s)} seeds' for a, s in seeds.items() if s)}); higher = less mode collapse.\n"
-        "Top: diamond = model (arms: mean over seeds), dots = single seeds. Bottom: blue interval excludes 0, "
-        "grey includes 0 (no evidence of a difference).",
+        "Top: diamond = model (arms: mean over seeds), dots = single seeds. Bottom: density − uniform per stratum "
+        "against the noise floor (legend below).",
         fontsize=10,
     )
     fig.tight_layout()

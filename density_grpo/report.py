@@ -397,6 +397,9 @@ def summary_md(run: str, d: dict, ws: dict, mem: dict) -> list[str]:
     groups = f", {len(topics['dense'])} dense and {topics['n_rare']} rare topics" if topics else ""
     lines = [f"# density-grpo run `{run}`", "", "## Data", ""]
     lines += [f"{ps['n_pairs']:,} preference pairs, {ps['n_prompts']:,} unique prompts ({ps['n_multi_turn']:,} multi-turn){groups}.", ""]
+    if ps.get("subsets"):  # absent in prompts.json files written before the per-subset counts
+        per = "; ".join(f"`{k}` {v['pairs']:,} pairs, {v['prompts']:,} prompts" for k, v in ps["subsets"].items())
+        lines += [f"Per subset: {per}.", ""]
     lines += ["## Density weights", ""]
     recall = f", recall@k {ws['recall_at_k']:.3f}" if ws.get("recall_at_k") is not None else ""
     lines.append(

@@ -156,7 +156,7 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: Mapping[str,
 
     from density_grpo.device import torch_device
     from density_grpo.monitor import expect
-    from density_grpo.training import trainer_args
+    from density_grpo.training import quiet_console, trainer_args
 
     t0 = time.perf_counter()
     rm, seed = RMConfig.from_params(params["rm"]), params["seed"]
@@ -181,6 +181,7 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: Mapping[str,
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=_preference_dataset(train), processing_class=tokenizer
         )
+        quiet_console(trainer, ("loss", "accuracy"), log)
         n_train = len(trainer.train_dataset)
         if n_train == 0:
             raise UserError(f"config key rm.max_length: all {len(train)} training pairs are longer than {rm.max_length} tokens")

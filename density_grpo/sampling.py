@@ -11,6 +11,7 @@ completions wherever they are sampled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -82,8 +83,11 @@ def first_eos_cut(ids: list[int], eos: set[int]) -> list[int]:
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts: list[str], how: Sampling, seed: int) -> Completions:
-    """`how.samples` completions of each prompt, reproducible for a given seed (the caller's RNG is untouched)."""
+def sample(
+    model, tokenizer, prompts: list[str], how: Sampling, seed: int, progress: Callable[[int], None] | None = None
+) -> Completions:
+    """`how.samples` completions of each prompt, reproducible for a given seed (the caller's RNG is untouched);
+    `progress` is called with the number of prompts done after each generate call."""
     device = next(model.parameters()).device
     eos = eos_token_ids(model, tokenizer)
     greedy = how.temperature == 0
@@ -109,6 +113,8 @@ def sample(model, tokenizer, prompts: list[str], how: Sampling, seed: int) -> Co
                 texts += [cut[i : i + how.samples] for i in range(0, len(cut), how.samples)]
                 ids += done
                 prompt_ids += [row[mask.bool()].tolist() for row, mask in zip(enc["input_ids"], enc["attention_mask"])]
+                if progress is not None:
+                    progress(start + len(batch))
     finally:
         tokenizer.padding_side = side
         model.train(was_training)

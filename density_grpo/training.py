@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import logging
+from typing import Any, Sequence
+
+from transformers import TrainerCallback
 
 
 def checkpointing_key(config_cls) -> str:
@@ -35,3 +38,34 @@ def trainer_args(config_cls, output_dir: str, device, precision: str, seed: int,
         **{checkpointing_key(config_cls): gradient_checkpointing},
         **kwargs,
     )
+
+
+class ConsoleProgress(TrainerCallback):
+    """In place of transformers' PrinterCallback: each logged metrics dict goes to the job's log file only; the
+    console gets a short progress line (monitor.Progress: step/total, the `keys` metrics, steps/s, time left)."""
+
+    def __init__(self, keys: Sequence[str], logger: logging.Logger):
+        self.keys, self.logger, self.progress = tuple(keys), logger, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from density_grpo.monitor import Progress
+
+        self.progress = Progress("train", state.max_steps, "steps", logger=self.logger)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        from density_grpo.cli import FILE_ONLY
+
+        if not logs:
+            return
+        self.logger.info("step %d metrics %s", state.global_step, logs, extra=FILE_ONLY)
+        if self.progress is not None and any(k in logs for k in self.keys):  # not the end-of-training summary
+            self.progress.update(state.global_step, **{k: logs.get(k) for k in self.keys})
+
+
+def quiet_console(trainer, keys: Sequence[str], logger: logging.Logger) -> None:
+    """Replace the trainer's printed metrics dicts (PrinterCallback, or the tqdm bar) with ConsoleProgress."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(ConsoleProgress(keys, logger))

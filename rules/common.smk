@@ -16,6 +16,11 @@ from density_grpo.monitor import job_name
 from density_grpo.pairs import SAMPLE_PATH, texts_hash
 from density_grpo.report import PLOTS
 
+# Library progress bars (transformers' weight loading, GGUF conversion, datasets) are off in every job: they fill the
+# console with carriage-return lines; the jobs log short progress lines with time left instead (monitor.Progress).
+for _var in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+    os.environ.setdefault(_var, "1")
+
 RUN = config["run"]
 RES = f"results/{RUN}"
 LOGS = f"logs/{RUN}"

@@ -26,6 +26,7 @@ from density_grpo.pairs import (
     pair_from_hh,
     prompt_id,
     read_local,
+    run_prompts,
     split_dialogue,
     texts_hash,
     unique_prompts,
@@ -285,10 +286,35 @@ def test_load_pairs_sample_schema():
     assert not pairs["chosen"].str.contains(ASSISTANT_TAG, regex=False).any()
 
 
-def test_load_pairs_max_pairs():
+def test_load_pairs_max_pairs_is_a_seeded_sample_in_file_order():
     full = sample_pairs()
-    pd.testing.assert_frame_equal(sample_pairs(10), full.iloc[:10])
+    kept = sample_pairs(10)
+    assert len(kept) == 10 and kept["pair_id"].isin(full["pair_id"]).all()
+    rows = full.index[full["pair_id"].isin(kept["pair_id"])]
+    pd.testing.assert_frame_equal(kept, full.loc[rows].reset_index(drop=True))  # file order kept
+    assert rows.max() >= 10  # not the first 10 rows
+    pd.testing.assert_frame_equal(sample_pairs(10), kept)  # the same sample every time
     assert len(sample_pairs(10**9)) == len(full)
+
+
+def test_max_pairs_samples_every_subset_and_prompts_json_counts_them(tmp_path):
+    """Fewer pairs than the first subset holds: the first N of the concatenation would leave the second empty."""
+    root = tmp_path / "hh"
+    sizes = {"helpful-online": 60, "helpful-rejection-sampled": 40}
+    for subset, n in sizes.items():
+        (root / subset).mkdir(parents=True)
+        write_jsonl(root / subset / "train.jsonl.gz", [hh_row(f"{subset} q{i}") for i in range(n)], gz=True)
+    subsets = list(sizes)
+    pairs = load_pairs(data("hh-rlhf", subsets=subsets, max_pairs=50), mirror_files(root, subsets, "train"))
+    counts = pairs["subset"].value_counts()
+    assert len(pairs) == 50 and set(counts.index) == set(subsets)
+    assert all(counts[s] >= 10 for s in subsets), counts  # about 30 and 20 expected
+    path = tmp_path / "pairs.parquet"
+    pairs.to_parquet(path)
+    out = {"prompts": str(tmp_path / "prompts.parquet"), "summary": str(tmp_path / "prompts.json")}
+    run_prompts({"pairs": str(path)}, out, {})
+    summary = json.loads(Path(out["summary"]).read_text())
+    assert summary["subsets"] == {s: {"pairs": int(counts[s]), "prompts": int(counts[s])} for s in subsets}
 
 
 def test_load_pairs_local_and_hh(tmp_path):

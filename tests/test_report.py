@@ -175,3 +175,53 @@ def test_weights_vs_tokens_plot_without_lengths(tmp_path):
     assert "**+0.70**" in lines[-1] and "✗ longer prompts get more weight" in lines[-1] and "signal" not in lines[-1]
     lines = report.length_lines({**ws, "spearman_weight_tokens": -0.5, "spearman_weight_turns": None, "spearman_rare_tokens": -0.43})
     assert "✗ shorter prompts get more weight; here rare-topic prompts are themselves shorter" in lines[-1]
+
+
+def test_every_report_caption_renders_without_docutils_messages():
+    """Each caption in report/ goes through Jinja and docutils as `snakemake --report` does; no system message."""
+    import io
+
+    import jinja2
+    from docutils.core import publish_parts
+
+    captions = sorted((Path(__file__).parent.parent / "report").glob("*.rst"))
+    assert captions
+    for caption in captions:
+        text = jinja2.Environment().from_string(caption.read_text()).render()
+        warnings = io.StringIO()
+        body = publish_parts(
+            text, writer_name="html", settings_overrides={"report_level": 1, "halt_level": 5, "warning_stream": warnings}
+        )["body"]
+        assert not warnings.getvalue(), f"{caption.name}: {warnings.getvalue()}"
+        assert "system-message" not in body, f"{caption.name} renders a docutils system message"
+
+
+def test_memory_timeline_gives_every_job_its_own_colour_and_style():
+    from density_grpo.plots import timeline_styles
+
+    jobs = [("pairs", "pairs"), ("model", "model"), ("grpo", "grpo_density_0"), ("grpo", "grpo_uniform_0")]
+    jobs += [("evaluate_model", f"evaluate_model_{m}") for m in ("base", "control", "a", "b", "c", "d")]
+    jobs += [(f"rule{i}", f"rule{i}") for i in range(10)]  # more rules than the palette has hues
+    styles = timeline_styles(jobs)
+    pairs = [(tuple(np.round(s["color"], 6)), s["linestyle"]) for s in styles]
+    assert len(set(pairs)) == len(jobs)
+    hue = {rule: {p[0] for p, (r, _) in zip(pairs, jobs) if r == rule} for rule, _ in jobs}
+    assert styles[0]["color"] != styles[2]["color"]  # pairs and grpo_density_0: not the same blue
+    assert len(hue["evaluate_model"]) == 6  # shades within a rule
+
+
+def test_diversity_value_labels_tell_different_values_apart():
+    from density_grpo.plots import value_labels
+
+    labels = value_labels([1.0074, 1.0068, 1.0054, 0.9551])
+    assert len(set(labels)) == 4 and all(len(x) <= 7 for x in labels), labels
+    assert value_labels([19.77, 18.87]) == ["19.8", "18.9"]  # about 3 significant digits where they suffice
+    assert value_labels([0.5, 0.5]) == ["0.500", "0.500"]  # equal values share a label
+
+
+def test_diversity_plot_renders(tmp_path):
+    from density_grpo.plots import plot_diversity
+
+    path = tmp_path / "diversity.png"
+    plot_diversity(synthetic_comparison(tmp_path), path)
+    assert path.stat().st_size > 10_000

@@ -489,16 +489,20 @@ def readable(key: str, path: str | os.PathLike) -> None:
         raise UserError(f"config key {key}: cannot read {str(path)!r} ({e.strerror})") from None
 
 
-def check_prompt_counts(n: int, cfg: dict) -> dict:
-    """The config checks that need the number of unique prompts `n` (read: knn.k, eval.pool, rm.eval_fraction);
-    the rules run them right after the prompts checkpoint, before any model work. Returns the counts they imply."""
+PROMPT_COUNT_KEYS = ("knn.k", "eval.pool", "rm.eval_fraction")
+
+
+def check_prompt_counts(n: int, cfg: dict, keys: tuple[str, ...] = PROMPT_COUNT_KEYS) -> dict:
+    """The config checks that need the number of unique prompts `n`, for the given keys only (a job checks the keys
+    it reads: the weights need no evaluation pool); the rules run them right after the prompts checkpoint, before any
+    model work. Returns the counts they imply."""
     k, n_eval, fraction = cfg["knn"]["k"], cfg["eval"]["pool"], cfg["rm"]["eval_fraction"]
-    if k >= n:
+    if "knn.k" in keys and k >= n:
         raise UserError(f"config key knn.k: {k} neighbours need at least {k + 1} prompts, the data has {n}")
-    if n_eval >= n:
+    if "eval.pool" in keys and n_eval >= n:
         raise UserError(f"config key eval.pool: {n_eval} held-out prompts leave none of the {n} prompts for training")
     n_rm = math.ceil(fraction * n)
-    if n_rm >= n:
+    if "rm.eval_fraction" in keys and n_rm >= n:
         raise UserError(f"config key rm.eval_fraction: {fraction} holds out all {n} prompts from the reward model")
     return {"n_prompts": n, "n_eval": n_eval, "n_train": n - n_eval, "n_rm_eval": n_rm}
 

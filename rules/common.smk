@@ -177,23 +177,29 @@ def _chunk_hashes(path, mtime_ns, chunk_size):
     return tuple(texts_hash(texts[i : i + chunk_size]) for i in range(0, len(texts), chunk_size))
 
 
-@functools.lru_cache(maxsize=8)
-def _count_problem(path, mtime_ns):
+@functools.lru_cache(maxsize=32)
+def _count_problem(path, mtime_ns, keys):
     try:
-        check_prompt_counts(pq.ParquetFile(path).metadata.num_rows, config)
+        check_prompt_counts(pq.ParquetFile(path).metadata.num_rows, config, keys)
     except UserError as e:
         return str(e)
 
 
-def checked_prompts(wildcards=None):
-    """The prompts file, once the prompts checkpoint has run and the config checks that need the number of prompts
-    (knn.k, eval.prompts, rm.eval_fraction) pass: the input functions of the model jobs call it, so a bad value fails
-    right after the checkpoint, before any model work (and in every dry run after it)."""
-    path = checkpoints.unique_prompts.get().output.prompts
-    problem = _count_problem(path, os.stat(path).st_mtime_ns)
-    if problem:
-        raise WorkflowError(problem)  # Snakemake shows it as the InputFunctionException of the job that asked
-    return ancient(path)
+def checked_prompts(*keys, mtime=False):
+    """An input function giving the prompts file once the prompts checkpoint has run and the config checks on `keys`
+    that need the number of prompts (knn.k, eval.pool, rm.eval_fraction) pass. Each rule names the keys its job
+    reads, so `snakemake weights` is not stopped by an evaluation pool it does not need; every job's input is
+    evaluated when the DAG is updated after the checkpoint, so a bad value fails before any model work. With
+    mtime=False the file's mtime does not count (the job's other inputs carry prompt changes)."""
+
+    def prompts(wildcards=None):
+        path = checkpoints.unique_prompts.get().output.prompts
+        problem = _count_problem(path, os.stat(path).st_mtime_ns, keys)
+        if problem:
+            raise WorkflowError(problem)  # Snakemake shows it as the InputFunctionException of the job that asked
+        return path if mtime else ancient(path)
+
+    return prompts
 
 
 def n_prompts():
@@ -211,7 +217,6 @@ def chunk_ids():
 
 
 def all_chunks(wildcards):
-    checked_prompts()
     return [CHUNK.format(i=i) for i in chunk_ids()]
 
 
@@ -251,7 +256,7 @@ def weights_params(key):
 
 def grpo_inputs(wildcards):
     """The density arm reads the weights; both arms read the same prompts (held-out ones excluded)."""
-    inputs = {"prompts": PROMPTS, "model": ancient(MODEL_DIR)}
+    inputs = {"prompts": checked_prompts("eval.pool", mtime=True)(wildcards), "model": ancient(MODEL_DIR)}
     if wildcards.sampler == "density":
         inputs["weights"] = WEIGHTS
     if config["grpo"]["reward"] == "rm":
@@ -267,4 +272,5 @@ def eval_inputs(wildcards):
     else:
         sampler, seed = wildcards.model.split("_seed")
         policy = GRPO_MODEL.format(sampler=sampler, seed=seed)
-    return {"prompts": PROMPTS, "weights": WEIGHTS, "base": ancient(MODEL_DIR), "policy": policy, "rm": RM_MODEL}
+    prompts = checked_prompts("eval.pool", mtime=True)(wildcards)
+    return {"prompts": prompts, "weights": WEIGHTS, "base": ancient(MODEL_DIR), "policy": policy, "rm": RM_MODEL}

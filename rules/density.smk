@@ -5,7 +5,7 @@ WEIGHTS_JOB = job("knn_weights")
 rule knn_weights:
     input:
         chunks=all_chunks,
-        prompts=checked_prompts,
+        prompts=checked_prompts("knn.k"),
     output:
         weights=WEIGHTS,
         meta=WEIGHTS_META,

@@ -8,7 +8,7 @@ rule reward_model:
     input:
         pairs=PAIRS,
         model=ancient(MODEL_DIR),
-        prompts=checked_prompts,
+        prompts=checked_prompts("rm.eval_fraction"),
     output:
         model=directory(RM_MODEL),
         metrics=RM_METRICS,

@@ -1,6 +1,7 @@
 """Integrity end to end: SIGKILL mid-embedding, mid-weights and mid-GRPO save, then resume to byte-identical
 artifacts; a model rebuilt in place reruns its dependants; a corrupted chunk names the command that rebuilds it;
-the prompt-count checks stop the run before any model work; an unreadable data file is one line.
+the prompt-count checks stop the run before any model work, and only for the jobs that read their keys; an unreadable
+data file is one line.
 
 The kills use tests/killer/sitecustomize.py: the job dies after writing its temporary, before publishing it.
 """
@@ -201,6 +202,17 @@ def test_prompt_checks_stop_before_model_work(tmp_path, tiny_model):
     assert not (workdir / "logs/tiny/embed_chunk_0.log").exists() and not (workdir / "logs/tiny/reward_model.log").exists()
     assert (workdir / RES / "data/prompts.parquet").exists()
     res = smk(workdir, "-n")  # later dry runs fail at once
+    assert res.returncode != 0 and line in res.stdout + res.stderr
+
+
+def test_prompt_checks_only_for_the_requested_targets(tmp_path, tiny_model):
+    """An evaluation pool that takes every prompt stops the training and evaluation jobs, not the weights: each job
+    checks only the keys it reads."""
+    workdir = workdir_with(tmp_path, tiny_model, eval={"pool": 30, "prompts": 6})
+    ok(smk(workdir, "prompts"))
+    assert ok(smk(workdir, "-n", "weights")) and ok(smk(workdir, "-n", "embeddings"))
+    res = smk(workdir, "-n", "train")
+    line = "config key eval.pool: 30 held-out prompts leave none of the 30 prompts for training"
     assert res.returncode != 0 and line in res.stdout + res.stderr
 
 

@@ -79,7 +79,7 @@ def plot_memory_timeline(records: list[dict], path: str | Path) -> None:
         return _placeholder(path, "Memory timeline", "no memory records")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(11, 4.8))
-    n_embed, shown = 0, []
+    n_embed, shown, cuda = 0, [], False
     for rec in records:
         grey = rec["rule"] == "embed_chunk" and n_embed >= 8
         n_embed += rec["rule"] == "embed_chunk"
@@ -90,11 +90,11 @@ def plot_memory_timeline(records: list[dict], path: str | Path) -> None:
         kw = dict(label=rec["job"], linewidth=1.6, **next(styles)) if keep else dict(color="#bbbbbb", linewidth=0.8)
         ax.plot(tl["t_s"], tl["rss_mb"], **kw)
         if "cuda_alloc_mb" in tl and max(tl["cuda_alloc_mb"], default=0) > 0:
-            label = f"{rec['job']} (CUDA)" if keep else None
+            label, cuda = (f"{rec['job']} (CUDA)" if keep else None), True
             ax.plot(tl["t_s"], tl["cuda_alloc_mb"], color=kw["color"], linestyle=(0, (1, 1)), linewidth=1.0, label=label)
     ax.set_xlabel("time since job start (s)")
     ax.set_ylabel("RSS of process + children (MiB)")
-    ax.set_title("Memory timeline per job (sampled RSS; dotted: CUDA allocated)")
+    ax.set_title("Memory timeline per job (sampled RSS" + ("; fine dots: CUDA allocated)" if cuda else ")"))
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     n_labels = len(ax.get_legend_handles_labels()[1])

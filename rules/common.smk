@@ -163,6 +163,19 @@ except UserError as e:
     raise WorkflowError(str(e)) from None
 
 
+def check_checkpoint_outputs(prompts, *others):
+    """A run folder copied or restored in part (the prompts file without the checkpoint's other outputs) would leave
+    the jobs after it with unresolved inputs ('<TBD>'): Snakemake does not rerun a checkpoint whose requested output
+    exists, and resolves it only when all its outputs do. One line naming what is missing and what to do instead.
+    Without the prompts file nothing is wrong: the checkpoint reruns when a job needs it (frozen studies)."""
+    missing = [p for p in others if not os.path.exists(p)]
+    if os.path.exists(prompts) and missing:
+        raise WorkflowError(
+            f"{missing[0]} is missing beside {prompts} (a run folder copied in part?): copy it from the original "
+            f"run, or rebuild the prompts: rm {prompts}, then rerun snakemake"
+        )
+
+
 def hub_files():
     """The hh-rlhf files the pairs job downloads from the hub (none when they come from a mirror)."""
     data = config["data"]

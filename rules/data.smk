@@ -1,6 +1,9 @@
 # Stages 1-2: preference pairs -> unique prompts (a checkpoint: the number of chunks depends on it).
 PAIRS_JOB = job("pairs")
-PROMPTS_JOB = job("unique_prompts")
+# The checkpoint's outputs all live in data/: Snakemake resolves a checkpoint only when every one of its outputs
+# exists, so a copied or restored data/ folder must carry them all (check_checkpoint_outputs names a missing one).
+PROMPTS_JOB = job("unique_prompts", folder=f"{RES}/data")
+check_checkpoint_outputs(PROMPTS, PROMPTS_SUMMARY, PROMPTS_JOB["memory"])
 
 
 rule pairs:

@@ -1,7 +1,7 @@
 """Integrity end to end: SIGKILL mid-embedding, mid-weights and mid-GRPO save, then resume to byte-identical
 artifacts; a model rebuilt in place reruns its dependants; a corrupted chunk names the command that rebuilds it;
-the prompt-count checks stop the run before any model work, and only for the jobs that read their keys; an unreadable
-data file is one line.
+the prompt-count checks stop the run before any model work, and only for the jobs that read their keys; a restored
+run folder resumes (or, copied in part, names what to do); an unreadable data file is one line.
 
 The kills use tests/killer/sitecustomize.py: the job dies after writing its temporary, before publishing it.
 """
@@ -214,6 +214,35 @@ def test_prompt_checks_only_for_the_requested_targets(tmp_path, tiny_model):
     res = smk(workdir, "-n", "train")
     line = "config key eval.pool: 30 held-out prompts leave none of the 30 prompts for training"
     assert res.returncode != 0 and line in res.stdout + res.stderr
+
+
+def test_restored_run_folder(tmp_path, tiny_model):
+    """A run's data/ and embed/ folders copied (mtimes kept) into another run resume there: the weights job gets
+    its real inputs and publishes the same weights, no chunk is embedded again. A data/ folder copied in part fails
+    in one line whose advice works."""
+    workdir = workdir_with(tmp_path, tiny_model)
+    ok(smk(workdir, "weights"))
+    other = workdir / "results/other"
+    for part in ("data", "embed"):
+        shutil.copytree(workdir / RES / part, other / part)
+    cfg = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump({**cfg, "run": "other"}))
+    assert jobs_run(ok(smk(workdir, "weights"))) == ["knn_weights", "weights"]
+    weights = "density/weights.parquet"
+    assert (other / weights).read_bytes() == (workdir / RES / weights).read_bytes()
+
+    shutil.rmtree(other / "density")
+    (other / "data/prompts.json").unlink()
+    res = smk(workdir, "weights")
+    line = (
+        "results/other/data/prompts.json is missing beside results/other/data/prompts.parquet (a run folder copied in "
+        "part?): copy it from the original run, or rebuild the prompts: rm results/other/data/prompts.parquet, then "
+        "rerun snakemake"
+    )
+    assert res.returncode != 0 and line in res.stderr and "Traceback" not in res.stderr
+    (other / "data/prompts.parquet").unlink()
+    assert jobs_run(ok(smk(workdir, "weights"))) == ["knn_weights", "unique_prompts", "weights"]
+    assert (other / weights).read_bytes() == (workdir / RES / weights).read_bytes()
 
 
 def test_unreadable_data_file(tmp_path, tiny_model):

@@ -27,7 +27,7 @@ from density_grpo.report import EVAL_FIGURES  # noqa: E402
 def report_inputs(run_dir: Path, configfile: Path) -> list[str]:
     """The paths build_reports reads, relative to run_dir, from a dry run that may only schedule build_reports."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(run_dir), "--nolock",
-           "-n", "--quiet", "host", "reports", "--configfile", str(configfile.resolve()), "--allowed-rules", "build_reports", "reports",
+           "--quiet", "host", "-n", "reports", "--configfile", str(configfile.resolve()), "--allowed-rules", "build_reports", "reports",
            "-R", "build_reports"]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     block = re.search(r"^rule build_reports:\n((?:    .*\n)+)", out, re.M)

@@ -143,3 +143,23 @@ def test_processes_must_share_the_batch():
     assert (GRPOConfig.from_params(dict(g8, processes=2)).accumulation, GRPOConfig.from_params(dict(g8, processes=1)).accumulation) == (2, 4)
     with pytest.raises(UserError, match=r"^config key rm.processes: 3 processes cannot share rm.batch_size = 4"):
         RMConfig.from_params(dict(rm_params()["rm"], processes=3))
+
+
+def test_snakemake_runs_a_grpo_job_on_two_processes(finished_run, tiny_model, tmp_path):
+    """Through Snakemake and run_step: grpo.processes = 2 reruns the job (a param), which launches itself; its memory
+    record holds both ranks' peaks and rank 0's prediction, the largest rank being the measured figure."""
+    from conftest import copy_run, planned_jobs, snakemake, tiny_config
+
+    work = copy_run(finished_run[0], tmp_path / "run")
+    config = tiny_config(work, tiny_model, work / "pairs.jsonl", grpo={"processes": 2})
+    target = "results/tiny/grpo/uniform/seed0/summary.json"
+    assert planned_jobs(snakemake(work, target, "--configfile", str(config), "-n").stdout) == {"grpo": 1}
+    snakemake(work, target, "--configfile", str(config))
+    rec = read_json(work / "results/tiny/memory/grpo_uniform_0.json")
+    ranks = rec["peak_rss_per_rank_mb"]
+    assert rec["status"] == "ok" and len(ranks) == 2 and min(ranks) > 100
+    assert rec["measured_mb"] == max(ranks) < rec["peak_rss_mb"]  # the tree adds the launcher
+    assert rec["measured_what"] == "peak RSS of the largest of 2 processes"
+    assert rec["prediction"]["assumptions"]["processes"] == 2 and rec["extra"]["processes"] == 2
+    assert rec["extra"]["n_draws"] == read_json(work / target)["n_draws"] == 2 * 2
+    assert "launching 2 processes" in (work / "logs/tiny/grpo_uniform_0.log").read_text()

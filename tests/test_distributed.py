@@ -163,3 +163,12 @@ def test_snakemake_runs_a_grpo_job_on_two_processes(finished_run, tiny_model, tm
     assert rec["prediction"]["assumptions"]["processes"] == 2 and rec["extra"]["processes"] == 2
     assert rec["extra"]["n_draws"] == read_json(work / target)["n_draws"] == 2 * 2
     assert "launching 2 processes" in (work / "logs/tiny/grpo_uniform_0.log").read_text()
+
+
+def test_eight_gpu_config_is_valid():
+    """configs/hh-8gpu.yaml (predicted, not run) passes the schema and the batch checks for 8 processes."""
+    from density_grpo.config import load_config
+
+    cfg = load_config(TESTS.parent / "configs/hh-8gpu.yaml")  # validated: schema and cross-field checks
+    assert cfg["grpo"]["processes"] == cfg["rm"]["processes"] == 8
+    assert GRPOConfig(**cfg["grpo"]).accumulation == 4  # 64 completions per GPU, 4 micro-batches of 16

@@ -55,6 +55,11 @@ def lognormal_lengths(n: int, median: int, p99: int, cap: int) -> list[int]:
     return [int(min(cap, max(1, round(median * math.exp(sigma * v))))) for v in z]
 
 
+def per_gpu(processes: int) -> str:
+    """A job row's note when it trains on several GPUs (its peak is then per GPU)."""
+    return f"per GPU of {processes}" if processes > 1 else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configfile", nargs="*", default=[], help="partial configs merged over config.yaml")
@@ -111,7 +116,7 @@ def main() -> None:
     mean_seq = min(rm["max_length"], HH_PROMPT_TOKENS["median"] * 1.4 + HH_RESPONSE_TOKENS["median"] * 1.4)
     trained = n_params if rm["train_layers"] is None else n_params * rm["train_layers"] / d["L"]
     step = 2 * rm["batch_size"] * mean_seq * (2 * n_params + 4 * trained) / flops / rm["processes"] + 0.15
-    rows.append((f"reward_model (per GPU of {rm['processes']})", 1, p["total_bytes"], rm["max_steps"] * step + 60))
+    rows.append((f"reward_model ({per_gpu(rm['processes'])})".replace(" ()", ""), 1, p["total_bytes"], rm["max_steps"] * step + 60))
 
     p = grpo.predict({**P.grpo(cfg), **rt, "policy_seed": 0}, work)
     B, C = g["prompts_per_step"] * g["num_generations"], g["max_completion_length"]
@@ -119,7 +124,7 @@ def main() -> None:
     per_step = C * decode + (6 * n_params * B * S / flops + 2 * n_params * B * S / flops) / g["processes"]  # generate, train, RM score
     curve = C * decode + 3 * 2 * n_params * ev["curve_prompts"] * ev["curve_samples"] * S / flops
     t = g["steps"] * per_step + (g["steps"] // ev["every"] + 1) * curve + 120
-    rows.append((f"grpo (per arm x seed; per GPU of {g['processes']})", len(g["samplers"]) * len(g["seeds"]), p["total_bytes"], t))
+    rows.append((f"grpo (per arm x seed, {per_gpu(g['processes'])})".replace(", )", ")"), len(g["samplers"]) * len(g["seeds"]), p["total_bytes"], t))
 
     p = evaluate.predict({**P.evaluate(cfg, "base"), **rt}, work)
     calls = math.ceil(ev["prompts"] / Sampling(ev["samples"], ev["max_new_tokens"], ev["temperature"]).prompts_per_call)

@@ -27,6 +27,7 @@ from density_grpo.errors import UserError
 log = logging.getLogger(__name__)
 
 ERROR_MARK = "density_grpo.distributed error: "  # a worker's UserError, relayed as the job's error
+FILE_MARK = "[log file] "  # a worker's line for the job's log file only (cli.FILE_ONLY), not the console
 RELAY_ENV = "DENSITY_GRPO_RELAY"  # the folder where each worker leaves what it told the memory monitor
 THREADS_ENV = "DENSITY_GRPO_THREADS"
 
@@ -70,8 +71,14 @@ def launch(
                "PYTHONPATH": package_path()}  # fmt: skip
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", __name__, spec]  # fmt: skip
-        log.info("launching %d processes (%d threads each)", processes, threads)
-        error = _relay(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        log.info("launching %d processes (threads per process: %d)", processes, threads)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            error = _relay(proc)
+        finally:  # the job itself failed or was interrupted: its workers go with it
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
         told = [json.loads(p.read_text()) for p in sorted(Path(tmp).glob("rank*.json"), key=lambda p: int(p.stem[4:]))]
     main = next((t for t in told if t["rank"] == 0), None)
     if main is not None and main["predicted"] is not None:
@@ -95,7 +102,10 @@ def _threads() -> int:
 
 
 def _relay(proc: subprocess.Popen) -> str | None:
-    """Log the workers' output line by line; the job's error (None when every worker succeeded)."""
+    """Log the workers' output line by line (FILE_MARK lines to the job's log file only); the job's error (None
+    when every worker succeeded)."""
+    from density_grpo.cli import FILE_ONLY
+
     error = None
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -103,7 +113,7 @@ def _relay(proc: subprocess.Popen) -> str | None:
         if ERROR_MARK in line:
             error = error or line.split(ERROR_MARK, 1)[1]
         if line.strip():
-            log.info("| %s", line)
+            log.info("| %s", line.replace(FILE_MARK, ""), extra=FILE_ONLY if FILE_MARK in line else {})
     if proc.wait() != 0:
         return error or f"a training process failed (exit {proc.returncode}); its traceback is in the log above"
     return None
@@ -136,14 +146,27 @@ def digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+class _MarkFileOnly(logging.Filter):
+    """In a worker, whose one output is the launcher's pipe: keep the records meant for the job's log file only,
+    marked (FILE_MARK) so that the launcher logs them there and not on the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.mark = FILE_MARK if getattr(record, "console", True) is False else ""
+        return getattr(record, "file", True)
+
+
 def _worker(spec: str) -> int:
     """One rank: run the step under a memory relay (its prediction, notes and CUDA peak go back to the launcher)."""
     from density_grpo.cli import setup_logging
     from density_grpo.device import set_threads
+    from density_grpo.errors import describe
     from density_grpo.monitor import Relay
 
     rank = world()[0]
     setup_logging(None, f"rank {rank}")
+    out = logging.getLogger().handlers[0]
+    out.filters = [_MarkFileOnly()]
+    out.setFormatter(logging.Formatter(f"%(mark)s%(asctime)s rank {rank} %(levelname)s %(message)s", "%H:%M:%S"))
     if rank > 0:  # rank 0 tells the story (progress, figures); the others only their warnings and errors
         logging.getLogger("density_grpo").setLevel(logging.WARNING)
     set_threads(int(os.environ.get(THREADS_ENV, 1)))
@@ -152,8 +175,12 @@ def _worker(spec: str) -> int:
     with Relay(Path(os.environ[RELAY_ENV]) / f"rank{rank}.json", rank):
         try:
             step(s["input"], s["output"], s["params"])
-        except UserError as e:
-            print(f"[rank {rank}] {ERROR_MARK}{e}", file=sys.stderr, flush=True)
+        except Exception as e:
+            inputs = [str(f) for v in s["input"].values() for f in (v if isinstance(v, list) else [v])]
+            what = str(e) if isinstance(e, UserError) else describe(e, inputs)
+            if what is None:  # a bug: the traceback goes to the job's log
+                raise
+            print(f"[rank {rank}] {ERROR_MARK}{what}", file=sys.stderr, flush=True)
             return 1
     return 0
 

@@ -38,6 +38,7 @@ from transformers import TrainerCallback
 
 from density_grpo import memory
 from density_grpo.config import EvalConfig, GRPOConfig, RMConfig, Job
+from density_grpo.distributed import digest, is_main, launch, local_device, must_launch, same_on_every_rank
 from density_grpo.errors import UserError
 from density_grpo.io import atomic_path
 from density_grpo.models import eos_token_ids, pad_token_id, set_pad_token
@@ -96,9 +97,7 @@ class WeightedRepeatSampler(Sampler[int]):
     def stream_digest(self, n: int = 64) -> str:
         """A hash of the weights, the layout and the first `n` draws of the stream (a fresh generator: the
         sampler's own is untouched): equal on every rank exactly when the ranks will draw the same prompts."""
-        from density_grpo.distributed import digest
-
-        first = np.random.default_rng(self.seed).choice(len(self.p), size=min(n, self.num_samples), replace=True, p=self.p)
+        first = np.random.default_rng(self.seed).choice(len(self.p), size=min(n, self.num_samples), p=self.p)
         layout = np.array([self.mini_repeat_count, self.batch_size, self.repeat_count, self.num_samples])
         return digest(self.p, layout, first)
 
@@ -159,8 +158,6 @@ class WeightedGRPOTrainer(trl.GRPOTrainer):
         self.train_sampler = WeightedRepeatSampler(
             self.prompt_weights, self.num_generations, batch_size, repeat_count, num_samples, self.args.seed
         )
-        from density_grpo.distributed import same_on_every_rank
-
         same_on_every_rank(self.train_sampler.stream_digest(), "the weighted prompt stream")
         return self.train_sampler
 
@@ -531,8 +528,6 @@ def train_grpo(
     g = job.grpo
     if len(prompts) == 0:
         raise UserError("no training prompts for GRPO")
-    from density_grpo.distributed import is_main, local_device
-
     t0 = time.perf_counter()
     device = torch_device(local_device(job.device))
     dtype = torch_dtype(job.dtype, device)
@@ -611,8 +606,6 @@ def run(input: dict, output: dict, params: dict) -> dict:
     """
     from density_grpo.io import write_json, write_jsonl, write_parquet
     from density_grpo.pairs import holdout_split
-
-    from density_grpo.distributed import is_main, launch, must_launch
 
     job = GRPOJob.from_params(params)
     if must_launch(job.grpo.processes):  # the job's own process: the step runs again on N processes

@@ -24,6 +24,7 @@ import torch
 
 from density_grpo import memory
 from density_grpo.config import RMConfig
+from density_grpo.distributed import is_main, launch, local_device, must_launch
 from density_grpo.errors import UserError
 from density_grpo.io import atomic_path, write_json
 from density_grpo.models import decoder_layers, load_causal_lm, set_pad_token
@@ -157,7 +158,6 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: Mapping[str,
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
     from density_grpo.device import torch_device
-    from density_grpo.distributed import is_main, local_device
     from density_grpo.monitor import expect
     from density_grpo.training import quiet_console, trainer_args
 
@@ -266,7 +266,6 @@ def held_out_metrics(model, tokenizer, held: pd.DataFrame, rm: RMConfig) -> dict
 def run(input: dict, output: dict, params: dict) -> dict:
     """Rule reward_model: pairs -> RM folder, metrics.json and the per-step rows (beside the folder, so reports
     survive deleting the model)."""
-    from density_grpo.distributed import is_main, launch, must_launch
     from density_grpo.io import read_json, write_jsonl
 
     processes = RMConfig.from_params(params["rm"]).processes

@@ -70,11 +70,13 @@ def assert_same_weights(a: Path, b: Path) -> None:
         torch.testing.assert_close(wa[k], wb[k], rtol=RTOL, atol=ATOL, msg=k)
 
 
-def test_grpo_two_processes_match_one(tiny_model, tiny_rm, tmp_path):  # noqa: F811
+def test_grpo_two_processes_match_one(tiny_model, tiny_rm, tmp_path, caplog):  # noqa: F811
     """Same config and seed: the 2-process run draws the same prompts at every step, gets the same rewards, loss
     and gradient norm, and ends at the same weights; rank 0 alone wrote, and nothing temporary is left."""
     one = grpo_step(tmp_path / "one", tiny_model, tiny_rm, 1)
-    two = grpo_step(tmp_path / "two", tiny_model, tiny_rm, 2)
+    with caplog.at_level("INFO", logger="density_grpo.distributed"):
+        two = grpo_step(tmp_path / "two", tiny_model, tiny_rm, 2)
+    assert "launching 2 processes (threads per process: 1)" in caplog.messages
     r1, r2 = read_jsonl(one["metrics"]), read_jsonl(two["metrics"])
     assert [r["step"] for r in r2] == [1, 2, 3]
     assert [r["prompt_ids"] for r in r2] == [r["prompt_ids"] for r in r1]
@@ -85,7 +87,9 @@ def test_grpo_two_processes_match_one(tiny_model, tiny_rm, tmp_path):  # noqa: F
     pd.testing.assert_frame_equal(d1, d2)
     assert d2["draws"].sum() == 3 * 3  # every global draw counted once (steps x prompts_per_step)
     assert_same_weights(one["model"], two["model"])
-    assert [c["step"] for c in read_jsonl(two["curves"])] == [0, 1, 2, 3]  # rank 0's curves, every point once
+    c1, c2 = read_jsonl(one["curves"]), read_jsonl(two["curves"])
+    assert [c["step"] for c in c2] == [0, 1, 2, 3]  # rank 0's curves, every point once
+    np.testing.assert_allclose([c["reward_mean"] for c in c2], [c["reward_mean"] for c in c1], rtol=RTOL, atol=ATOL)
     assert read_json(two["summary"])["n_draws"] == 9
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(["prompts.parquet", *GRPO_OUT.values()])
 
@@ -154,7 +158,7 @@ def test_snakemake_runs_a_grpo_job_on_two_processes(finished_run, tiny_model, tm
     config = tiny_config(work, tiny_model, work / "pairs.jsonl", grpo={"processes": 2})
     target = "results/tiny/grpo/uniform/seed0/summary.json"
     assert planned_jobs(snakemake(work, target, "--configfile", str(config), "-n").stdout) == {"grpo": 1}
-    snakemake(work, target, "--configfile", str(config))
+    res = snakemake(work, target, "--configfile", str(config))
     rec = read_json(work / "results/tiny/memory/grpo_uniform_0.json")
     ranks = rec["peak_rss_per_rank_mb"]
     assert rec["status"] == "ok" and len(ranks) == 2 and min(ranks) > 100
@@ -162,7 +166,9 @@ def test_snakemake_runs_a_grpo_job_on_two_processes(finished_run, tiny_model, tm
     assert rec["measured_what"] == "peak RSS of the largest of 2 processes"
     assert rec["prediction"]["assumptions"]["processes"] == 2 and rec["extra"]["processes"] == 2
     assert rec["extra"]["n_draws"] == read_json(work / target)["n_draws"] == 2 * 2
-    assert "launching 2 processes" in (work / "logs/tiny/grpo_uniform_0.log").read_text()
+    log = (work / "logs/tiny/grpo_uniform_0.log").read_text()
+    assert "launching 2 processes" in log and "rank 0 INFO train 2/2 steps" in log
+    assert "step 2 metrics {" in log and "metrics {" not in res.stderr  # TRL's dicts: the log file only, as on 1 process
 
 
 def test_eight_gpu_config_is_valid():

@@ -137,7 +137,7 @@ def test_knn_change_retrains_the_density_arm_only(audited_run, tmp_path):
     workdir, config, _ = audited_run
     override = tmp_path / "k.yaml"
     override.write_text(yaml.safe_dump({"knn": {"k": 4}}))
-    res = snakemake(workdir, "-n", "--configfile", str(config), str(override))
+    res = snakemake(workdir, "-n", "--quiet", "host", "--configfile", str(config), str(override))  # show job blocks
     outputs = {p.strip() for line in re.findall(r"^\s+output: (.+)$", res.stdout, re.M) for p in line.split(",")}
     for seed in (0, 1):
         assert f"results/tiny/grpo/density/seed{seed}/model" in outputs and f"results/tiny/grpo/uniform/seed{seed}/model" not in outputs

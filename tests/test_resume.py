@@ -45,7 +45,7 @@ def ok(res: subprocess.CompletedProcess) -> str:
 
 def job_outputs(workdir: Path, rule: str, target: str) -> list[list[str]]:
     """Outputs of each `rule` job a dry run of `target` plans (paths are the rules' business, not the tests')."""
-    out = ok(smk(workdir, "-n", "-F", target))
+    out = ok(smk(workdir, "-n", "-F", "--quiet", "host", target))  # the profile's --quiet rules hides job blocks
     blocks = re.findall(rf"^rule {rule}:\n(?:    .*\n)*?    output: (.+)$", out, re.M)
     return [[p.strip() for p in block.split(",")] for block in blocks]
 

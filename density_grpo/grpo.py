@@ -94,12 +94,13 @@ class WeightedRepeatSampler(Sampler[int]):
                     for _ in range(self.mini_repeat_count):
                         yield index
 
-    def stream_digest(self, n: int = 64) -> str:
-        """A hash of the weights, the layout and the first `n` draws of the stream (a fresh generator: the
-        sampler's own is untouched): equal on every rank exactly when the ranks will draw the same prompts."""
-        first = np.random.default_rng(self.seed).choice(len(self.p), size=min(n, self.num_samples), p=self.p)
+    def stream_digest(self) -> str:
+        """A hash of the weights, the layout and the whole stream of one iteration (every step's draws, from a
+        fresh generator: the sampler's own is untouched): equal on every rank exactly when the ranks will draw the
+        same prompts at every step."""
+        stream = np.random.default_rng(self.seed).choice(len(self.p), size=self.num_samples, p=self.p)
         layout = np.array([self.mini_repeat_count, self.batch_size, self.repeat_count, self.num_samples])
-        return digest(self.p, layout, first)
+        return digest(self.p, layout, stream)
 
     def __len__(self) -> int:
         return (self.num_samples // self.batch_size) * self.batch_size * self.mini_repeat_count * self.repeat_count

@@ -136,6 +136,22 @@ def test_ranks_seeded_differently_fail_with_one_line(helper_run):
         assert "\n" not in line
 
 
+def test_stream_digest_is_the_digest_of_every_step_draw():
+    """What the ranks compare: the hash of the stream the sampler will really draw (every step), so it differs
+    exactly when a seed, a weight or the layout does."""
+    from density_grpo.distributed import digest
+
+    def sampler(seed=7, w=np.linspace(1, 3, 10), batch=3):
+        return grpo.WeightedRepeatSampler(w, 4, batch, 1, 9, seed)
+
+    s = sampler()
+    before = s.stream_digest()
+    list(s)  # one iteration: s.draws holds every step's draws
+    assert before == s.stream_digest() == digest(s.p, np.array([4, 3, 1, 9]), s.draws)
+    others = [sampler(seed=8), sampler(w=np.linspace(1, 4, 10)), sampler(batch=1)]
+    assert len({before, *(o.stream_digest() for o in others)}) == 4
+
+
 def test_processes_must_share_the_batch():
     """The global batch keeps its meaning: processes must split it into whole micro-batches (TRL's requirement)."""
     g = dict(tiny_params("rm")["grpo"], prompts_per_step=2, num_generations=3, micro_batch=6)

@@ -336,6 +336,15 @@ class RMConfig(Section):
     """recompute activations in the backward pass."""
     train_layers: int | None
     """train only the top N decoder blocks + head (null: all)."""
+    processes: int
+    """data-parallel processes of the job (GPUs on CUDA); each takes batch_size / processes pairs of every step."""
+
+    def check(self) -> None:
+        if self.declared("batch_size", "processes") and self.batch_size % self.processes:
+            raise UserError(
+                f"config key rm.processes: {self.processes} processes cannot share rm.batch_size = {self.batch_size} "
+                "pairs per step evenly"
+            )
 
 
 @section
@@ -360,7 +369,12 @@ class GRPOConfig(Section):
     num_generations: int
     """completions per prompt (the GRPO group)."""
     micro_batch: int
-    """sequences per forward/backward (gradient accumulation over the step's sequences)."""
+    """sequences per forward/backward, at most (per process: gradient accumulation over the step's sequences)."""
+    processes: int
+    """data-parallel processes of the job (GPUs on CUDA); the global batch keeps its meaning for any number."""
+    keyed_sampling: bool
+    """each completion's sampling noise keyed by (policy seed, generation, global row): the same completions for
+    any number of processes (false: TRL's own sampling, whose random stream depends on the process layout)."""
     max_completion_length: int
     """completion tokens sampled at most."""
     max_prompt_length: int
@@ -385,12 +399,30 @@ class GRPOConfig(Section):
         """Sequences per optimizer step: prompts_per_step x num_generations."""
         return self.prompts_per_step * self.num_generations
 
+    @property
+    def process_micro_batch(self) -> int:
+        """Sequences per forward/backward on each process: micro_batch, or less when each process has fewer."""
+        return min(self.micro_batch, self.batch // self.processes)
+
+    @property
+    def accumulation(self) -> int:
+        """Micro-batches per optimizer step on each process (the global batch: micro x processes x this)."""
+        return self.batch // (self.process_micro_batch * self.processes)
+
     def check(self) -> None:
         if self.declared("prompts_per_step", "num_generations", "micro_batch") and self.batch % self.micro_batch:
             raise UserError(
                 f"config key grpo.micro_batch: {self.micro_batch} must divide grpo.prompts_per_step x "
                 f"grpo.num_generations = {self.batch}"
             )
+        if self.declared("prompts_per_step", "num_generations", "micro_batch", "processes"):
+            share = self.batch // self.processes
+            if self.batch % self.processes or share % self.process_micro_batch:
+                raise UserError(
+                    f"config key grpo.processes: {self.processes} processes cannot share grpo.prompts_per_step x "
+                    f"grpo.num_generations = {self.batch} sequences in whole micro-batches of at most "
+                    f"grpo.micro_batch = {self.micro_batch}"
+                )
 
 
 @section

@@ -19,11 +19,14 @@ reward.py). Pads are always attention-masked and never scored, so their embeddin
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import math
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -35,6 +38,7 @@ from transformers import TrainerCallback
 
 from density_grpo import memory
 from density_grpo.config import EvalConfig, GRPOConfig, RMConfig, Job
+from density_grpo.distributed import digest, is_main, launch, local_device, must_launch, same_on_every_rank
 from density_grpo.errors import UserError
 from density_grpo.io import atomic_path
 from density_grpo.models import eos_token_ids, pad_token_id, set_pad_token
@@ -75,6 +79,7 @@ class WeightedRepeatSampler(Sampler[int]):
         self.p = w / w.sum()
         self.mini_repeat_count, self.batch_size, self.repeat_count = mini_repeat_count, batch_size, repeat_count
         self.num_samples = len(w) if num_samples is None else int(num_samples)
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.counts = np.zeros(len(w), dtype=np.int64)
         self.draws = np.empty(0, dtype=np.int64)
@@ -89,6 +94,14 @@ class WeightedRepeatSampler(Sampler[int]):
                     for _ in range(self.mini_repeat_count):
                         yield index
 
+    def stream_digest(self) -> str:
+        """A hash of the weights, the layout and the whole stream of one iteration (every step's draws, from a
+        fresh generator: the sampler's own is untouched): equal on every rank exactly when the ranks will draw the
+        same prompts at every step."""
+        stream = np.random.default_rng(self.seed).choice(len(self.p), size=self.num_samples, p=self.p)
+        layout = np.array([self.mini_repeat_count, self.batch_size, self.repeat_count, self.num_samples])
+        return digest(self.p, layout, stream)
+
     def __len__(self) -> int:
         return (self.num_samples // self.batch_size) * self.batch_size * self.mini_repeat_count * self.repeat_count
 
@@ -100,13 +113,40 @@ class WeightedRepeatSampler(Sampler[int]):
 class WeightedGRPOTrainer(trl.GRPOTrainer):
     """trl.GRPOTrainer whose train sampler draws the prompts by `prompt_weights`, one per train_dataset row.
 
-    `draw_counts` (after training): how many times each row was drawn as a group's prompt.
+    `draw_counts` (after training): how many times each row was drawn as a group's prompt. On N processes every
+    rank iterates the whole, identical stream (TRL's RepeatSampler contract: the dataloader gives each rank its
+    slice and the rewards are gathered for the group advantage), so each rank's counts are the global draws.
+    keyed_sampling: completions sampled with `KeyedGumbel` (the same completions for any number of processes).
     """
 
-    def __init__(self, *args, prompt_weights: np.ndarray, **kwargs):
+    def __init__(self, *args, prompt_weights: np.ndarray, keyed_sampling: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.prompt_weights = np.asarray(prompt_weights, dtype=np.float64)
         self.train_sampler: WeightedRepeatSampler | None = None
+        self.keyed_sampling, self._generations = keyed_sampling, 0
+
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        if not self.keyed_sampling:
+            return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        from transformers import LogitsProcessorList
+
+        from density_grpo.sampling import KeyedGumbel
+
+        model = self.accelerator.unwrap_model(self.model)
+        rows, generation = len(prompt_ids), self._generations
+        keyed = KeyedGumbel(self.temperature, self.args.seed, generation, self.accelerator.process_index * rows)
+        generate = model.generate
+
+        def keyed_generate(*a, generation_config, **kw):
+            config = copy.deepcopy(generation_config)
+            config.do_sample, config.temperature, config.top_k, config.top_p = False, None, None, None
+            return generate(*a, generation_config=config, logits_processor=LogitsProcessorList([keyed]), **kw)
+
+        model.generate, self._generations = keyed_generate, generation + 1
+        try:
+            return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        finally:
+            del model.generate  # the class's method again
 
     def _get_train_sampler(self, dataset=None) -> Sampler:
         # the arguments of GRPOTrainer._get_train_sampler (see its comment for the layout), plus weights
@@ -119,7 +159,15 @@ class WeightedGRPOTrainer(trl.GRPOTrainer):
         self.train_sampler = WeightedRepeatSampler(
             self.prompt_weights, self.num_generations, batch_size, repeat_count, num_samples, self.args.seed
         )
+        same_on_every_rank(self.train_sampler.stream_digest(), "the weighted prompt stream")
         return self.train_sampler
+
+    def step_draws(self) -> list[np.ndarray]:
+        """The dataset rows each optimizer step drew (a step is one generation: prompts_per_step unique draws)."""
+        if self.train_sampler is None:
+            return []
+        draws, size = self.train_sampler.draws, self.train_sampler.batch_size
+        return [draws[i : i + size] for i in range(0, len(draws) - size + 1, size)]
 
     @property
     def draw_counts(self) -> np.ndarray:
@@ -389,16 +437,16 @@ class GRPOJob(Job):
         return Sampling(self.eval.curve_samples, self.grpo.max_completion_length, self.grpo.temperature)
 
     def trl_args(self, output_dir: str, device: torch.device) -> trl.GRPOConfig:
-        """trl.GRPOConfig: each optimizer step = one generation of prompts_per_step x num_generations completions,
-        trained on in micro-batches of grpo.micro_batch sequences (gradient accumulation)."""
+        """trl.GRPOConfig: each optimizer step = one generation of prompts_per_step x num_generations completions
+        (shared out between grpo.processes processes), trained on in micro-batches of at most grpo.micro_batch
+        sequences per process (gradient accumulation)."""
         from density_grpo.training import trainer_args
 
         g = self.grpo
-        accumulate = g.batch // g.micro_batch
         return trainer_args(
             trl.GRPOConfig, output_dir, device, self.train_precision, self.policy_seed, g.gradient_checkpointing,
-            max_steps=g.steps, per_device_train_batch_size=g.micro_batch, gradient_accumulation_steps=accumulate,
-            steps_per_generation=accumulate, num_generations=g.num_generations,
+            max_steps=g.steps, per_device_train_batch_size=g.process_micro_batch,
+            gradient_accumulation_steps=g.accumulation, steps_per_generation=g.accumulation, num_generations=g.num_generations,
             max_completion_length=g.max_completion_length, temperature=g.temperature, learning_rate=g.learning_rate,
             beta=g.beta, epsilon=g.epsilon, loss_type=g.loss_type, use_vllm=False,
         )  # fmt: skip
@@ -407,18 +455,21 @@ class GRPOJob(Job):
 def predict(params: Mapping[str, Any], work: memory.Workload) -> dict:
     """Peak memory of one GRPO step (work.lengths: the training prompts' tokens): fp32 policy weights + grads +
     AdamW, the larger of training activations + logits and the generation KV cache, the frozen base model (KL and
-    embeddings of the collapse curves), plus the reward model (rm) or the chunked self-certainty logits."""
+    embeddings of the collapse curves), plus the reward model (rm) or the chunked self-certainty logits.
+
+    Per process when grpo.processes > 1 (data parallel): every rank holds the full weights, grads and AdamW state;
+    activations follow the per-process micro-batch, generation and scoring the process's share of the batch."""
     return _predict(GRPOJob.from_params(params), work)
 
 
 def _predict(job: GRPOJob, work: memory.Workload) -> dict:
     g, model_cfg, device = job.grpo, work.model, job.device
     infer, act = memory.precision_key(job.dtype), memory.precision_key(job.train_precision)
-    B, C = g.batch, g.max_completion_length  # generated together
+    B, C = g.batch // g.processes, g.max_completion_length  # generated together on each process
     S = max(work.lengths) + C
     n_params, V = memory.param_count(model_cfg), memory.dims(model_cfg)["V"]
     how = memory.Training(checkpointing=g.gradient_checkpointing, logit_positions=C, activations=act)
-    tc = memory.training_components(model_cfg, g.micro_batch, S, how)
+    tc = memory.training_components(model_cfg, g.process_micro_batch, S, how)
     gen = memory.kv_cache_bytes(model_cfg, B, S, act) + B * V * 4
     c = {**memory.baseline("trl", device), **{k: tc[k] for k in ("weights", "grads", "optimizer")}}
     c["max(train activations + logits, generation KV cache)"] = max(tc["activations"] + tc["logits"], gen)
@@ -433,7 +484,7 @@ def _predict(job: GRPOJob, work: memory.Workload) -> dict:
     return memory.prediction(
         device, c, "baseline + fp32 weights + grads + AdamW + max(train activations + logits, KV cache) + base model + reward model or chunked self-certainty",
         "grpo.prompts_per_step (or grpo.num_generations, grpo.max_completion_length, grpo.gradient_checkpointing)",
-        batch=B, micro_batch=g.micro_batch, seq=S, completion=C,
+        batch=g.batch, micro_batch=g.process_micro_batch, seq=S, completion=C, processes=g.processes,
     )  # fmt: skip
 
 
@@ -479,7 +530,7 @@ def train_grpo(
     if len(prompts) == 0:
         raise UserError("no training prompts for GRPO")
     t0 = time.perf_counter()
-    device = torch_device(job.device)
+    device = torch_device(local_device(job.device))
     dtype = torch_dtype(job.dtype, device)
     set_seed(job.policy_seed)
     model, tokenizer = load_causal_lm(model_dir, torch.float32, device)  # fp32 master weights
@@ -498,7 +549,7 @@ def train_grpo(
     metrics = StepMetrics()
     callbacks: list[TrainerCallback] = [metrics]
     curves = None
-    if curve_prompts:
+    if curve_prompts and is_main():  # rank 0 alone measures and writes the curves
         base, base_tok = load_causal_lm(model_dir, dtype, device)
         base.requires_grad_(False)
         tp = job.train_precision
@@ -515,10 +566,14 @@ def train_grpo(
             processing_class=tokenizer,
             callbacks=callbacks,
             prompt_weights=weights,
+            keyed_sampling=g.keyed_sampling,
         )
         quiet_console(trainer, ("reward", "kl"), log)
         trainer.train()
     counts = trainer.draw_counts
+    ids = prompts["prompt_id"].astype(str).to_numpy()
+    for row, rows_drawn in zip(metrics.rows, trainer.step_draws()):
+        row["prompt_ids"] = ids[rows_drawn].tolist()
     summary = summarize(metrics.rows, counts, job, time.perf_counter() - t0) | {"n_prompts_cut": n_cut}
     log.info("GRPO (%s reward, seed %d): %d steps in %.1fs, final reward %s", g.reward, job.policy_seed, summary["steps"], summary["wall_s"], summary["final_reward"])
     return {
@@ -554,10 +609,15 @@ def run(input: dict, output: dict, params: dict) -> dict:
     from density_grpo.pairs import holdout_split
 
     job = GRPOJob.from_params(params)
+    if must_launch(job.grpo.processes):  # the job's own process: the step runs again on N processes
+        launch(run, (input, output), params, job.grpo.processes)
+        return _figures(json.loads(Path(output["summary"]).read_text()))
     prompts, pool = holdout_split(pd.read_parquet(input["prompts"]), job.eval.pool, job.seed)
     curve = pool.head(job.eval.curve_prompts)
     weights = training_weights(prompts, input.get("weights"))
     out = train_grpo(job, input["model"], prompts, weights, input.get("rm"), curve["text"].tolist())
+    if not is_main():  # rank 0 writes every output; the other ranks leave nothing behind
+        return {}
     with atomic_path(output["model"]) as tmp:
         tmp.mkdir()
         out["model"].save_pretrained(tmp, safe_serialization=True)
@@ -570,4 +630,9 @@ def run(input: dict, output: dict, params: dict) -> dict:
                      prompt_ids=curve["prompt_id"].to_numpy(dtype=str))  # fmt: skip
     write_parquet(out["draws"], output["draws"])
     write_json(out["summary"], output["summary"])
-    return {k: v for k, v in out["summary"].items() if isinstance(v, (int, float, str))}
+    return _figures(out["summary"])
+
+
+def _figures(summary: Mapping[str, Any]) -> dict:
+    """The summary's plain figures, kept in the job's memory record."""
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}

@@ -6,7 +6,9 @@
         note(tokens_per_s=812.0)    # any figure worth keeping beside the measurement
 
 On exit (also on an exception, then status "failed") the JSON holds peak RSS of the process tree (sampled every
-`interval` s), CUDA peaks (torch.cuda.max_memory_allocated/reserved, exact) when CUDA was used, the prediction and
+`interval` s) and, for a step run on N data-parallel processes (density_grpo.distributed), each rank's own peak
+(`peak_rss_per_rank_mb`; then the measured figure is the largest rank's, as the prediction is per process), CUDA
+peaks (torch.cuda.max_memory_allocated/reserved, exact; per rank too) when CUDA was used, the prediction and
 measured/predicted, the notes, and the timeline. Units: MiB (2^20 bytes, what Snakemake's benchmark max_rss calls MB).
 """
 
@@ -106,19 +108,65 @@ def note(**figures: Any) -> None:
         mon.extra.update(figures)
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-    """RSS of a process and all its children (shared pages are counted once per process)."""
-    total = 0
+def rank_cuda_peaks(peaks_mb: list[float]) -> None:
+    """Record each rank's CUDA peak (MiB; distributed.launch reads them from the workers). No-op outside a job."""
+    mon = _current.get()
+    if mon is not None:
+        mon.rank_cuda_mb = list(peaks_mb)
+
+
+class Relay:
+    """In a worker of a multi-process step: collect what the step tells the monitor (expect, note) and, on exit,
+    write it with this process's CUDA peak to `path` for the launcher (which has the job's real MemoryMonitor)."""
+
+    def __init__(self, path: Path, rank: int):
+        self.path, self.rank = path, rank
+        self.predicted: dict[str, Any] | None = None
+        self.extra: dict[str, Any] = {}
+        self.warn_fraction = 0.9
+
+    def __enter__(self) -> "Relay":
+        self._token = _current.set(self)  # type: ignore[arg-type]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _current.reset(self._token)
+        cuda = _cuda()
+        peak = None if cuda is None else cuda.max_memory_allocated() / MiB
+        told = {"rank": self.rank, "predicted": self.predicted, "extra": self.extra, "peak_cuda_mb": peak}
+        write_json(told, self.path)
+
+
+def _rank_of(proc: psutil.Process, ranks: dict[int, int | None]) -> int | None:
+    """The data-parallel rank a process belongs to (RANK in its environment, as torch.distributed.run sets it)."""
+    if proc.pid not in ranks:
+        try:
+            rank = proc.environ().get("RANK")
+        except psutil.Error:
+            rank = None
+        ranks[proc.pid] = int(rank) if rank is not None and rank.isdigit() else None
+    return ranks[proc.pid]
+
+
+def _tree_rss(proc: psutil.Process, ranks: dict[int, int | None] | None = None) -> tuple[int, dict[int, int]]:
+    """RSS of a process and all its children (shared pages are counted once per process), and per rank: the RSS of
+    the processes whose environment names a RANK (a launched step's workers; `ranks` caches pid -> rank)."""
+    total, per_rank = 0, {}
+    ranks = {} if ranks is None else ranks
     try:
         procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
         procs = [proc]
     for p in procs:
         try:
-            total += p.memory_info().rss
+            rss = p.memory_info().rss
         except psutil.Error:  # a child exited between listing and reading
-            pass
-    return total
+            continue
+        total += rss
+        rank = _rank_of(p, ranks) if p is not proc else None
+        if rank is not None:
+            per_rank[rank] = per_rank.get(rank, 0) + rss
+    return total, per_rank
 
 
 def _cuda():
@@ -154,6 +202,9 @@ class MemoryMonitor:
         self.extra: dict[str, Any] = {}
         self.samples: list[tuple[float, float, float, float]] = []  # t_s, rss, cuda alloc, cuda reserved (bytes)
         self.peak_rss = 0
+        self.rank_peaks: dict[int, int] = {}  # bytes per data-parallel rank (workers of distributed.launch)
+        self.rank_cuda_mb: list[float] | None = None
+        self._ranks: dict[int, int | None] = {}
         self._proc = psutil.Process()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -163,7 +214,7 @@ class MemoryMonitor:
 
     def sample(self) -> None:
         """Take one sample now (the thread calls this every `interval` seconds)."""
-        rss = _tree_rss(self._proc)
+        rss, per_rank = _tree_rss(self._proc, self._ranks)
         alloc = reserved = 0.0
         cuda = _cuda()
         if cuda is not None:
@@ -171,6 +222,8 @@ class MemoryMonitor:
             alloc, reserved = cuda.memory_allocated(), cuda.memory_reserved()
         with self._lock:
             self.peak_rss = max(self.peak_rss, rss)
+            for rank, r in per_rank.items():
+                self.rank_peaks[rank] = max(self.rank_peaks.get(rank, 0), r)
             self.samples.append((time.perf_counter() - self._t0, rss, alloc, reserved))
             if len(self.samples) > self.MAX_SAMPLES:
                 self.samples = self.samples[::2]
@@ -218,9 +271,15 @@ class MemoryMonitor:
         elif self._cuda_seen:
             peak_cuda = max(s[2] for s in self.samples) / MiB
             peak_cuda_reserved = max(s[3] for s in self.samples) / MiB
+        if self.rank_cuda_mb:  # a multi-process step: the largest rank (the prediction is per process)
+            peak_cuda = max(self.rank_cuda_mb)
         pred = self.predicted
         on_gpu = pred is not None and pred["device"] != "cpu" and peak_cuda is not None
-        measured = peak_cuda if on_gpu else self.peak_rss / MiB
+        ranks = [round(self.rank_peaks[r] / MiB, 2) for r in sorted(self.rank_peaks)]
+        measured = peak_cuda if on_gpu else (max(ranks) if ranks else self.peak_rss / MiB)
+        what = "cuda max_memory_allocated" if on_gpu else "peak RSS of the job's process tree"
+        if ranks:
+            what = f"{'cuda max_memory_allocated' if on_gpu else 'peak RSS'} of the largest of {len(ranks)} processes"
         rec: dict[str, Any] = {
             "job": self.job,
             "rule": self.rule,
@@ -230,8 +289,10 @@ class MemoryMonitor:
             "baseline_rss_mb": round(self.baseline_rss / MiB, 2),
             "peak_cuda_mb": None if peak_cuda is None else round(peak_cuda, 2),
             "peak_cuda_reserved_mb": None if peak_cuda_reserved is None else round(peak_cuda_reserved, 2),
+            "peak_rss_per_rank_mb": ranks or None,
+            "peak_cuda_per_rank_mb": self.rank_cuda_mb,
             "measured_mb": round(measured, 2),
-            "measured_what": "cuda max_memory_allocated" if on_gpu else "peak RSS of the job's process tree",
+            "measured_what": what,
             "wall_s": round(self.wall_s, 3),
             "started_at": self.started_at,
             "host": platform.node(),

@@ -51,13 +51,21 @@ def weights(config: Config, n_prompts: int, dim: int) -> dict:
 
 
 def reward_model(config: Config) -> dict:
+    """The whole rm section (rm.processes included: see `grpo`) and the seed."""
     return {"rm": dict(config["rm"]), "seed": config["seed"]}
 
 
 def grpo(config: Config) -> dict:
     """The grpo section but the arms and seeds (the wildcards), token_chunk only for the self-certainty reward and
     rm.max_length only for the rm reward; the held-out pool and the curve settings; the config seed (held-out split
-    and curve sampling; the run's own seed is the wildcard `policy_seed`)."""
+    and curve sampling; the run's own seed is the wildcard `policy_seed`).
+
+    grpo.processes is a param, so changing it reruns the job. By design the global batch, the prompt stream and the
+    update are the same on any number of processes, but TRL samples each rank's completions from its own seed, so
+    a different layout samples other (equally likely) completions: a different policy, not only float reduction
+    order. With grpo.keyed_sampling the completions do not depend on the layout either (tests/test_distributed.py:
+    the same rewards and weights within float32 noise); the rerun is kept then too, as provenance (the artifact
+    records how it was made) and because nothing cheaper than retraining shows the reordered sums were harmless."""
     g = {k: v for k, v in config["grpo"].items() if k not in ("samplers", "seeds")}
     if g["reward"] != "self_certainty":
         del g["token_chunk"]

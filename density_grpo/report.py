@@ -70,6 +70,7 @@ def memory_jobs(records: list[dict], benches: list[dict]) -> list[dict]:
                 "predicted_mb": rec["predicted_mb"],
                 "measured_mb": rec["measured_mb"],
                 "measured_what": rec["measured_what"],
+                "per_process_mb": rec.get("peak_rss_per_rank_mb"),  # a multi-process job's ranks (older records: none)
                 "ratio": rec["measured_over_predicted"],
                 "bench_max_rss_mb": bench.get("max_rss"),
                 "wall_s": rec["wall_s"],
@@ -77,6 +78,12 @@ def memory_jobs(records: list[dict], benches: list[dict]) -> list[dict]:
             }
         )
     return sorted(rows, key=lambda j: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", j["job"])])
+
+
+def _measured_by(job: dict) -> str:
+    """What the measured figure is; a multi-process job's cell also lists every process's peak RSS."""
+    ranks = job["per_process_mb"]
+    return job["measured_what"] + (f" (per process: {', '.join(f'{r:,.0f}' for r in ranks)} MiB)" if ranks else "")
 
 
 def per_rule(jobs: list[dict]) -> dict[str, dict]:
@@ -165,7 +172,7 @@ def memory_md(m: dict) -> list[str]:
             ["job", "predicted MiB", "measured MiB", "bench max_rss MiB", "measured / predicted", "wall", "measured by"],
             [
                 [j["job"], _f(j["predicted_mb"], ",.0f"), _f(j["measured_mb"], ",.0f"), _f(j["bench_max_rss_mb"], ",.0f"),
-                 _f(j["ratio"], ".2f"), _duration(j["wall_s"]), j["measured_what"]]
+                 _f(j["ratio"], ".2f"), _duration(j["wall_s"]), _measured_by(j)]
                 for j in shown
             ],  # fmt: skip
         )

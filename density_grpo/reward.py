@@ -24,6 +24,7 @@ import torch
 
 from density_grpo import memory
 from density_grpo.config import RMConfig
+from density_grpo.distributed import is_main, launch, local_device, must_launch
 from density_grpo.errors import UserError
 from density_grpo.io import atomic_path, write_json
 from density_grpo.models import decoder_layers, load_causal_lm, set_pad_token
@@ -130,18 +131,20 @@ def _preference_dataset(pairs: pd.DataFrame):
 
 
 def predict(params: Mapping[str, Any], work: memory.Workload) -> dict:
-    """Peak memory of one RM training step (work.lengths: the tokenized chosen and rejected sequences): batch =
-    2 x rm.batch_size of the longest, fp32 weights, grads and AdamW of the trained blocks (rm.train_layers),
-    activations in the autocast precision."""
+    """Peak memory of one RM training step per process (work.lengths: the tokenized chosen and rejected sequences):
+    batch = 2 x rm.batch_size / rm.processes of the longest, fp32 weights, grads and AdamW of the trained blocks
+    (rm.train_layers: every data-parallel rank holds them whole), activations in the autocast precision."""
     rm, device = RMConfig.from_params(params["rm"]), params["device"]
+    batch = 2 * rm.batch_size // rm.processes
     act = memory.precision_key(params["train_precision"])
     seq = max(work.lengths)
     how = memory.Training(checkpointing=rm.gradient_checkpointing, logit_positions=0, activations=act, train_layers=rm.train_layers)
-    c = memory.training_components(work.model, 2 * rm.batch_size, seq, how)
+    c = memory.training_components(work.model, batch, seq, how)
     return memory.prediction(
         device, {**memory.baseline("trl", device), **c},
-        "baseline + fp32 weights + grads + AdamW (trained blocks) + activations (batch = 2 x rm.batch_size)",
-        "rm.batch_size / rm.max_length (or rm.gradient_checkpointing: true)", batch=2 * rm.batch_size, seq=seq,
+        "baseline + fp32 weights + grads + AdamW (trained blocks) + activations (batch = 2 x rm.batch_size / rm.processes)",
+        "rm.batch_size / rm.max_length (or rm.gradient_checkpointing: true)", batch=batch, seq=seq,
+        processes=rm.processes,
     )  # fmt: skip
 
 
@@ -160,7 +163,7 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: Mapping[str,
 
     t0 = time.perf_counter()
     rm, seed = RMConfig.from_params(params["rm"]), params["seed"]
-    device = torch_device(params["device"])
+    device = torch_device(local_device(params["device"]))
     train, held, n_overlap = split_by_prompt(pairs, rm.eval_fraction, seed)
     if train.empty:
         raise UserError("config key rm.eval_fraction: no training pairs left")
@@ -175,7 +178,7 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: Mapping[str,
     with tempfile.TemporaryDirectory(prefix="rm-trainer-") as scratch:
         args = trainer_args(
             RewardConfig, scratch, device, params["train_precision"], seed, rm.gradient_checkpointing,
-            max_steps=rm.max_steps, per_device_train_batch_size=rm.batch_size,
+            max_steps=rm.max_steps, per_device_train_batch_size=rm.batch_size // rm.processes,
             learning_rate=rm.learning_rate, max_length=rm.max_length,
         )  # fmt: skip
         trainer = RewardTrainer(
@@ -195,6 +198,8 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: Mapping[str,
         expect(predict(params, memory.Workload(memory.model_config(model_dir), lengths)))
         result = trainer.train()
     model = trainer.model.eval()
+    if not is_main():  # rank 0 alone evaluates and writes
+        return {}
 
     steps = [h for h in trainer.state.log_history if "loss" in h]
     losses = [float(h["loss"]) for h in steps]
@@ -261,12 +266,23 @@ def held_out_metrics(model, tokenizer, held: pd.DataFrame, rm: RMConfig) -> dict
 def run(input: dict, output: dict, params: dict) -> dict:
     """Rule reward_model: pairs -> RM folder, metrics.json and the per-step rows (beside the folder, so reports
     survive deleting the model)."""
-    from density_grpo.io import write_jsonl
+    from density_grpo.io import read_json, write_jsonl
 
+    processes = RMConfig.from_params(params["rm"]).processes
+    if must_launch(processes):  # the job's own process: the step runs again on N processes
+        launch(run, (input, output), params, processes)
+        return _figures(read_json(output["metrics"]))
     out = train_reward_model(input["model"], pd.read_parquet(input["pairs"]), params)
+    if not is_main():
+        return {}
     with atomic_path(output["model"]) as tmp:
         out["model"].save_pretrained(tmp, safe_serialization=True)
         out["tokenizer"].save_pretrained(tmp)
     write_jsonl(out["steps"], output["steps"])
     write_json(out["metrics"], output["metrics"])
-    return {"eval_accuracy": out["metrics"]["eval_accuracy"], "steps": out["metrics"]["steps"]}
+    return _figures(out["metrics"])
+
+
+def _figures(metrics: Mapping[str, Any]) -> dict:
+    """The figures kept in the job's memory record."""
+    return {"eval_accuracy": metrics["eval_accuracy"], "steps": metrics["steps"]}

@@ -135,3 +135,31 @@ def pack(
         input_ids[i, P - len(p) : P + len(c)] = torch.tensor(list(p) + c, dtype=torch.long)
         attention_mask[i, P - len(p) : P + len(c)] = 1
     return input_ids, attention_mask, attention_mask[:, P:]
+
+
+class KeyedGumbel:
+    """A logits processor for greedy decoding that samples: argmax(z / T + Gumbel noise) is an exact draw from
+    softmax(z / T) (the Gumbel-max trick). The noise of row r at its t-th new token is keyed by (seed, generation,
+    row_offset + r, t) alone, so a completion does not depend on which other rows share its generate() call, on
+    their padding, or on the process that generates it: the same global row gets the same completion whether one
+    process generates the whole batch or N processes each generate a slice."""
+
+    def __init__(self, temperature: float, seed: int, generation: int, row_offset: int):
+        self.temperature, self.seed, self.generation, self.row_offset = temperature, seed, generation, row_offset
+        self.start: int | None = None  # the prompt width: tokens before the first new one
+
+    def key(self, row: int, t: int) -> int:
+        import hashlib
+
+        text = f"{self.seed}:{self.generation}:{self.row_offset + row}:{t}".encode()
+        return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") & (2**63 - 1)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.start is None:
+            self.start = input_ids.shape[1]
+        t = input_ids.shape[1] - self.start
+        u = torch.empty(scores.shape, dtype=torch.float64)
+        for row in range(scores.shape[0]):
+            u[row] = torch.rand(scores.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(self.key(row, t)))
+        gumbel = -torch.log(-torch.log(u.clamp(min=1e-300)))
+        return scores.float() / self.temperature + gumbel.to(scores.device, torch.float32)

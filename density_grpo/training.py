@@ -35,6 +35,7 @@ def trainer_args(config_cls, output_dir: str, device, precision: str, seed: int,
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
+        ddp_find_unused_parameters=False,
         **{checkpointing_key(config_cls): gradient_checkpointing},
         **kwargs,
     )

@@ -107,11 +107,12 @@ def job(rule, *wildcards, each=None, name=None, folder=RES, logs=LOGS, report=Tr
     return files
 
 
-def resources(mem_mb, runtime, gpu=False):
-    """mem_mb doubles on each retry; GPU rules ask for the GPU when `device` resolves to CUDA."""
-    out = {"mem_mb": lambda wildcards, attempt: mem_mb * 2 ** (attempt - 1), "runtime": runtime}
+def resources(mem_mb, runtime, gpu=False, processes=1):
+    """mem_mb doubles on each retry; GPU rules ask for the GPU when `device` resolves to CUDA. A training rule on N
+    data-parallel processes (`processes`) asks for N GPUs and N times the memory (every rank holds the weights)."""
+    out = {"mem_mb": lambda wildcards, attempt: processes * mem_mb * 2 ** (attempt - 1), "runtime": runtime}
     out["warn_fraction"] = str(config["memory"]["warn_fraction"])  # a resource: a threshold must not rerun anything
-    return {**out, "gpu": GPU} if gpu else out
+    return {**out, "gpu": GPU * processes} if gpu else out
 
 
 def each_run():

@@ -20,9 +20,9 @@ rule reward_model:
         RM_JOB["bench"]
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: 2 * config["rm"]["processes"]  # 2 per process
     resources:
-        **resources(6000, 120, gpu=True),
+        **resources(6000, 120, gpu=True, processes=config["rm"]["processes"]),
     params:
         **P.reward_model(config),
         **TRAIN,
@@ -51,9 +51,9 @@ rule grpo:
         seed=r"\d+",
     conda:
         "../envs/torch.yaml"
-    threads: 1
+    threads: config["grpo"]["processes"]  # 1 per process
     resources:
-        **resources(8000, 240, gpu=True),
+        **resources(8000, 240, gpu=True, processes=config["grpo"]["processes"]),
     params:
         **P.grpo(config),
         **RUNTIME,

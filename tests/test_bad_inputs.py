@@ -450,7 +450,7 @@ def weights_reader(tmp: Path, reader: str, weights: Path) -> tuple:
     prompts, model = str(tmp / "prompts.parquet"), str(tmp / "model")
     if reader == "grpo":
         params = {
-            "grpo": {}, "eval": {"pool": 8, "curve_prompts": 2}, "seed": 0, "policy_seed": 0, "device": "cpu",
+            "grpo": {"processes": 1}, "eval": {"pool": 8, "curve_prompts": 2}, "seed": 0, "policy_seed": 0, "device": "cpu",
             "dtype": "float32", "train_precision": "float32",
         }  # fmt: skip
         names = ("model", "metrics", "curves", "curve_embeddings", "summary", "draws")
@@ -514,7 +514,7 @@ def test_reward_model_needs_held_out_pairs_with_a_preference(tmp_path, caplog):
         df = pairs.load_pairs(pairs.DataConfig.from_params({"source": "local", "max_pairs": None}), inputs["files"])
     assert f"{len(rows)} of {len(rows)} pairs have identical chosen and rejected responses (no preference)" in caplog.text
     df.to_parquet(tmp_path / "pairs.parquet")
-    params = {"rm": {"eval_fraction": 0.2}, "seed": 0, "device": "cpu", "train_precision": "float32"}
+    params = {"rm": {"eval_fraction": 0.2, "processes": 1}, "seed": 0, "device": "cpu", "train_precision": "float32"}
     outputs = {"model": str(tmp_path / "rm/model"), "metrics": str(tmp_path / "rm/metrics.json"), "steps": str(tmp_path / "rm/steps.jsonl")}
     inputs = {"pairs": str(tmp_path / "pairs.parquet"), "model": str(tmp_path / "model")}
     line = run_failing(tmp_path, "reward_model", reward.run, inputs, outputs, params)

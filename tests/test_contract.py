@@ -98,6 +98,9 @@ RERUN_MATRIX = [
     ({"density": {"alpha": 2.0}}, {"knn_weights": 1, "grpo": 2, "evaluate_model": 6}),
     ({"rm": {"max_steps": 3}}, {"reward_model": 1, "grpo": 4, "evaluate_model": 6}),
     ({"grpo": {"steps": 3}}, {"grpo": 4, "evaluate_model": 4}),
+    # processes: the same experiment, but a param (params.grpo): another layout samples other completions
+    ({"grpo": {"processes": 2}}, {"grpo": 4, "evaluate_model": 4}),
+    ({"rm": {"processes": 2}}, {"reward_model": 1, "grpo": 4, "evaluate_model": 6}),
     ({"eval": {"control_temperature": 0.5}}, {"evaluate_model": 1}),  # the control only
     ({"eval": {"temperature": 0.9}}, {"evaluate_model": 5}),  # every model but the control
     ({"grpo": {"max_prompt_length": 16}}, {"grpo": 4, "evaluate_model": 4}),

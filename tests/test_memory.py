@@ -219,3 +219,26 @@ def test_monitor_accepts_snakemake_wildcards(tmp_path):
     with MemoryMonitor(tmp_path / "w.json", rule="w", wildcards=FakeWildcards({"i": "7"})) as mon:
         pass
     assert mon.record()["wildcards"] == {"i": "7"} and mon.job == "w_7"
+
+
+def test_monitor_records_each_ranks_peak(tmp_path):
+    """A step launched on 2 processes (RANK in their environment, as torch.distributed.run sets it): each rank's
+    own peak is kept, and the largest is the measured figure (the prediction is per process)."""
+    import os
+    import subprocess
+    import sys
+
+    hold = "import numpy as np, time; b = np.ones({} * 2**20 // 8); time.sleep(0.6)"
+    with MemoryMonitor(tmp_path / "dp.json", rule="dp", interval=0.02) as mon:
+        procs = [subprocess.Popen([sys.executable, "-c", hold.format(mb)], env={**os.environ, "RANK": str(rank)})
+                 for rank, mb in ((0, 300), (1, 100))]  # fmt: skip
+        for p in procs:
+            p.wait()
+    rec = mon.record()
+    r0, r1 = rec["peak_rss_per_rank_mb"]
+    assert r0 - r1 >= 0.8 * 200 and r1 >= 100
+    assert rec["measured_mb"] == r0 and rec["measured_what"] == "peak RSS of the largest of 2 processes"
+    assert rec["peak_rss_mb"] >= r0 + r1  # the whole tree: both ranks and this process
+    with MemoryMonitor(tmp_path / "one.json", rule="one") as mon:
+        pass
+    assert mon.record()["peak_rss_per_rank_mb"] is None

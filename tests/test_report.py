@@ -225,3 +225,18 @@ def test_diversity_plot_renders(tmp_path):
     path = tmp_path / "diversity.png"
     plot_diversity(synthetic_comparison(tmp_path), path)
     assert path.stat().st_size > 10_000
+
+
+def test_memory_table_lists_each_processes_peak():
+    """A job run on 2 processes shows both ranks' peaks beside the measured (largest) one; older records have none."""
+    from density_grpo.report import _measured_by, memory_jobs
+
+    base = {"job": "grpo_uniform_0", "rule": "grpo", "predicted_mb": 4000.0, "measured_mb": 4655.4,
+            "measured_over_predicted": 1.16, "wall_s": 150.0, "status": "ok"}  # fmt: skip
+    two = {**base, "measured_what": "peak RSS of the largest of 2 processes", "peak_rss_per_rank_mb": [4655.4, 4287.8]}
+    old = {**base, "measured_what": "peak RSS of the job's process tree"}
+    rows = memory_jobs([two, old], [{}, {}])
+    assert [_measured_by(r) for r in rows] == [
+        "peak RSS of the largest of 2 processes (per process: 4,655, 4,288 MiB)",
+        "peak RSS of the job's process tree",
+    ]

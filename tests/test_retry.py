@@ -47,16 +47,19 @@ def test_pipeline_rules_scale_memory_by_attempt():
     """Every rule of the pipeline takes its resources from the helper in rules/common.smk, whose mem_mb doubles
     per attempt."""
     common = (REPO / "rules/common.smk").read_text()
-    helper = re.search(r"^def resources\(mem_mb, runtime, gpu=False\):\n(?:    .*\n|\n)+", common, re.M)
-    assert helper, "rules/common.smk: def resources(mem_mb, runtime, gpu=False) not found"
+    helper = re.search(r"^def resources\(mem_mb, runtime, gpu=False, processes=1\):\n(?:    .*\n|\n)+", common, re.M)
+    assert helper, "rules/common.smk: def resources(mem_mb, runtime, gpu=False, processes=1) not found"
     namespace: dict = {"config": {"memory": {"warn_fraction": 0.9}}, "GPU": 1}
     exec(helper.group(0), namespace)
     res = namespace["resources"](4000, 60)
     assert [res["mem_mb"](None, attempt) for attempt in (1, 2, 3)] == [4000, 8000, 16000]
     assert "gpu" not in res and namespace["resources"](4000, 60, gpu=True)["gpu"] == 1
+    two = namespace["resources"](4000, 60, gpu=True, processes=2)  # data parallel: a GPU and the memory per process
+    assert two["gpu"] == 2 and two["mem_mb"](None, 1) == 8000
     # a block is the lines indented one level deeper than its "resources:" (rules inside an if are indented further)
     pattern = re.compile(r"^( *)resources:\n((?:\1    .*\n)+)", re.M)
     blocks = [m[1] for smk in sorted((REPO / "rules").glob("*.smk")) for m in pattern.findall(smk.read_text())]
     assert len(blocks) >= 10, blocks
     for block in blocks:
-        assert re.fullmatch(r"\s+\*\*resources\(\d+, \d+(, gpu=True)?\),\n", block), f"resources not from the helper:\n{block}"
+        helper_call = r"\s+\*\*resources\(\d+, \d+(, gpu=True)?(, processes=config\[\"\w+\"\]\[\"processes\"\])?\),\n"
+        assert re.fullmatch(helper_call, block), f"resources not from the helper:\n{block}"

@@ -34,7 +34,7 @@ PROMPTS = [
 def rm_params(**rm) -> dict:
     """The reward_model rule's params."""
     rm = {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-3, "max_length": 128, "eval_fraction": 0.25,
-          "gradient_checkpointing": False, "train_layers": None, **rm}  # fmt: skip
+          "gradient_checkpointing": False, "train_layers": None, "processes": 1, **rm}  # fmt: skip
     return {"seed": 0, "device": "cpu", "train_precision": "fp32", "rm": rm}
 
 

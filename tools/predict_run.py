@@ -7,6 +7,13 @@ tokenizer: median 112 tokens, p99 787) unless given. Wall time is arithmetic wit
 kernel launches of HF generate, which dominate for small models) or by reading the weights from memory.
 
   python tools/predict_run.py --configfile configs/hh-1gpu.yaml [--n-prompts 80000] [--gpu h100|h200|a100]
+                               [--processes N]
+
+--processes N (default: the config's grpo.processes and rm.processes) runs the reward model and each GRPO job on
+N data-parallel GPUs: the peak shown is per GPU (every GPU holds the whole weights, grads and AdamW state; the
+activations and the generation batch shrink to its share), and the job's matrix work splits N ways (ideal scaling:
+no communication or straggler time counted); the per-token overhead of generation and the collapse curves (rank 0)
+do not shrink.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from density_grpo import density, embed, evaluate, grpo, memory, reward  # noqa:
 from density_grpo import params as P  # noqa: E402
 from density_grpo.compare import detectable_at  # noqa: E402
 from density_grpo.config import load_config  # noqa: E402
+from density_grpo.errors import UserError  # noqa: E402
 from density_grpo.sampling import Sampling  # noqa: E402
 
 GPUS = {  # dense bf16 TFLOP/s, HBM TB/s, memory GiB (public spec sheets)
@@ -47,6 +55,11 @@ def lognormal_lengths(n: int, median: int, p99: int, cap: int) -> list[int]:
     return [int(min(cap, max(1, round(median * math.exp(sigma * v))))) for v in z]
 
 
+def per_gpu(processes: int) -> str:
+    """A job row's note when it trains on several GPUs (its peak is then per GPU)."""
+    return f"per GPU of {processes}" if processes > 1 else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configfile", nargs="*", default=[], help="partial configs merged over config.yaml")
@@ -56,11 +69,16 @@ def main() -> None:
     ap.add_argument("--gpu", choices=sorted(GPUS), default="h200")
     ap.add_argument("--mfu", type=float, default=0.3, help="fraction of bf16 peak reached by training/scoring matmuls")
     ap.add_argument("--decode-ms", type=float, default=25.0, help="per-token overhead of HF generate (small models)")
+    ap.add_argument("--processes", type=int, help="data-parallel GPUs per training job (default: the config's)")
     ap.add_argument("--measured", default=str(REPO / "studies/study-cpu/results/study-cpu/eval/comparison.json"),
                     help="a measured run's comparison.json: scales its standard errors to this design")
     args = ap.parse_args()
 
-    cfg = load_config(*args.configfile)
+    overrides = [] if args.processes is None else [{"grpo": {"processes": args.processes}, "rm": {"processes": args.processes}}]
+    try:  # checked like the config: the batches must split over the processes
+        cfg = load_config(*args.configfile, *overrides)
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
     name = cfg["model"]["name_or_path"]
     if args.model_config:
         model_cfg, where = json.loads(Path(args.model_config).read_text()), args.model_config
@@ -97,16 +115,16 @@ def main() -> None:
     p = reward.predict({**P.reward_model(cfg), **rt}, memory.Workload(model_cfg, (seq,)))
     mean_seq = min(rm["max_length"], HH_PROMPT_TOKENS["median"] * 1.4 + HH_RESPONSE_TOKENS["median"] * 1.4)
     trained = n_params if rm["train_layers"] is None else n_params * rm["train_layers"] / d["L"]
-    step = 2 * rm["batch_size"] * mean_seq * (2 * n_params + 4 * trained) / flops + 0.15
-    rows.append(("reward_model", 1, p["total_bytes"], rm["max_steps"] * step + 60))
+    step = 2 * rm["batch_size"] * mean_seq * (2 * n_params + 4 * trained) / flops / rm["processes"] + 0.15
+    rows.append((f"reward_model ({per_gpu(rm['processes'])})".replace(" ()", ""), 1, p["total_bytes"], rm["max_steps"] * step + 60))
 
     p = grpo.predict({**P.grpo(cfg), **rt, "policy_seed": 0}, work)
     B, C = g["prompts_per_step"] * g["num_generations"], g["max_completion_length"]
     S = mean_len + C
-    per_step = C * decode + 6 * n_params * B * S / flops + 2 * n_params * B * S / flops  # generate, train, RM score
+    per_step = C * decode + (6 * n_params * B * S / flops + 2 * n_params * B * S / flops) / g["processes"]  # generate, train, RM score
     curve = C * decode + 3 * 2 * n_params * ev["curve_prompts"] * ev["curve_samples"] * S / flops
     t = g["steps"] * per_step + (g["steps"] // ev["every"] + 1) * curve + 120
-    rows.append(("grpo (per arm x seed)", len(g["samplers"]) * len(g["seeds"]), p["total_bytes"], t))
+    rows.append((f"grpo (per arm x seed, {per_gpu(g['processes'])})".replace(", )", ")"), len(g["samplers"]) * len(g["seeds"]), p["total_bytes"], t))
 
     p = evaluate.predict({**P.evaluate(cfg, "base"), **rt}, work)
     calls = math.ceil(ev["prompts"] / Sampling(ev["samples"], ev["max_new_tokens"], ev["temperature"]).prompts_per_call)

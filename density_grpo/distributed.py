@@ -135,15 +135,12 @@ def same_on_every_rank(digest: str, what: str) -> None:
 
 
 def digest(*arrays: np.ndarray) -> str:
-    """A short content hash of arrays (dtype, shape and bytes)."""
+    """A short content hash of arrays (each one's store.array_sha256: dtype, shape and bytes)."""
     import hashlib
 
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
+    from density_grpo.store import array_sha256
+
+    return hashlib.sha256("".join(array_sha256(a) for a in arrays).encode()).hexdigest()[:16]
 
 
 class _MarkFileOnly(logging.Filter):

@@ -156,6 +156,10 @@ def run_step(smk: Any, step: Step) -> None:
             with MemoryMonitor(outputs["memory"], smk.rule, smk.wildcards, warn_fraction=warn_fraction):
                 if "model_fingerprint" in params:  # which model content this job read, in its record
                     note(model_fingerprint=params["model_fingerprint"])
+                if inputs.get("stamp"):  # the params this job is built with (rules/common.smk: params_stamp)
+                    from density_grpo.io import stamp_digest
+
+                    note(params_digest=stamp_digest(inputs["stamp"]))
                 note(**(step(inputs, outputs, params) or {}))
         else:
             step(inputs, outputs, params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import hashlib
 import json
 import os
 import platform
@@ -146,3 +147,56 @@ def git_commit() -> str | None:
         return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+# -----------------------------------------------------------------------------
+# params stamps: provenance that does not depend on Snakemake's .snakemake/ metadata
+
+
+def params_digest(params: Mapping[str, Any]) -> str:
+    """sha256 of the params' canonical JSON (sorted keys): equal params, equal digest."""
+    body = json.dumps(plain(params), sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def stamp_digest(path: str | os.PathLike) -> str | None:
+    """The digest a params stamp holds, or None if there is no readable stamp."""
+    try:
+        return json.loads(Path(path).read_text())["digest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def built_digest(record: str | os.PathLike) -> str | None:
+    """The params digest a finished job wrote in its memory record (monitor.note(params_digest=...)); "" when the
+    record exists without one (made before params stamps, or unreadable), None when there is no record."""
+    try:
+        rec = json.loads(Path(record).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return ""
+    return ((rec.get("extra") or {}) if isinstance(rec, dict) else {}).get("params_digest") or ""
+
+
+def refresh_stamp(stamp: str | os.PathLike, params: Mapping[str, Any], record: str | os.PathLike) -> str:
+    """Bring the params stamp of a job up to date with `params`, its params now; say how the job stands.
+
+    The stamp (JSON: digest and params, for a person to diff) is an input of the job, so Snakemake's mtime rule,
+    which needs no metadata, reruns the job and its dependants when the stamp is newer than the outputs. Returns
+    "built" when the job's record says it was built with these params (the stamp must not outdate it: the caller
+    marks it ancient), "stale" when it was built with others or not yet (the stamp is then newer than the record),
+    "unknown" when the record holds no digest.
+    """
+    stamp, digest = Path(stamp), params_digest(params)
+    built = built_digest(record)
+    if built == "":
+        return "unknown"
+    if stamp_digest(stamp) != digest:
+        with atomic_path(stamp) as tmp:
+            tmp.write_text(json.dumps({"digest": digest, "params": plain(params)}, indent=1, sort_keys=True, default=str) + "\n")
+    if built == digest:
+        return "built"
+    if built is not None and stamp.stat().st_mtime_ns <= Path(record).stat().st_mtime_ns:
+        os.utime(stamp)  # e.g. params changed back and forth since the record: the job must rerun
+    return "stale"

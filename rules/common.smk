@@ -7,10 +7,13 @@ import os
 
 import pandas as pd
 import pyarrow.parquet as pq
+from snakemake.io import IOFile
+from snakemake.logging import logger
 
 from density_grpo import params as P
 from density_grpo.config import check_prompt_counts, readable
 from density_grpo.device import is_gpu
+from density_grpo.io import refresh_stamp
 from density_grpo.models import fingerprint, model_kind, model_slug
 from density_grpo.monitor import job_name
 from density_grpo.pairs import SAMPLE_PATH, texts_hash
@@ -101,10 +104,65 @@ def job(rule, *wildcards, each=None, name=None, folder=RES, logs=LOGS, report=Tr
         "memory": f"{folder}/memory/{name}.json",
         "log": f"{logs}/{name}.log",
         "bench": f"{folder}/bench/{name}.tsv",
+        "stamp": f"{folder}/params/{name}.json",
     }
     if report:
         JOBS.append((files, each))
     return files
+
+
+def stamped_params(name, wildcards):
+    """The params a job of rule `name` gets, evaluated as its step sees them; the model's identity stands for its
+    fingerprint (a hub or embedded model's folder may not exist yet when the DAG is built)."""
+    out = {}
+    for key, value in workflow.get_rule(name).params.items():
+        if key == "model_fingerprint":
+            out["model"] = model_fingerprint(wildcards) if MODEL_KIND == "local" else MODEL_NAME
+        elif callable(value):
+            out[key] = value(wildcards)
+        else:
+            out[key] = value.format(**wildcards) if isinstance(value, str) else value
+    return out
+
+
+_UNSTAMPED = set()  # rules already warned about
+
+
+def _recorded_without(record, stamp):
+    """Snakemake's metadata records the job's inputs without its stamp: results made before params stamps, whose
+    params Snakemake's own trigger guards; adding the stamp would rerun them for a new input."""
+    try:
+        recorded = workflow.persistence.input(IOFile(record))
+    except Exception:  # no persistence (snakemake --lint) or another Snakemake API: use the stamp
+        return False
+    return recorded is not None and stamp not in recorded
+
+
+def params_stamp(name, files, inputs=None):
+    """Input function: the job's params stamp (io.refresh_stamp), so a params change reruns the job and its
+    dependants even when .snakemake/ is missing or damaged (a restored or copied run folder). The job records the
+    stamp's digest in its memory record; a stamp matching that digest is ancient (it never outdates the job).
+    `inputs`: an input function whose files' names are part of the job's identity (the data files of the pairs)."""
+
+    def stamp(wildcards):
+        path, record = files["stamp"].format(**wildcards), files["memory"].format(**wildcards)
+        if _recorded_without(record, path):
+            return []
+        params = stamped_params(name, wildcards)
+        if inputs is not None:
+            params["input_files"] = [str(f) for f in inputs(wildcards)]
+        state = refresh_stamp(path, params, record)
+        if state == "unknown":
+            if name not in _UNSTAMPED:
+                _UNSTAMPED.add(name)
+                logger.warning(
+                    f"{record} holds no params digest (made before params stamps): trusted as built with the "
+                    f"current config; snakemake --forcerun {name} rebuilds it"
+                )
+            return []
+        return ancient(path) if state == "built" else path
+
+    return stamp
 
 
 def resources(mem_mb, runtime, gpu=False, processes=1):
@@ -146,6 +204,12 @@ def pairs_input(wildcards):
     if data["mirror"] is not None:  # hh-rlhf from a local copy of the hub's tree
         return [f"{data['mirror']}/{hh_file(s)}" for s in dict.fromkeys(data["subsets"])]
     return []  # hh-rlhf from the hub: downloaded by the job
+
+
+def data_files(wildcards):
+    """The data files the user named (data.path, data.mirror's files): their names are part of the pairs' identity
+    (the packaged sample is not: its path is wherever the checkout is)."""
+    return [] if config["data"]["source"] == "sample" else pairs_input(wildcards)
 
 
 def _check_mirror():

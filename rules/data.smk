@@ -9,6 +9,7 @@ check_checkpoint_outputs(PROMPTS, PROMPTS_SUMMARY, PROMPTS_JOB["memory"])
 rule pairs:
     input:
         files=pairs_input,
+        stamp=params_stamp("pairs", PAIRS_JOB, inputs=data_files),
     output:
         pairs=PAIRS,
         memory=PAIRS_JOB["memory"],

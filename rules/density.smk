@@ -6,6 +6,7 @@ rule knn_weights:
     input:
         chunks=all_chunks,
         prompts=checked_prompts("knn.k"),
+        stamp=params_stamp("knn_weights", WEIGHTS_JOB),
     output:
         weights=WEIGHTS,
         meta=WEIGHTS_META,

@@ -7,6 +7,7 @@ rule embed_chunk:
     input:
         prompts=ancient(PROMPTS),
         model=ancient(MODEL_DIR),
+        stamp=params_stamp("embed_chunk", EMBED_JOB),
     output:
         chunk=directory(CHUNK),
         memory=EMBED_JOB["memory"],

@@ -7,6 +7,7 @@ COMPARE_JOB = job("compare")
 rule evaluate_model:
     input:
         unpack(eval_inputs),
+        stamp=params_stamp("evaluate_model", EVAL_JOB),
     output:
         eval=EVAL,
         embeddings=EVAL_EMB,
@@ -40,6 +41,7 @@ rule compare:
         embeddings=expand(EVAL_EMB, model=EVAL_MODELS),
         curves=runs(GRPO_CURVES),
         curve_embeddings=runs(GRPO_CURVE_EMB),
+        stamp=params_stamp("compare", COMPARE_JOB),
     output:
         json=COMPARISON,
         diversity=report(DIVERSITY_PNG, caption="../report/diversity.rst", category="Evaluation"),

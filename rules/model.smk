@@ -28,6 +28,7 @@ CARD_JOB = job("model_card")
 rule model_card:
     input:
         model=ancient(MODEL_DIR),
+        stamp=params_stamp("model_card", CARD_JOB),
     output:
         card=MODEL_CARD,
         memory=CARD_JOB["memory"],

@@ -9,6 +9,7 @@ rule reward_model:
         pairs=PAIRS,
         model=ancient(MODEL_DIR),
         prompts=checked_prompts("rm.eval_fraction"),
+        stamp=params_stamp("reward_model", RM_JOB),
     output:
         model=directory(RM_MODEL),
         metrics=RM_METRICS,
@@ -34,6 +35,7 @@ rule reward_model:
 rule grpo:
     input:
         unpack(grpo_inputs),
+        stamp=params_stamp("grpo", GRPO_JOB),
     output:
         model=directory(GRPO_MODEL),
         metrics=GRPO_METRICS,

@@ -4,7 +4,10 @@ exactly the jobs whose code reads it (dry runs on a finished tiny run)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ STEP_RULES = {
     "evaluate_model", "compare", "build_reports",
 }  # fmt: skip
 DOWNSTREAM = {"compare": 1, "build_reports": 1, "all": 1}
+RES = "results/tiny"
 # the tiny run: 4 chunks; arms density and uniform x seeds 0 and 1; evaluate_model: base, control + 4 policies
 
 
@@ -144,3 +148,82 @@ def test_knn_change_retrains_the_density_arm_only(audited_run, tmp_path):
     outputs = {p.strip() for line in re.findall(r"^\s+output: (.+)$", res.stdout, re.M) for p in line.split(",")}
     for seed in (0, 1):
         assert f"results/tiny/grpo/density/seed{seed}/model" in outputs and f"results/tiny/grpo/uniform/seed{seed}/model" not in outputs
+
+
+def matrix_row(change: dict) -> dict:
+    return next(expected for c, expected in RERUN_MATRIX if c == change)
+
+
+def dry_run(workdir: Path, config: Path, change: dict | None, tmp_path: Path) -> subprocess.CompletedProcess:
+    extra = []
+    if change is not None:
+        extra = [str(tmp_path / "change.yaml")]
+        Path(extra[0]).write_text(yaml.safe_dump(change))
+    return snakemake(workdir, "-n", "--configfile", str(config), *extra)
+
+
+@pytest.fixture(scope="module")
+def no_metadata(finished_run, tmp_path_factory):
+    """A copy of the finished run without .snakemake/ (a restored run folder, another machine, a cleaned cache)."""
+    copy = copy_run(finished_run[0], tmp_path_factory.mktemp("restored") / "run")
+    shutil.rmtree(copy / ".snakemake")
+    return copy, copy / "tiny.yaml"
+
+
+@pytest.mark.parametrize("change", [None, {"knn": {"k": 4}}, {"embed": {"layer": 1}}, {"eval": {"temperature": 0.9}}],
+                         ids=json.dumps)  # fmt: skip
+def test_params_stamps_rerun_without_snakemake_metadata(no_metadata, tmp_path, change):
+    """Provenance travels with the artifacts: with .snakemake/ gone (mtimes only, for Snakemake), no change plans
+    nothing and a change plans its RERUN_MATRIX row, through the jobs' params stamps."""
+    workdir, config = no_metadata
+    res = dry_run(workdir, config, change, tmp_path)
+    assert planned_jobs(res.stdout) == ({} if change is None else {**matrix_row(change), **DOWNSTREAM}), res.stdout[-3000:]
+    if change is not None:  # the reason Snakemake gives: the first changed job's updated input (its params stamp)
+        assert re.search(r"updated input files:\n\s+(knn_weights|embed_chunk|evaluate_model)\n", res.stdout), res.stdout[-1500:]
+
+
+def strip_stamps(workdir: Path) -> None:
+    """Make a finished run look made before params stamps: no stamps, no digests, no stamps in Snakemake's records."""
+    for stamps in workdir.rglob("params"):
+        if stamps.is_dir():
+            shutil.rmtree(stamps)
+    for record in (workdir / RES).rglob("memory/*.json"):
+        rec = json.loads(record.read_text())
+        rec.get("extra", {}).pop("params_digest", None)
+        st = record.stat()
+        record.write_text(json.dumps(rec))
+        os.utime(record, ns=(st.st_atime_ns, st.st_mtime_ns))  # its readers (embed_records) stay up to date
+    for meta in (workdir / ".snakemake/metadata").glob("*"):
+        rec = json.loads(meta.read_text())
+        rec["input"] = [f for f in rec.get("input") or [] if "/params/" not in f]
+        meta.write_text(json.dumps(rec))
+
+
+def test_results_from_before_params_stamps(finished_run, tmp_path):
+    """Upgrading keeps old results: with Snakemake's metadata nothing reruns for the new stamp input (and its params
+    trigger still works); without it the records hold no digest, so they are trusted with one warning per rule."""
+    workdir = copy_run(finished_run[0], tmp_path / "old")
+    config = workdir / "tiny.yaml"
+    strip_stamps(workdir)
+    assert planned_jobs(dry_run(workdir, config, None, tmp_path).stdout) == {}
+    assert not list((workdir / RES).rglob("params/*.json"))
+    res = dry_run(workdir, config, {"knn": {"k": 4}}, tmp_path)
+    assert planned_jobs(res.stdout) == {**matrix_row({"knn": {"k": 4}}), **DOWNSTREAM}, res.stdout[-3000:]
+    shutil.rmtree(workdir / ".snakemake")
+    res = dry_run(workdir, config, None, tmp_path)
+    assert planned_jobs(res.stdout) == {}, res.stdout[-3000:]
+    out = res.stdout + res.stderr
+    assert "holds no params digest" in out and "--forcerun knn_weights" in out, out[-2000:]
+
+
+def test_jobs_record_their_params_digest(audited_run, tmp_path):
+    """Each stamped job's memory record holds the digest of its stamp: what the job was built with."""
+    workdir, config, _ = audited_run
+    assert planned_jobs(dry_run(workdir, config, None, tmp_path).stdout) == {}  # stamps back from the dry runs' changes
+    stamps = sorted((workdir / RES).rglob("params/*.json"))
+    assert {p.stem for p in stamps} >= {"pairs", "knn_weights", "reward_model", "grpo_density_0", "compare"}
+    for stamp in stamps:
+        if not (stamp.parent.parent / "memory" / stamp.name).exists():
+            continue  # a job only planned by a dry run above (a third seed)
+        record = json.loads((stamp.parent.parent / "memory" / stamp.name).read_text())
+        assert record["extra"]["params_digest"] == json.loads(stamp.read_text())["digest"], stamp.name

@@ -27,11 +27,11 @@ from typing import Any, Callable, Iterable, Iterator
 import faiss
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from density_grpo.config import KNNConfig
 from density_grpo.errors import UserError
 from density_grpo.index_plan import PQ_NBITS, default_nlist, index_bytes, ivf_train_size
+from density_grpo.monitor import bar
 from density_grpo.stats import spearman
 from density_grpo.store import read_chunk, read_shape
 
@@ -101,13 +101,13 @@ class Chunks:
 
     def raw(self, desc: str) -> Iterator[np.ndarray]:
         """Each chunk's raw embeddings as float64, in order (for fitting the post-processing)."""
-        for p in tqdm(self.paths, desc=desc, unit="chunk", disable=not self.progress, leave=False):
+        for p in bar(self.paths, desc=desc, unit="chunk", disable=not self.progress, leave=False):
             yield read_vectors(p)[1].astype(np.float64)
 
     def stream(self, desc: str) -> Iterator[tuple[int, list[str], np.ndarray]]:
         """(global row offset, prompt ids, normalised vectors) of each chunk, in order."""
         start = 0
-        for p in tqdm(self.paths, desc=desc, unit="chunk", disable=not self.progress, leave=False):
+        for p in bar(self.paths, desc=desc, unit="chunk", disable=not self.progress, leave=False):
             ids, emb = read_vectors(p)
             x = np.array(emb if self.post is None else self.post(emb), dtype=np.float32, order="C", copy=True)
             faiss.normalize_L2(x)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import psutil
+from tqdm import tqdm
 
 from density_grpo.io import write_json
 
@@ -47,6 +48,13 @@ def duration(seconds: float) -> str:
         return "?"
     s = round(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def bar(iterable: Any, **kw: Any) -> tqdm:
+    """A tqdm bar that honours TQDM_DISABLE (set in every job) even when the caller passes `disable=False`: tqdm
+    reads the variable only for arguments left out, so an explicit `disable=False` would print bars in a job."""
+    off = os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+    return tqdm(iterable, **{**kw, "disable": off or kw.get("disable", False)})
 
 
 class Progress:

@@ -1,5 +1,5 @@
 # Stages 1-2: preference pairs -> unique prompts (a checkpoint: the number of chunks depends on it).
-PAIRS_JOB = job("pairs")
+PAIRS_JOB = job("pairs", folder=f"{RES}/data")  # records and params stamp travel with a copied data/
 # The checkpoint's outputs all live in data/: Snakemake resolves a checkpoint only when every one of its outputs
 # exists, so a copied or restored data/ folder must carry them all (check_checkpoint_outputs names a missing one).
 PROMPTS_JOB = job("unique_prompts", folder=f"{RES}/data")

@@ -1,6 +1,6 @@
 # Stage 4: one Zarr store per chunk of prompts. A chunk reruns only when its own prompts (params.content) or
 # the embedding settings change: the prompts file and model folder are ancient() so their mtimes don't count.
-EMBED_JOB = job("embed_chunk", "i", report=False)
+EMBED_JOB = job("embed_chunk", "i", report=False, folder=f"{RES}/embed")  # travel with a copied embed/
 
 
 rule embed_chunk:

@@ -452,3 +452,15 @@ def test_run_reads_exactly_its_params(tmp_path, small_chunks, knn, dens):
     finally:
         config.AUDIT = None
     assert read == params.leaves()
+
+
+@pytest.mark.parametrize("env, shown", [(None, True), ("1", False)])
+def test_chunk_progress_bar_honours_tqdm_disable(tmp_path, monkeypatch, capsys, env, shown):
+    """Every job sets TQDM_DISABLE; the chunk bars asked for with progress=True must still stay off the console."""
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    if env is not None:
+        monkeypatch.setenv("TQDM_DISABLE", env)
+    x = np.random.default_rng(0).standard_normal((8, 4))
+    chunks = Chunks.open(write_chunks(tmp_path, x, [4, 4]), progress=True)
+    assert sum(len(v) for v in chunks.raw("fitting")) == 8
+    assert ("fitting" in capsys.readouterr().err) == shown

@@ -27,7 +27,7 @@ from torch import nn
 from density_grpo import memory, store
 from density_grpo.errors import UserError
 from density_grpo.config import EmbedConfig
-from density_grpo.models import backbone, decoder_layers, pad_token_id
+from density_grpo.models import backbone, decoder_layers, pad_token_id, tail_chars
 from density_grpo.monitor import Progress
 from density_grpo.pairs import ASSISTANT_TAG, HUMAN_TAG
 
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 # config attributes that make logits a non-linear (softcap) or rescaled function of the final hidden state
 _LOGIT_SCALE_KEYS = ("logit_scale", "logits_scaling", "lm_head_multiplier")
-WINDOW_MARGIN = 2  # the tail tokenized of a long prompt: twice the characters max_length tokens can span
 TOKEN_PIECE = 1 << 18  # characters tokenized at a time when a long prompt's whole length is counted
 
 
@@ -327,14 +326,9 @@ class Embedder:
         return ids, masks
 
     def tail_chars(self) -> int:
-        """Characters from the end that hold more than max_length tokens for certain: a token spans at most the
-        longest vocabulary entry's characters (byte-level entries: one character per byte), so a window of
-        max_length x that has at least max_length tokens; x WINDOW_MARGIN for normalisers that merge characters
-        and for the tokens at the window's cut, which differ from the whole text's and must fall outside the kept
-        tokens."""
+        """Characters from the end that hold more than max_length tokens for certain (models.tail_chars)."""
         if self._tail_chars is None:
-            longest = max(map(len, self.tokenizer.get_vocab()), default=1)
-            self._tail_chars = self.max_length * max(longest, 1) * WINDOW_MARGIN
+            self._tail_chars = tail_chars(self.tokenizer, self.max_length)
         return self._tail_chars
 
     def _encode_tails(self, texts: list[str], offsets: bool) -> tuple[Any, list[int]]:
@@ -454,6 +448,7 @@ def predict(params: Mapping[str, Any], work: memory.Workload) -> dict:
     load = memory.weights_bytes(n_params, stored) if stored != prec and device == "cpu" else 0
     c = {
         **memory.baseline("torch", device),
+        **memory.texts(work, device),
         "weights": memory.weights_bytes(n_params, prec),
         "max(activations + logits + output, load copy)": max(acts + logits + out, load),
     }
@@ -482,13 +477,14 @@ def run(input: dict, output: dict, params: dict) -> dict:
     import pandas as pd
 
     from density_grpo.device import torch_device, torch_dtype
+    from density_grpo.io import read_parquet_rows
     from density_grpo.models import load_causal_lm
     from density_grpo.monitor import expect
     from density_grpo.pairs import n_turns, texts_hash
 
     cfg = EmbedConfig.from_params(params["embed"])
     start, stop = params["rows"]
-    rows = pd.read_parquet(input["prompts"], columns=["prompt_id", "text"]).iloc[start:stop]
+    rows = read_parquet_rows(input["prompts"], start, stop, ["prompt_id", "text"])
     texts = rows["text"].tolist()
     if not texts:
         raise UserError(f"{input['prompts']}: rows {start}..{stop} are empty: the prompts changed, rerun snakemake")
@@ -498,7 +494,10 @@ def run(input: dict, output: dict, params: dict) -> dict:
     model, tok = load_causal_lm(input["model"], dtype=torch_dtype(params["dtype"], device), device=device)
     embedder = Embedder(model, tok, cfg)
     ids, masks = embedder.tokenize(texts)
-    work = memory.Workload(memory.model_config(input["model"]), tuple(map(len, ids)), true_logits=embedder.R is None)
+    work = memory.Workload(
+        memory.model_config(input["model"]), tuple(map(len, ids)), true_logits=embedder.R is None,
+        text_bytes=rows.attrs["bytes_read"],
+    )  # fmt: skip
     expect(predict(params, work))
     emb = embedder.embed_ids(ids, masks)
     attrs = embedder.attrs() | {

@@ -69,6 +69,7 @@ def _predict(job: EvalJob, work: memory.Workload) -> dict:
     embed_batch = max(1, RESPONSE_BATCH_TOKENS // e.max_new_tokens)
     c = {
         **memory.baseline("torch", job.device),
+        **memory.texts(work, job.device),
         "weights": memory.weights_bytes(memory.param_count(model_cfg), prec),
         "max(generation KV cache + logits, embedding, RM scoring)": max(
             memory.kv_cache_bytes(model_cfg, B, S, prec) + B * memory.dims(model_cfg)["V"] * 4,
@@ -82,9 +83,12 @@ def _predict(job: EvalJob, work: memory.Workload) -> dict:
     )  # fmt: skip
 
 
-def evaluate_policy(job: EvalJob, policy_dir: str, base_dir: str, prompts: list[str], rm_dir: str) -> dict:
-    """`job.sets` independent sets of `eval.samples` completions per prompt: texts, RM rewards, token lengths and
-    base-model embeddings (array `embeddings`: sets x prompts x samples x dim)."""
+def evaluate_policy(
+    job: EvalJob, policy_dir: str, base_dir: str, prompts: list[str], rm_dir: str, text_bytes: int | None = None
+) -> dict:
+    """`job.sets` independent sets of `eval.samples` completions per prompt: texts, RM rewards, token lengths,
+    base-model embeddings (array `embeddings`: sets x prompts x samples x dim) and the prompts as evaluated (cut
+    to eval.max_prompt_length tokens). text_bytes: the characters of text the job holds (default: the prompts')."""
     from density_grpo.device import torch_device, torch_dtype
     from density_grpo.embed import response_embedder
     from density_grpo.models import load_causal_lm
@@ -98,9 +102,10 @@ def evaluate_policy(job: EvalJob, policy_dir: str, base_dir: str, prompts: list[
 
     t = time.perf_counter()
     policy, tok = load_causal_lm(policy_dir, dtype=dtype, device=device)
+    chars = sum(map(len, prompts)) if text_bytes is None else text_bytes
     prompts, n_cut = keep_last_tokens(tok, prompts, e.max_prompt_length)
     lengths = tuple(len(x) for x in tok(prompts)["input_ids"])
-    expect(_predict(job, memory.Workload(memory.model_config(policy_dir), lengths)))
+    expect(_predict(job, memory.Workload(memory.model_config(policy_dir), lengths, text_bytes=chars)))
     gen = Progress(f"{job.name}: sampled", job.sets * len(prompts), "prompts", logger=log)
     completions = [
         sample(policy, tok, prompts, job.sampling, job.seed + k, lambda n, k=k: gen.update(k * len(prompts) + n)).texts
@@ -134,6 +139,7 @@ def evaluate_policy(job: EvalJob, policy_dir: str, base_dir: str, prompts: list[
         "lengths": n_tokens.reshape(shape).tolist(),
         "embeddings": emb.astype(np.float32),
         "time_s": timings,
+        "prompts": prompts,
         "n_prompts_cut": n_cut,
     }
 
@@ -152,7 +158,8 @@ def run(input: dict, output: dict, params: dict) -> None:
     _, pool = holdout_split(prompts, e.pool, job.seed)
     weights = read_weights(input["weights"], prompts["prompt_id"])  # the rare stratum: a quantile over all prompts
     chosen = stratified_eval(pool, weights, e.prompts, e.rare_fraction, e.rare_quantile, job.seed)
-    result = evaluate_policy(job, input["policy"], input["base"], chosen["text"].tolist(), input["rm"])
+    chars = int(prompts["text"].str.len().sum())
+    result = evaluate_policy(job, input["policy"], input["base"], chosen["text"].tolist(), input["rm"], chars)
     with atomic_path(output["embeddings"]) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, embeddings=result.pop("embeddings"))
@@ -160,7 +167,6 @@ def run(input: dict, output: dict, params: dict) -> None:
         {
             "model": job.name,
             "prompt_ids": chosen["prompt_id"].tolist(),
-            "prompts": chosen["text"].tolist(),
             "strata": chosen["stratum"].tolist(),
             "samples": e.samples,
             "sets": job.sets,

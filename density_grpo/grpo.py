@@ -471,7 +471,7 @@ def _predict(job: GRPOJob, work: memory.Workload) -> dict:
     how = memory.Training(checkpointing=g.gradient_checkpointing, logit_positions=C, activations=act)
     tc = memory.training_components(model_cfg, g.process_micro_batch, S, how)
     gen = memory.kv_cache_bytes(model_cfg, B, S, act) + B * V * 4
-    c = {**memory.baseline("trl", device), **{k: tc[k] for k in ("weights", "grads", "optimizer")}}
+    c = {**memory.baseline("trl", device), **memory.texts(work, device), **{k: tc[k] for k in ("weights", "grads", "optimizer")}}
     c["max(train activations + logits, generation KV cache)"] = max(tc["activations"] + tc["logits"], gen)
     c["base model (curves)"] = memory.weights_bytes(n_params, infer)
     if g.beta > 0:
@@ -535,12 +535,13 @@ def train_grpo(
     set_seed(job.policy_seed)
     model, tokenizer = load_causal_lm(model_dir, torch.float32, device)  # fp32 master weights
     set_pad_token(tokenizer, model)
+    text_bytes = int(prompts["text"].str.len().sum()) + sum(map(len, curve_prompts))
     texts, n_cut = keep_last_tokens(tokenizer, prompts["text"].astype(str).tolist(), g.max_prompt_length)
     curve_prompts = keep_last_tokens(tokenizer, curve_prompts, g.max_prompt_length)[0]
     if n_cut:
         log.info("%d of %d training prompts keep their last grpo.max_prompt_length=%d tokens", n_cut, len(texts), g.max_prompt_length)
     lengths = tuple(len(x) for x in tokenizer(texts)["input_ids"])
-    expect(_predict(job, memory.Workload(memory.model_config(model_dir), lengths)))
+    expect(_predict(job, memory.Workload(memory.model_config(model_dir), lengths, text_bytes=text_bytes)))
     if g.reward == "rm":
         reward_func = make_rm_reward(rm_dir, device, dtype, job.rm.max_length)
     else:

@@ -97,10 +97,30 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a DataFrame to parquet (no index), atomically."""
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike, row_group_size: int | None = None) -> None:
+    """Write a DataFrame to parquet (no index), atomically; `row_group_size` rows per row group (read_parquet_rows
+    then decompresses only the groups of the rows asked for)."""
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        df.to_parquet(tmp, index=False, row_group_size=row_group_size)
+
+
+def read_parquet_rows(path: str | os.PathLike, start: int, stop: int, columns: list[str]) -> pd.DataFrame:
+    """Rows start..stop of a parquet file, reading only the row groups that hold them (memory: those groups, whose
+    size in Arrow is the frame's attrs["bytes_read"])."""
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path)
+    groups, first, offset = [], 0, 0
+    for g in range(f.num_row_groups):
+        n = f.metadata.row_group(g).num_rows
+        if offset < stop and offset + n > start:
+            first = first if groups else offset
+            groups.append(g)
+        offset += n
+    table = f.read_row_groups(groups, columns=columns) if groups else f.schema_arrow.empty_table().select(columns)
+    df = table.slice(start - first, max(stop - start, 0)).to_pandas()
+    df.attrs["bytes_read"] = table.nbytes
+    return df
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -48,6 +48,8 @@ BASELINE_BYTES = {
     "trl": 435 * MiB,  # torch, transformers, datasets, trl GRPOTrainer/RewardTrainer
 }
 
+TEXT_COPIES = 4  # measured: a job reading 40 MB of ASCII prompts peaks 150-190 MiB higher (tests/test_long_prompts.py)
+
 # SmolLM2-135M(-Instruct): the default model (its config.json)
 SMOLLM2_135M = {
     "num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,
@@ -241,6 +243,8 @@ class Workload:
     """What a job's peak memory depends on besides its params (each stage's `predict(params, work)`): the model's
     config.json and the data shapes, known when the job runs and assumed by tools/predict_run.py before it.
 
+    text_bytes: the size of the texts the job reads and holds (prompts, or the pairs for reward_model; characters
+    or UTF-8 bytes), before any cut to the token limits: a 20 MB prompt is read whole, never tokenized whole.
     lengths: token counts of what the job runs: embed_chunk the chunk's prompts as embedded (after truncation),
     reward_model the tokenized pairs' sequences, grpo and evaluate_model the prompts. n_prompts, dim and chunk_rows:
     the weights job's prompts, embedding width and largest chunk. true_logits: the LM head is not linear, so
@@ -253,6 +257,7 @@ class Workload:
     dim: int = 0
     chunk_rows: int = 0
     true_logits: bool = False
+    text_bytes: int = 0
 
 
 # -----------------------------------------------------------------------------
@@ -262,6 +267,12 @@ class Workload:
 def baseline(kind: str, device: str) -> dict[str, int]:
     """The process's own RSS after its imports, as a component: only where the prediction is host memory."""
     return {"baseline": BASELINE_BYTES[kind]} if device == "cpu" else {}
+
+
+def texts(work: Workload, device: str) -> dict[str, int]:
+    """The texts the job holds (work.text_bytes), as a component: TEXT_COPIES x their size for the parquet pages,
+    the Arrow column and the Python strings they become (host memory only)."""
+    return {"texts read": TEXT_COPIES * work.text_bytes} if device == "cpu" and work.text_bytes else {}
 
 
 def prediction(device: str, components: Mapping[str, int], formula: str, knob: str, **assumptions: Any) -> dict:

@@ -188,6 +188,19 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.
 NEW_PAD_TOKEN = "<|pad|>"
 
 
+TAIL_MARGIN = 2  # a long text's tokenized tail: twice the characters its kept tokens can span
+
+
+def tail_chars(tokenizer, max_tokens: int) -> int:
+    """Characters from a text's end that hold more than `max_tokens` tokens for certain: a token spans at most the
+    longest vocabulary entry's characters (byte-level entries: one character per byte), so a window of
+    max_tokens x that has at least max_tokens tokens; x TAIL_MARGIN for normalisers that merge characters and for
+    the tokens at the window's cut, which differ from the whole text's and must fall outside the kept tokens. A
+    text longer than this has more than `max_tokens` tokens, so its tail alone is tokenized (bounded memory)."""
+    longest = max(map(len, tokenizer.get_vocab()), default=1)
+    return max_tokens * max(longest, 1) * TAIL_MARGIN
+
+
 def eos_token_ids(model, tokenizer) -> list[int]:
     """Every id that ends a completion, as TRL collects them: the generation config's eos ids + the tokenizer's."""
     gen = getattr(model, "generation_config", None)

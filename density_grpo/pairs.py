@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ASSISTANT_TAG = "\n\nAssistant:"
 HUMAN_TAG = "\n\nHuman:"
+PROMPT_ROW_GROUP = 128  # rows per row group of prompts.parquet: an embed chunk reads only the groups of its rows
 
 HH_REPO = "Anthropic/hh-rlhf"
 SAMPLE_PATH = Path(__file__).parent / "data" / "sample_pairs.jsonl"
@@ -422,7 +423,7 @@ def run_prompts(input: dict, output: dict, params: dict) -> dict:
             "n_prompts_rare": int(prompts["topic"].map(groups).eq("rare").sum()),
         },
     }  # fmt: skip
-    write_parquet(prompts, output["prompts"])
+    write_parquet(prompts, output["prompts"], row_group_size=PROMPT_ROW_GROUP)
     write_json(summary, output["summary"])
     return {"n_prompts": len(prompts)}
 

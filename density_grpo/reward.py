@@ -27,7 +27,7 @@ from density_grpo.config import RMConfig
 from density_grpo.distributed import is_main, launch, local_device, must_launch
 from density_grpo.errors import UserError
 from density_grpo.io import atomic_path, write_json
-from density_grpo.models import decoder_layers, load_causal_lm, set_pad_token
+from density_grpo.models import decoder_layers, load_causal_lm, set_pad_token, tail_chars
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,15 @@ def score(
     """Rewards r(prompt, response) -> float32 (n,), exactly as the RM was trained: prompt + response + EOS.
 
     Texts longer than `max_length` tokens keep their last `max_length` tokens (the response end and the EOS the
-    score is read at); TRL drops such pairs from training instead.
+    score is read at); TRL drops such pairs from training instead. Only a text's tail is tokenized
+    (models.tail_chars: the same last tokens), so memory is bounded by max_length, not by the text.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     eos = tokenizer.eos_token
     texts = [p + r if (p + r).endswith(eos) else p + r + eos for p, r in zip(prompts, responses)]
-    ids = [x[-max_length:] for x in tokenizer(texts)["input_ids"]]
+    window = tail_chars(tokenizer, max_length)
+    ids = [x[-max_length:] for x in tokenizer([t[-window:] for t in texts])["input_ids"]]
     device = next(model.parameters()).device
     pad_id = model.config.get_text_config().pad_token_id
     was_training = model.training
@@ -123,6 +125,13 @@ def load_reward_model(rm_dir: str, device=None, dtype=None):
     return model, tokenizer
 
 
+def surely_short(pairs: pd.DataFrame, window: int) -> pd.DataFrame:
+    """The pairs TRL may keep: a text longer than `window` characters (models.tail_chars) has more than max_length
+    tokens, and TRL would tokenize it whole only to drop it (a 20 MB pair: gigabytes)."""
+    n = pairs["prompt"].str.len() + np.maximum(pairs["chosen"].str.len(), pairs["rejected"].str.len())
+    return pairs[n <= window]
+
+
 def _preference_dataset(pairs: pd.DataFrame):
     """TRL explicit-prompt preference format: prompt, chosen, rejected (responses without the prompt)."""
     from datasets import Dataset
@@ -141,7 +150,7 @@ def predict(params: Mapping[str, Any], work: memory.Workload) -> dict:
     how = memory.Training(checkpointing=rm.gradient_checkpointing, logit_positions=0, activations=act, train_layers=rm.train_layers)
     c = memory.training_components(work.model, batch, seq, how)
     return memory.prediction(
-        device, {**memory.baseline("trl", device), **c},
+        device, {**memory.baseline("trl", device), **memory.texts(work, device), **c},
         "baseline + fp32 weights + grads + AdamW (trained blocks) + activations (batch = 2 x rm.batch_size / rm.processes)",
         "rm.batch_size / rm.max_length (or rm.gradient_checkpointing: true)", batch=batch, seq=seq,
         processes=rm.processes,
@@ -182,20 +191,22 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: Mapping[str,
             learning_rate=rm.learning_rate, max_length=rm.max_length,
         )  # fmt: skip
         trainer = RewardTrainer(
-            model=model, args=args, train_dataset=_preference_dataset(train), processing_class=tokenizer
-        )
+            model=model, args=args, processing_class=tokenizer,
+            train_dataset=_preference_dataset(surely_short(train, tail_chars(tokenizer, rm.max_length))),
+        )  # fmt: skip
         quiet_console(trainer, ("loss", "accuracy"), log)
         n_train = len(trainer.train_dataset)
         if n_train == 0:
             raise UserError(f"config key rm.max_length: all {len(train)} training pairs are longer than {rm.max_length} tokens")
         if n_train < len(train):
             log.warning(
-                "%d of %d training pairs dropped by TRL (longer than rm.max_length=%d tokens)",
+                "%d of %d training pairs dropped (longer than rm.max_length=%d tokens)",
                 len(train) - n_train, len(train), rm.max_length,
             )  # fmt: skip
         ds = trainer.train_dataset
         lengths = (*map(len, ds["chosen_ids"]), *map(len, ds["rejected_ids"]))
-        expect(predict(params, memory.Workload(memory.model_config(model_dir), lengths)))
+        chars = int(sum(pairs[k].str.len().sum() for k in ("prompt", "chosen", "rejected")))
+        expect(predict(params, memory.Workload(memory.model_config(model_dir), lengths, text_bytes=chars)))
         result = trainer.train()
     model = trainer.model.eval()
     if not is_main():  # rank 0 alone evaluates and writes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -69,3 +70,16 @@ def test_torch_device_checks(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="config key device: 'cuda'"):
         D.torch_device("cuda")
+
+
+def test_read_parquet_rows_reads_only_their_row_groups(tmp_path):
+    from density_grpo.io import read_parquet_rows, write_parquet
+
+    df = pd.DataFrame({"prompt_id": [f"{i:04d}" for i in range(300)], "text": ["x" * i for i in range(300)]})
+    path = tmp_path / "p.parquet"
+    write_parquet(df, path, row_group_size=128)
+    for start, stop in [(0, 8), (120, 136), (250, 300), (296, 310), (300, 310)]:
+        got = read_parquet_rows(path, start, stop, ["prompt_id", "text"])
+        pd.testing.assert_frame_equal(got, df.iloc[start:stop].reset_index(drop=True))
+    whole = read_parquet_rows(path, 0, 300, ["text"]).attrs["bytes_read"]
+    assert read_parquet_rows(path, 0, 8, ["text"]).attrs["bytes_read"] < whole / 5  # the first group alone

@@ -262,3 +262,29 @@ def test_evaluate_then_compare(tiny_model, trained_rm, tmp_path):
     assert set(c["curves"]) == {"density", "uniform"} and c["matched"]["reward"]["level"] == pytest.approx(0.2)  # after step 0 only
     for png in ("c.png", "curves.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_long_texts_scored_from_a_bounded_tail(trained_rm, monkeypatch):
+    """A response far past rm.max_length tokens: only its tail is tokenized, and the score is the whole text's."""
+    model, tok = load_reward_model(str(trained_rm[0] / "rm"), device="cpu")
+    long = " ".join(f"w{i} ünï ✓" for i in range(20_000))
+    window = reward.tail_chars(tok, 64)
+    assert len(PROMPTS[0] + long) > 10 * window
+    seen: list[int] = []
+    real = type(tok).__call__
+
+    def spy(self, text, *args, **kwargs):
+        seen.extend(len(t) for t in ([text] if isinstance(text, str) else text))
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(tok), "__call__", spy)
+    bounded = score(model, tok, PROMPTS[:1], [long], max_length=64)
+    assert max(seen) <= window + len(tok.eos_token)
+    monkeypatch.setattr(type(tok), "__call__", real)
+    monkeypatch.setattr(reward, "tail_chars", lambda *_: 10**12)  # every text tokenized whole: the reference
+    np.testing.assert_allclose(bounded, score(model, tok, PROMPTS[:1], [long], max_length=64), atol=1e-6)
+
+
+def test_surely_short_keeps_what_trl_may_keep():
+    pairs = pd.DataFrame({"prompt": ["ab", "ab", "abcd"], "chosen": ["c", "cccccc", "c"], "rejected": ["r", "r", "rrr"]})
+    assert reward.surely_short(pairs, 7).index.tolist() == [0, 2]

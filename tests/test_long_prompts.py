@@ -1,0 +1,63 @@
+"""Bounded memory for any prompt length: two 20 MB prompts (one held out, one trained on) through every stage of
+a tiny run; each job's measured peak stays within BOUND of its own prediction, which counts the bounded token
+lengths (embed.max_length, rm.max_length, grpo/eval.max_prompt_length) and the text read (memory.texts), not the
+prompts' 5 million tokens each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from conftest import hh, snakemake, tiny_config, tiny_pairs, write_jsonl
+
+from density_grpo.pairs import _hash_order, pair_from_hh, prompt_id
+
+# measured / predicted: the tiny model's jobs measure up to 1.5 x their predictions without long prompts (imports
+# the fixed process baseline leaves out dominate a 0.2M-parameter model); tokenizing one such prompt whole costs
+# gigabytes (the reward model: 6.1 GB against 0.6 GB predicted before its texts were cut by characters)
+BOUND = 1.6
+MB20 = 20 * 2**20
+POOL = 6
+RES = Path("results/tiny")
+
+
+def placed_pairs() -> list[dict]:
+    """The tiny pairs plus two 20 MB ones: the first ranks first in the held-out pool's seeded hash order (so it is
+    a GRPO curve prompt and evaluated), the second ranks after the pool (so GRPO trains on it)."""
+    rows = tiny_pairs()
+    words = " ".join(f"w{j % 997}" for j in range(MB20 // 4))[:MB20]  # about 5M tokens
+    ids = [prompt_id(pair_from_hh(r["chosen"], r["rejected"])[0]) for r in rows]
+    placed: dict[str, dict] = {}
+    for i in range(10_000):
+        pair = {"chosen": hh(f"{words} (long {i})", "A careful answer."), "rejected": hh(f"{words} (long {i})", "No."), "topic": "long"}
+        rank = list(_hash_order(pd.Series([*ids, prompt_id(pair_from_hh(pair["chosen"], pair["rejected"])[0])]), 0)).index(len(ids))
+        where = "held" if rank == 0 else "trained" if rank > POOL else None
+        if where and where not in placed:
+            placed[where] = pair
+        if len(placed) == 2:
+            return [*rows, placed["held"], placed["trained"]]
+    raise AssertionError("no placement found")
+
+
+def test_twenty_mb_prompts_stay_within_each_stage_prediction(tmp_path, tiny_model):
+    pairs = write_jsonl(placed_pairs(), tmp_path / "pairs.jsonl")
+    config = tiny_config(
+        tmp_path, tiny_model, pairs, embed={"chunk_size": 16},
+        grpo={"seeds": [0], "samplers": ["density"]},
+        eval={"pool": POOL, "prompts": POOL, "curve_prompts": 1, "control_temperature": None},
+    )  # fmt: skip
+    targets = [str(RES / "grpo/density/seed0/summary.json"), str(RES / "eval/base.json")]
+    snakemake(tmp_path, *targets, "--configfile", str(config))
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / RES).rglob("memory/*.json")}
+    assert {"pairs", "unique_prompts", "embed_chunk_0", "knn_weights", "reward_model", "grpo_density_0",
+            "evaluate_model_base"} <= records.keys()  # fmt: skip
+    over = {
+        name: (r["measured_mb"], r["predicted_mb"])
+        for name, r in records.items()
+        if r.get("predicted_mb") and r["measured_mb"] > BOUND * r["predicted_mb"]
+    }
+    assert not over, f"measured > {BOUND} x predicted (MiB): {over}"
+    evaluated = json.loads((tmp_path / RES / "eval/base.json").read_text())
+    assert evaluated["n_prompts_cut"] == 1 and max(map(len, evaluated["prompts"])) < 10_000
+    assert "1 of 26 training prompts keep their last grpo.max_prompt_length" in (tmp_path / "logs/tiny/grpo_density_0.log").read_text()

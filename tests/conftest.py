@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,23 @@ def embed_config(**over):
     from density_grpo.config import EmbedConfig, load_config
 
     return EmbedConfig(**{**load_config()["embed"], **over})
+
+
+@contextmanager
+def tokenized_lengths(tokenizer):
+    """The character lengths of every text `tokenizer` is called on inside the block (a list filled as it runs)."""
+    seen: list[int] = []
+    cls, real = type(tokenizer), type(tokenizer).__call__
+
+    def spy(self, text, *args, **kwargs):
+        seen.extend(len(t) for t in ([text] if isinstance(text, str) else text))
+        return real(self, text, *args, **kwargs)
+
+    cls.__call__ = spy
+    try:
+        yield seen
+    finally:
+        cls.__call__ = real
 
 
 def write_jsonl(rows: list[dict], path: Path, mode: str = "w") -> Path:

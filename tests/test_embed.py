@@ -11,7 +11,7 @@ from density_grpo import store
 from density_grpo import embed
 from density_grpo.embed import Embedder, gram_factor, head_is_linear, mean_pool, pooling_mask, token_budget_batches
 from density_grpo.errors import UserError
-from conftest import embed_config
+from conftest import embed_config, tokenized_lengths
 from tiny_model import build_tiny_model
 
 TEXTS = [
@@ -395,17 +395,9 @@ def test_long_prompts_are_tokenized_from_a_bounded_tail(tiny, pooling, monkeypat
     turn = "\n\nHuman: " + " ".join(f"word{i} ünï ✓ 你好" for i in range(400)) + "\n\nAssistant: fine."
     texts = [turn * 40 + "\n\nHuman: the last question?\n\nAssistant:", "Hi", *DIALOGUES]
     bounded = Embedder(model, tokenizer, embed_config(pooling=pooling, max_length=64))
-    seen: list[int] = []
-    real = type(tokenizer).__call__
-
-    def spy(self, text, *args, **kwargs):
-        seen.extend(len(t) for t in ([text] if isinstance(text, str) else text))
-        return real(self, text, *args, **kwargs)
-
-    monkeypatch.setattr(type(tokenizer), "__call__", spy)
-    ids, masks = bounded.tokenize(texts)
+    with tokenized_lengths(tokenizer) as seen:
+        ids, masks = bounded.tokenize(texts)
     assert len(texts[0]) > 10 * bounded.tail_chars() and max(seen) <= max(bounded.tail_chars(), embed.TOKEN_PIECE)
-    monkeypatch.setattr(type(tokenizer), "__call__", real)
     whole = Embedder(model, tokenizer, embed_config(pooling=pooling, max_length=64))
     whole._tail_chars = 10**12  # no tail: every text tokenized whole (the reference)
     ref_ids, ref_masks = whole.tokenize(texts)

@@ -10,6 +10,8 @@ import pytest
 import torch
 import transformers
 
+from conftest import tokenized_lengths
+
 from density_grpo.errors import UserError
 from density_grpo.evaluate import EvalJob, evaluate_policy
 from density_grpo.sampling import Sampling, cut_at, sample
@@ -270,17 +272,9 @@ def test_long_texts_scored_from_a_bounded_tail(trained_rm, monkeypatch):
     long = " ".join(f"w{i} ünï ✓" for i in range(20_000))
     window = reward.tail_chars(tok, 64)
     assert len(PROMPTS[0] + long) > 10 * window
-    seen: list[int] = []
-    real = type(tok).__call__
-
-    def spy(self, text, *args, **kwargs):
-        seen.extend(len(t) for t in ([text] if isinstance(text, str) else text))
-        return real(self, text, *args, **kwargs)
-
-    monkeypatch.setattr(type(tok), "__call__", spy)
-    bounded = score(model, tok, PROMPTS[:1], [long], max_length=64)
+    with tokenized_lengths(tok) as seen:
+        bounded = score(model, tok, PROMPTS[:1], [long], max_length=64)
     assert max(seen) <= window + len(tok.eos_token)
-    monkeypatch.setattr(type(tok), "__call__", real)
     monkeypatch.setattr(reward, "tail_chars", lambda *_: 10**12)  # every text tokenized whole: the reference
     np.testing.assert_allclose(bounded, score(model, tok, PROMPTS[:1], [long], max_length=64), atol=1e-6)
 

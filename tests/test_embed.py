@@ -387,7 +387,7 @@ def test_human_pooling_mask_survives_left_truncation(tiny):
 
 
 @pytest.mark.parametrize("pooling", ["mean", "human", "last_turn"])
-def test_long_prompts_are_tokenized_from_a_bounded_tail(tiny, pooling, monkeypatch):
+def test_long_prompts_are_tokenized_from_a_bounded_tail(tiny, pooling):
     """A prompt far longer than embed.max_length tokens: only a tail of tail_chars() characters is tokenized (the
     tokenizer never sees the whole text at once), and the kept ids, pooling mask and whole-prompt token count are
     those of tokenizing it whole."""

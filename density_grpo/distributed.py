@@ -54,12 +54,19 @@ def local_device(device: str) -> str:
 
 
 def launch(
-    step: Callable, paths: tuple[Mapping[str, Any], Mapping[str, Any]], params: Mapping[str, Any], processes: int
+    step: Callable,
+    paths: tuple[Mapping[str, Any], Mapping[str, Any]],
+    params: Mapping[str, Any],
+    processes: int,
+    key: str,
 ) -> None:
     """Run `step(input, output, params)` (a module-level function) in `processes` workers; return when all are done.
 
-    paths: the rule's input and output. The CPU threads of this job are shared out (at least one per worker)."""
+    paths: the rule's input and output; key: the config key of `processes` (named when the GPUs are missing). The
+    CPU threads of this job are shared out (at least one per worker)."""
     from density_grpo.monitor import expect, note, rank_cuda_peaks
+
+    check_gpus(params["device"], processes, key)
 
     threads = max(1, _threads() // processes)
     payload = {"module": step.__module__, "function": step.__name__, "input": dict(paths[0]), "output": dict(paths[1]),
@@ -88,6 +95,24 @@ def launch(
         rank_cuda_peaks([t["peak_cuda_mb"] for t in told])
     if error is not None:
         raise UserError(error)
+
+
+def check_gpus(device: str, processes: int, key: str) -> None:
+    """On CUDA, one process per GPU: one line before any process starts unless torch sees `processes` GPUs (a job
+    granted fewer GPUs than it has processes, or none)."""
+    from density_grpo.device import is_gpu, torch_device
+
+    if not is_gpu(device):
+        return
+    import torch
+
+    torch_device(device)  # no CUDA at all: the pipeline's usual line
+    seen = torch.cuda.device_count()
+    if seen < processes:
+        raise UserError(
+            f"config key {key}: {processes} processes need {processes} CUDA devices (one each), but torch sees {seen} "
+            f"here (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
+        )
 
 
 def package_path() -> str:

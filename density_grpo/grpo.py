@@ -611,7 +611,7 @@ def run(input: dict, output: dict, params: dict) -> dict:
 
     job = GRPOJob.from_params(params)
     if must_launch(job.grpo.processes):  # the job's own process: the step runs again on N processes
-        launch(run, (input, output), params, job.grpo.processes)
+        launch(run, (input, output), params, job.grpo.processes, "grpo.processes")
         return _figures(json.loads(Path(output["summary"]).read_text()))
     prompts, pool = holdout_split(pd.read_parquet(input["prompts"]), job.eval.pool, job.seed)
     curve = pool.head(job.eval.curve_prompts)

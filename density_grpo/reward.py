@@ -281,7 +281,7 @@ def run(input: dict, output: dict, params: dict) -> dict:
 
     processes = RMConfig.from_params(params["rm"]).processes
     if must_launch(processes):  # the job's own process: the step runs again on N processes
-        launch(run, (input, output), params, processes)
+        launch(run, (input, output), params, processes, "rm.processes")
         return _figures(read_json(output["metrics"]))
     out = train_reward_model(input["model"], pd.read_parquet(input["pairs"]), params)
     if not is_main():

@@ -152,6 +152,26 @@ def test_stream_digest_is_the_digest_of_every_step_draw():
     assert len({before, *(o.stream_digest() for o in others)}) == 4
 
 
+def test_missing_gpus_fail_before_any_process_starts(monkeypatch):
+    """On CUDA each process needs its own GPU: with none, or fewer than the processes (a job granted fewer GPUs),
+    the job fails with one line naming the key before starting a worker (each would load torch, then fail)."""
+    from density_grpo import distributed
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", lambda *a, **k: pytest.fail("a worker was started"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"^config key device: 'cuda' but torch sees no CUDA device here"):
+        distributed.launch(grpo.run, ({}, {}), {"device": "cuda"}, 2, "grpo.processes")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError) as e:
+        distributed.launch(reward.run, ({}, {}), {"device": "cuda"}, 2, "rm.processes")
+    assert str(e.value) == (
+        "config key rm.processes: 2 processes need 2 CUDA devices (one each), but torch sees 1 here "
+        "(CUDA_VISIBLE_DEVICES='0')"
+    )
+
+
 def test_processes_must_share_the_batch():
     """The global batch keeps its meaning: processes must split it into whole micro-batches (TRL's requirement)."""
     g = dict(tiny_params("rm")["grpo"], prompts_per_step=2, num_generations=3, micro_batch=6)

@@ -7,8 +7,11 @@ there are backed up and restored on stop(). Daemons are started in the foregroun
 and stopped by PID; nothing is ever killed by name.
 
 No accounting (no slurmdbd): Snakemake's SLURM executor must poll with `squeue`
-(--slurm-status-command squeue), which sees finished jobs for MinJobAge (300 s) seconds.
-One fake GPU (gres gpu:1 backed by /dev/null) lets GPU rules' `--gpus=1` requests be scheduled.
+(--slurm-status-command squeue), which sees finished jobs for MinJobAge seconds: 1200 here (Slurm's default is
+300), so that `scontrol show job` still knows a job that finished early when a test reads it at the module's end.
+Two fake GPUs (gres gpu:2 backed by /dev/null and /dev/zero) let GPU rules' `--gpus=1` and a 2-process training
+job's `--gpus=2` be scheduled. The node declares 4x the machine's cores and memory (see SCALE), so that the tests'
+runs do not queue behind each other on a 2-core machine.
 
 Manual use (for debugging): python tests/slurm/cluster.py start   # prints the folder; then sinfo, sbatch ...
                             python tests/slurm/cluster.py stop FOLDER
@@ -67,14 +70,24 @@ def running_daemons() -> dict[int, str]:
 
 
 def node_line(host: str) -> str:
-    """The hardware as slurmd sees it (so the node is never drained for a mismatch), plus address and fake GPU."""
+    """The hardware as slurmd sees it, with SCALE times its cores and memory, plus address and fake GPUs."""
     out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("NodeName="))
-    fields = [f for f in line.split() if not f.startswith(("NodeName=", "UpTime="))]
-    return f"NodeName={host} NodeAddr=127.0.0.1 {' '.join(fields)} Gres=gpu:1 State=UNKNOWN"
+    fields = dict(f.split("=", 1) for f in line.split() if not f.startswith(("NodeName=", "UpTime=")))
+    for key in ("CPUs", "CoresPerSocket", "RealMemory"):
+        fields[key] = str(int(fields[key]) * SCALE)
+    return (
+        f"NodeName={host} NodeAddr=127.0.0.1 {' '.join(f'{k}={v}' for k, v in fields.items())} Gres=gpu:2 State=UNKNOWN"
+    )
 
 
 MARKER = "# Written by tests/slurm/cluster.py"
+# The node declares SCALE times the machine's cores and memory (SlurmdParameters=config_overrides keeps slurmd from
+# draining it for the mismatch): the tests' jobs use a fraction of what they request (a 2-process GRPO job asks for
+# 2 CPUs and 16 GB), and on the real 2 cores the module's runs would otherwise queue behind each other while the
+# executor's status polls back off (+10 s per poll in which no job finished). Nothing confines a job to its CPUs or
+# memory here (task/none, no cgroups): what the tests check is what SLURM was asked for and allocated.
+SCALE = 4
 
 SLURM_CONF = """\
 # Written by tests/slurm/cluster.py for a throwaway one-node test cluster ({base}); restored on stop.
@@ -99,12 +112,13 @@ MpiDefault=none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
+SlurmdParameters=config_overrides
 DefMemPerCPU=1000
 GresTypes=gpu
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-MinJobAge=300
+MinJobAge=1200
 ReturnToService=2
 SlurmdTimeout=300
 KillWait=5
@@ -113,9 +127,10 @@ PartitionName={partition} Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
 GRES_CONF = """\
-# Written by tests/slurm/cluster.py: one fake GPU so that --gpus=1 jobs can be scheduled.
+# Written by tests/slurm/cluster.py: two fake GPUs so that --gpus=1 and --gpus=2 jobs can be scheduled.
 AutoDetect=off
 Name=gpu File=/dev/null
+Name=gpu File=/dev/zero
 """
 
 

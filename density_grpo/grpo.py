@@ -520,7 +520,7 @@ def train_grpo(
 ) -> dict[str, Any]:  # fmt: skip
     """Train one GRPO policy from `model_dir` on `prompts` (prompt_id, text; held-out ones removed) drawn by `weights`
     (aligned with its rows; uniform for the uniform arm), with collapse curves on `curve_prompts` (none: no curves).
-    A TensorBoard `writer` (density_grpo.training.tensorboard) gets TRL's logged metrics and the curve points as they come.
+    A TensorBoard `writer` (density_grpo.training.tensorboard) gets TRL's logged metrics and the curve points.
 
     The policy trains in fp32 master weights (autocast in train_precision); the base model, the reward model and
     the curves' embeddings run in `dtype`. Returns the trained model and tokenizer, summary, step rows, draws,
@@ -612,8 +612,8 @@ def run(input: dict, output: dict, params: dict) -> dict:
     """Rule grpo: one policy per arm and seed; the density arm draws training prompts by weight, uniform uniformly.
 
     The held-out pool (eval.pool prompts, by a seeded hash, independent of the weights) is never trained on; the
-    collapse curves sample its first eval.curve_prompts prompts. With an output `tensorboard` (a folder: the rule's
-    log with training.report_to: tensorboard), rank 0 writes TensorBoard events there while it trains.
+    collapse curves sample its first eval.curve_prompts prompts. With `output["tensorboard"]` (a folder, the rule's
+    named log with training.report_to: tensorboard), rank 0 writes TensorBoard events there while it trains.
     """
     from density_grpo.io import write_json, write_jsonl, write_parquet
     from density_grpo.pairs import holdout_split

@@ -267,8 +267,8 @@ def held_out_metrics(model, tokenizer, held: pd.DataFrame, rm: RMConfig) -> dict
 
 def run(input: dict, output: dict, params: dict) -> dict:
     """Rule reward_model: pairs -> RM folder, metrics.json and the per-step rows (beside the folder, so reports
-    survive deleting the model). With an output `tensorboard` (a folder: the rule's log with training.report_to:
-    tensorboard), rank 0 writes TensorBoard events there while it trains."""
+    survive deleting the model). With `output["tensorboard"]` (a folder, the rule's named log with
+    training.report_to: tensorboard), rank 0 writes TensorBoard events there while it trains."""
     from density_grpo.io import read_json, write_jsonl
     from density_grpo.training import tensorboard
 

@@ -144,7 +144,7 @@ def planned_jobs(output: str) -> dict[str, int]:
 
 
 def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """The scalars of a TensorBoard run folder, read back with tensorboard's EventAccumulator: tag -> [(step, value)]."""
+    """A TensorBoard run folder's scalars, read back with tensorboard's EventAccumulator: tag -> [(step, value)]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every point

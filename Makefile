@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (set PYTHON=/path/to/python3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,cluster,bench]' -c constraints.txt
+	$(BIN)/pip install --quiet -e '.[dev,cluster,bench,tensorboard]' -c constraints.txt
 	touch $(STAMP)
 
 run: install

@@ -130,6 +130,9 @@ def run_step(smk: Any, step: Step) -> None:
     safetensors, Zarr, permissions) get one line too (errors.describe); any other exception is a bug and keeps its
     traceback. Temporaries a killed job left beside the outputs are removed first.
 
+    A named log (a training job's TensorBoard folder) reaches the step among its outputs: the step writes it like
+    an output, but Snakemake never reruns a job for a missing log.
+
     When the rule declares an output named `memory`, the step runs under the memory monitor, which writes the
     measured peak there beside the prediction the step records (monitor.expect); a dict the step returns is kept
     in that record too (e.g. tokens/s).
@@ -142,7 +145,7 @@ def run_step(smk: Any, step: Step) -> None:
     from density_grpo.io import remove_stale_temps
 
     set_threads(smk.threads)
-    inputs, outputs, params = named(smk.input), named(smk.output), named(smk.params)
+    inputs, outputs, params = named(smk.input), {**named(smk.log), **named(smk.output)}, named(smk.params)
     for tmp in remove_stale_temps(list(smk.output)):  # a job killed with SIGKILL never cleans up its atomic_path
         log.warning("removed %s, left behind by an interrupted job", tmp)
     audit = os.environ.get("DENSITY_GRPO_AUDIT_PARAMS")  # a folder: record which params each step read

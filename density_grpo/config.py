@@ -464,6 +464,17 @@ class EvalConfig(Section):
                 raise UserError(f"config key eval.{key}: {getattr(self, key)} is more than the held-out pool eval.pool = {self.pool}")
 
 
+@section
+class TrainingConfig(Section):
+    """`training`: what the training jobs (rules reward_model and grpo) report while they run. The rules read it
+    (rules/common.smk: training_logs), no step does: it decides which logs a job gets, not how it trains."""
+
+    SECTION: ClassVar[str] = "training"
+    report_to: str
+    """none, or tensorboard: TRL's logged metrics (and GRPO's collapse curves) as TensorBoard event files in each
+    job's folder results/{run}/tensorboard/{job}/."""
+
+
 class Job:
     """Base of a stage's typed job (a dataclass built from its rule's params): a field typed as a Section is built
     from the params of the same name (None where the rule declares none: a section the step does not read), any
@@ -485,7 +496,8 @@ class Job:
 
 
 SECTIONS: dict[str, type[Section]] = {
-    cls.SECTION: cls for cls in (DataConfig, EmbedConfig, KNNConfig, DensityConfig, RMConfig, GRPOConfig, EvalConfig)
+    cls.SECTION: cls
+    for cls in (DataConfig, EmbedConfig, KNNConfig, DensityConfig, RMConfig, GRPOConfig, EvalConfig, TrainingConfig)
 }
 
 

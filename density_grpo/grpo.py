@@ -335,11 +335,13 @@ class CollapseCurves(TrainerCallback):
 
     KL(policy || base) per token is estimated on the policy's own samples: mean over completion tokens of
     log p_policy(y_t) - log p_base(y_t). Sampling uses the same seed at every point (common random numbers), so the
-    step-0 point is identical for every run.
+    step-0 point is identical for every run. With a TensorBoard `writer`, each point's figures go to it as
+    `curves/<name>` scalars at its step.
     """
 
-    def __init__(self, prompts: list[str], how: Sampling, every: int, seed: int, tools: CurveTools):
+    def __init__(self, prompts: list[str], how: Sampling, every: int, seed: int, tools: CurveTools, writer: Any = None):
         self.prompts, self.how, self.every, self.seed, self.tools = prompts, how, every, seed, tools
+        self.writer = writer
         self.rows: list[dict] = []
         self.embeddings: list[np.ndarray] = []  # (prompts, samples, dim) per point
 
@@ -385,6 +387,11 @@ class CollapseCurves(TrainerCallback):
             "completions": out.texts,
         })  # fmt: skip
         log.info("curve point at step %d: reward %.3f, KL to base %.4f", step, self.rows[-1]["reward_mean"], kl)
+        if self.writer is not None:
+            for key, value in self.rows[-1].items():
+                if isinstance(value, float):
+                    self.writer.add_scalar(f"curves/{key}", value, step)
+            self.writer.flush()
 
 
 # -----------------------------------------------------------------------------
@@ -508,10 +515,12 @@ def summarize(rows: list[dict], counts: np.ndarray, job: GRPOJob, wall_s: float)
 
 
 def train_grpo(
-    job: GRPOJob, model_dir: str, prompts: pd.DataFrame, weights: np.ndarray, rm_dir: str | None, curve_prompts: list[str]
+    job: GRPOJob, model_dir: str, prompts: pd.DataFrame, weights: np.ndarray, rm_dir: str | None, curve_prompts: list[str],
+    writer: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Train one GRPO policy from `model_dir` on `prompts` (prompt_id, text; held-out ones removed) drawn by `weights`
     (aligned with its rows; uniform for the uniform arm), with collapse curves on `curve_prompts` (none: no curves).
+    A TensorBoard `writer` (density_grpo.training.tensorboard) gets TRL's logged metrics and the curve points.
 
     The policy trains in fp32 master weights (autocast in train_precision); the base model, the reward model and
     the curves' embeddings run in `dtype`. Returns the trained model and tokenizer, summary, step rows, draws,
@@ -524,7 +533,7 @@ def train_grpo(
     from density_grpo.embed import response_embedder
     from density_grpo.models import load_causal_lm
     from density_grpo.monitor import expect
-    from density_grpo.training import quiet_console
+    from density_grpo.training import quiet_console, tensorboard_callbacks
 
     g = job.grpo
     if len(prompts) == 0:
@@ -548,7 +557,7 @@ def train_grpo(
         reward_func = make_self_certainty_reward(model, tokenizer, g.token_chunk, g.temperature)
 
     metrics = StepMetrics()
-    callbacks: list[TrainerCallback] = [metrics]
+    callbacks: list[TrainerCallback] = [metrics, *tensorboard_callbacks(writer)]
     curves = None
     if curve_prompts and is_main():  # rank 0 alone measures and writes the curves
         base, base_tok = load_causal_lm(model_dir, dtype, device)
@@ -556,7 +565,7 @@ def train_grpo(
         tp = job.train_precision
         autocast = {"device_type": device.type, "dtype": torch.float16 if tp == "fp16" else torch.bfloat16, "enabled": tp != "fp32"}
         tools = CurveTools(base, tokenizer, reward_func, response_embedder(base, base_tok, g.max_completion_length), autocast)
-        curves = CollapseCurves(curve_prompts, job.curve_sampling, job.eval.every, job.seed, tools)
+        curves = CollapseCurves(curve_prompts, job.curve_sampling, job.eval.every, job.seed, tools, writer)
         callbacks.append(curves)
     with tempfile.TemporaryDirectory() as trainer_dir:  # the Trainer's own output_dir: nothing kept from it
         trainer = WeightedGRPOTrainer(
@@ -604,10 +613,12 @@ def run(input: dict, output: dict, params: dict) -> dict:
     """Rule grpo: one policy per arm and seed; the density arm draws training prompts by weight, uniform uniformly.
 
     The held-out pool (eval.pool prompts, by a seeded hash, independent of the weights) is never trained on; the
-    collapse curves sample its first eval.curve_prompts prompts.
+    collapse curves sample its first eval.curve_prompts prompts. With `output["tensorboard"]` (a folder, the rule's
+    named log with training.report_to: tensorboard), rank 0 writes TensorBoard events there while it trains.
     """
     from density_grpo.io import write_json, write_jsonl, write_parquet
     from density_grpo.pairs import holdout_split
+    from density_grpo.training import tensorboard
 
     job = GRPOJob.from_params(params)
     if must_launch(job.grpo.processes):  # the job's own process: the step runs again on N processes
@@ -616,21 +627,22 @@ def run(input: dict, output: dict, params: dict) -> dict:
     prompts, pool = holdout_split(pd.read_parquet(input["prompts"]), job.eval.pool, job.seed)
     curve = pool.head(job.eval.curve_prompts)
     weights = training_weights(prompts, input.get("weights"))
-    out = train_grpo(job, input["model"], prompts, weights, input.get("rm"), curve["text"].tolist())
-    if not is_main():  # rank 0 writes every output; the other ranks leave nothing behind
-        return {}
-    with atomic_path(output["model"]) as tmp:
-        tmp.mkdir()
-        out["model"].save_pretrained(tmp, safe_serialization=True)
-        out["tokenizer"].save_pretrained(tmp)
-    write_jsonl(out["rows"], output["metrics"])
-    write_jsonl(out["curves"], output["curves"])
-    with atomic_path(output["curve_embeddings"]) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, embeddings=out["curve_embeddings"], steps=np.array([r["step"] for r in out["curves"]]),
-                     prompt_ids=curve["prompt_id"].to_numpy(dtype=str))  # fmt: skip
-    write_parquet(out["draws"], output["draws"])
-    write_json(out["summary"], output["summary"])
+    with tensorboard(output.get("tensorboard")) as writer:  # removed again if anything below fails
+        out = train_grpo(job, input["model"], prompts, weights, input.get("rm"), curve["text"].tolist(), writer)
+        if not is_main():  # rank 0 writes every output; the other ranks leave nothing behind
+            return {}
+        with atomic_path(output["model"]) as tmp:
+            tmp.mkdir()
+            out["model"].save_pretrained(tmp, safe_serialization=True)
+            out["tokenizer"].save_pretrained(tmp)
+        write_jsonl(out["rows"], output["metrics"])
+        write_jsonl(out["curves"], output["curves"])
+        with atomic_path(output["curve_embeddings"]) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, embeddings=out["curve_embeddings"], steps=np.array([r["step"] for r in out["curves"]]),
+                         prompt_ids=curve["prompt_id"].to_numpy(dtype=str))  # fmt: skip
+        write_parquet(out["draws"], output["draws"])
+        write_json(out["summary"], output["summary"])
     return _figures(out["summary"])
 
 

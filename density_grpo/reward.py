@@ -157,10 +157,11 @@ def predict(params: Mapping[str, Any], work: memory.Workload) -> dict:
     )  # fmt: skip
 
 
-def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: Mapping[str, Any]) -> dict:
+def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: Mapping[str, Any], writer: Any = None) -> dict:
     """Train a Bradley-Terry RM from the base model on `pairs`; returns the model, tokenizer, metrics and step rows.
 
-    params: the rule's (rm, seed, device, train_precision).
+    params: the rule's (rm, seed, device, train_precision); a TensorBoard `writer` (density_grpo.training.tensorboard)
+    gets TRL's logged metrics as they come.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer
@@ -168,7 +169,7 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: Mapping[str,
 
     from density_grpo.device import torch_device
     from density_grpo.monitor import expect
-    from density_grpo.training import quiet_console, trainer_args
+    from density_grpo.training import quiet_console, tensorboard_callbacks, trainer_args
 
     t0 = time.perf_counter()
     rm, seed = RMConfig.from_params(params["rm"]), params["seed"]
@@ -191,7 +192,7 @@ def train_reward_model(model_dir: str, pairs: pd.DataFrame, params: Mapping[str,
             learning_rate=rm.learning_rate, max_length=rm.max_length,
         )  # fmt: skip
         trainer = RewardTrainer(
-            model=model, args=args, processing_class=tokenizer,
+            model=model, args=args, processing_class=tokenizer, callbacks=tensorboard_callbacks(writer),
             train_dataset=_preference_dataset(surely_short(train, tail_chars(tokenizer, rm.max_length))),
         )  # fmt: skip
         quiet_console(trainer, ("loss", "accuracy"), log)
@@ -276,21 +277,24 @@ def held_out_metrics(model, tokenizer, held: pd.DataFrame, rm: RMConfig) -> dict
 
 def run(input: dict, output: dict, params: dict) -> dict:
     """Rule reward_model: pairs -> RM folder, metrics.json and the per-step rows (beside the folder, so reports
-    survive deleting the model)."""
+    survive deleting the model). With `output["tensorboard"]` (a folder, the rule's named log with
+    training.report_to: tensorboard), rank 0 writes TensorBoard events there while it trains."""
     from density_grpo.io import read_json, write_jsonl
+    from density_grpo.training import tensorboard
 
     processes = RMConfig.from_params(params["rm"]).processes
     if must_launch(processes):  # the job's own process: the step runs again on N processes
         launch(run, (input, output), params, processes, "rm.processes")
         return _figures(read_json(output["metrics"]))
-    out = train_reward_model(input["model"], pd.read_parquet(input["pairs"]), params)
-    if not is_main():
-        return {}
-    with atomic_path(output["model"]) as tmp:
-        out["model"].save_pretrained(tmp, safe_serialization=True)
-        out["tokenizer"].save_pretrained(tmp)
-    write_jsonl(out["steps"], output["steps"])
-    write_json(out["metrics"], output["metrics"])
+    with tensorboard(output.get("tensorboard")) as writer:  # removed again if anything below fails
+        out = train_reward_model(input["model"], pd.read_parquet(input["pairs"]), params, writer)
+        if not is_main():
+            return {}
+        with atomic_path(output["model"]) as tmp:
+            out["model"].save_pretrained(tmp, safe_serialization=True)
+            out["tokenizer"].save_pretrained(tmp)
+        write_jsonl(out["steps"], output["steps"])
+        write_json(out["metrics"], output["metrics"])
     return _figures(out["metrics"])
 
 

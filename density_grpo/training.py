@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Sequence
+import shutil
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 from transformers import TrainerCallback
+
+from density_grpo.distributed import is_main
+from density_grpo.errors import UserError
 
 
 def checkpointing_key(config_cls) -> str:
@@ -70,3 +75,40 @@ def quiet_console(trainer, keys: Sequence[str], logger: logging.Logger) -> None:
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ConsoleProgress(keys, logger))
+
+
+@contextmanager
+def tensorboard(logdir: str | None) -> Iterator[Any]:
+    """A TensorBoard SummaryWriter on the job's folder `logdir` (given by its rule with training.report_to:
+    tensorboard; None: no writer), on the main process alone (None on the others).
+
+    The folder starts empty (a rerun never appends to an earlier run's events), is written while the job trains,
+    and is removed when the job fails.
+    """
+    if logdir is None or not is_main():
+        yield None
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "config key training.report_to: tensorboard needs the tensorboard package "
+            "(pip install -e '.[tensorboard]' -c constraints.txt)"
+        ) from None
+    shutil.rmtree(logdir, ignore_errors=True)
+    writer = SummaryWriter(logdir)
+    try:
+        yield writer
+    except BaseException:
+        writer.close()
+        shutil.rmtree(logdir, ignore_errors=True)
+        raise
+    writer.close()
+
+
+def tensorboard_callbacks(writer: Any) -> list[TrainerCallback]:
+    """transformers' TensorBoardCallback (what TRL's report_to="tensorboard" adds: every logged metric as
+    `train/<name>`) on the job's writer; none without a writer."""
+    from transformers.integrations import TensorBoardCallback
+
+    return [TensorBoardCallback(writer)] if writer is not None else []

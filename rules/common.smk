@@ -105,6 +105,7 @@ def job(rule, *wildcards, each=None, name=None, folder=RES, logs=LOGS, report=Tr
         "log": f"{logs}/{name}.log",
         "bench": f"{folder}/bench/{name}.tsv",
         "stamp": f"{folder}/params/{name}.json",
+        "tensorboard": f"{folder}/tensorboard/{name}",
     }
     if report:
         JOBS.append((files, each))
@@ -163,6 +164,15 @@ def params_stamp(name, files, inputs=None):
         return ancient(path) if state == "built" else path
 
     return stamp
+
+
+def training_logs(files):
+    """A training job's TensorBoard folder with training.report_to: tensorboard (none otherwise), as a named log:
+    Snakemake empties it before the job runs and, unlike a missing output, a missing log reruns nothing, so
+    switching the key reruns no training (a job writes its events the next time it trains)."""
+    if config["training"]["report_to"] != "tensorboard":
+        return {}
+    return {"tensorboard": directory(files["tensorboard"])}
 
 
 def resources(mem_mb, runtime, gpu=False, processes=1):

@@ -17,6 +17,7 @@ rule reward_model:
         memory=RM_JOB["memory"],
     log:
         RM_JOB["log"],
+        **training_logs(RM_JOB),
     benchmark:
         RM_JOB["bench"]
     conda:
@@ -46,6 +47,7 @@ rule grpo:
         memory=GRPO_JOB["memory"],
     log:
         GRPO_JOB["log"],
+        **training_logs(GRPO_JOB),
     benchmark:
         GRPO_JOB["bench"]
     wildcard_constraints:

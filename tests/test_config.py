@@ -47,6 +47,7 @@ def test_partial_yaml_override(tmp_path):
         ({"data": {"source": "local", "path": "/no/such.jsonl"}}, "config key data.path: no such file '/no/such.jsonl'"),
         ({"data": {"source": "hh-rlhf", "mirror": "/no/such/dir"}}, "config key data.mirror: no such folder"),
         ({"grpo": {"samplers": []}}, "config key grpo.samplers"),
+        ({"training": {"report_to": "wandb"}}, "config key training.report_to: 'wandb' is not one of ['none', 'tensorboard']"),
     ],
 )
 def test_errors_name_the_key(override, message):

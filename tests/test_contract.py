@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_run, planned_jobs, snakemake, tiny_pairs, write_jsonl
+from conftest import copy_run, planned_jobs, snakemake, tensorboard_scalars, tiny_pairs, write_jsonl
 
 pytestmark = pytest.mark.e2e
 STEP_RULES = {
@@ -227,3 +227,18 @@ def test_jobs_record_their_params_digest(audited_run, tmp_path):
             continue  # a job only planned by a dry run above (a third seed)
         record = json.loads((stamp.parent.parent / "memory" / stamp.name).read_text())
         assert record["extra"]["params_digest"] == json.loads(stamp.read_text())["digest"], stamp.name
+
+
+def test_report_to_tensorboard_is_a_log(finished_run, tmp_path):
+    """training.report_to gives the training jobs their TensorBoard folders as logs (not outputs, not params): the
+    finished run (none) has no folder, switching the key on plans nothing, and a job that trains again writes its
+    events while it trains in results/{run}/tensorboard/{job}/, the folder its rule gives it."""
+    workdir = copy_run(finished_run[0], tmp_path / "run")
+    config, on = workdir / "tiny.yaml", tmp_path / "on.yaml"
+    assert not (workdir / RES / "tensorboard").exists()
+    on.write_text(yaml.safe_dump({"training": {"report_to": "tensorboard"}}))
+    assert planned_jobs(snakemake(workdir, "-n", "--configfile", str(config), str(on)).stdout) == {}
+    snakemake(workdir, f"{RES}/grpo/uniform/seed0/summary.json", "-R", "grpo", "--configfile", str(config), str(on))
+    assert [p.name for p in (workdir / RES / "tensorboard").iterdir()] == ["grpo_uniform_0"]  # the one job that ran
+    scalars = tensorboard_scalars(workdir / RES / "tensorboard/grpo_uniform_0")
+    assert {"train/loss", "train/reward", "curves/reward_mean"} <= scalars.keys()

@@ -272,12 +272,12 @@ def test_one_step_changes_every_trainable_tensor(tiny_model, tiny_rm, prompts, p
     assert ((w.bfloat16() + 1e-5 * torch.sign(w)).bfloat16() == w.bfloat16()).float().mean() > 0.5
 
 
-def run_step(tiny_model, tiny_rm, prompts, tmp_path, params) -> dict[str, str]:
-    """The rule's step on `prompts`; returns its output paths."""
+def run_step(tiny_model, tiny_rm, prompts, tmp_path, params, **logs: str) -> dict[str, str]:
+    """The rule's step on `prompts`; returns its output paths. `logs`: its named logs (a TensorBoard folder)."""
     prompts.to_parquet(tmp_path / "prompts.parquet")
     names = {"model": "model", "metrics": "metrics.jsonl", "draws": "draws.parquet", "summary": "summary.json",
              "curves": "curves.jsonl", "curve_embeddings": "curves.npz"}  # fmt: skip
-    out = {k: str(tmp_path / name) for k, name in names.items()}
+    out = {**logs, **{k: str(tmp_path / name) for k, name in names.items()}}
     inputs = {"prompts": str(tmp_path / "prompts.parquet"), "model": str(tiny_model), "rm": str(tiny_rm)}
     grpo.run(inputs, out, params)
     return out
@@ -306,6 +306,27 @@ def test_grpo_step_uniform_arm(tiny_model, tiny_rm, prompts, tmp_path):
     assert not set(emb["prompt_ids"]) & set(draws["prompt_id"])  # curve prompts are held out
     tok = AutoTokenizer.from_pretrained(out["model"])
     assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+
+
+def test_grpo_step_writes_tensorboard_events(tiny_model, tiny_rm, prompts, tmp_path):
+    """training.report_to: tensorboard: in the folder its rule gives it, the step writes TRL's logged metrics
+    (train/<name>) at every step and each collapse-curve point (curves/<name>), replacing an earlier run's events."""
+    from conftest import tensorboard_scalars
+
+    tb = tmp_path / "tensorboard" / "grpo_uniform_0"
+    tb.mkdir(parents=True)
+    (tb / "events.out.tfevents.0.earlier").write_bytes(b"")
+    out = run_step(tiny_model, tiny_rm, prompts, tmp_path, tiny_params("rm"), tensorboard=str(tb))
+    assert not (tb / "events.out.tfevents.0.earlier").exists() and len(list(tb.iterdir())) == 1  # one writer
+    scalars = tensorboard_scalars(tb)
+    assert {"train/loss", "train/reward", "train/reward_std", "train/entropy", "train/completions/mean_length"} <= scalars.keys()
+    rows = [json.loads(line) for line in Path(out["metrics"]).read_text().splitlines()]
+    assert [step for step, _ in scalars["train/reward"]] == [1, 2]
+    np.testing.assert_allclose([v for _, v in scalars["train/reward"]], [r["reward"] for r in rows], rtol=1e-6, atol=1e-7)
+    curves = [json.loads(line) for line in Path(out["curves"]).read_text().splitlines()]
+    for key in ("reward_mean", "kl_to_base", "distinct_2_within", "length_tokens"):
+        assert [step for step, _ in scalars[f"curves/{key}"]] == [0, 1, 2]
+        np.testing.assert_allclose([v for _, v in scalars[f"curves/{key}"]], [c[key] for c in curves], rtol=1e-6, atol=1e-7)
 
 
 def test_last_curve_point_samples_like_the_final_evaluation(tiny_model, tiny_rm, prompts, tmp_path):

@@ -65,8 +65,10 @@ def synthetic_pairs(n: int = 12) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def trained_rm(tiny_model, tmp_path_factory):
+    """The rule's step, with training.report_to: tensorboard (its folder among the outputs, as run_step passes it)."""
     out = tmp_path_factory.mktemp("rm")
-    files = {"model": str(out / "rm"), "metrics": str(out / "metrics.json"), "steps": str(out / "steps.jsonl")}
+    files = {"model": str(out / "rm"), "metrics": str(out / "metrics.json"), "steps": str(out / "steps.jsonl"),
+             "tensorboard": str(out / "tensorboard" / "reward_model")}  # fmt: skip
     synthetic_pairs().to_parquet(out / "pairs.parquet")
     reward.run({"model": str(tiny_model), "pairs": str(out / "pairs.parquet")}, files, rm_params())
     return out, json.loads((out / "metrics.json").read_text())
@@ -192,6 +194,49 @@ def test_train_reward_model_writes_loadable_folder(trained_rm):
     model, tok = load_reward_model(str(out), device="cpu")
     assert tok.pad_token_id != tok.eos_token_id
     assert model.config.pad_token_id == tok.pad_token_id
+
+
+def test_reward_model_writes_tensorboard_events(trained_rm):
+    """TRL's logged metrics of every step, as train/<name> scalars in the folder the rule gives the step."""
+    from conftest import tensorboard_scalars
+
+    folder = trained_rm[0]
+    scalars = tensorboard_scalars(folder / "tensorboard" / "reward_model")
+    assert {"train/loss", "train/accuracy", "train/margin", "train/grad_norm", "train/learning_rate"} <= scalars.keys()
+    steps = [json.loads(x) for x in (folder / "steps.jsonl").read_text().splitlines()]
+    assert [step for step, _ in scalars["train/loss"]] == [x["step"] for x in steps] == [1, 2, 3, 4]
+    np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [x["loss"] for x in steps], rtol=1e-6)
+
+
+def test_tensorboard_folder_rank_0_only_and_removed_on_failure(tmp_path, monkeypatch):
+    """The job's folder: written by rank 0 alone, removed when the job fails, and a one-line error naming the key
+    and the install command without the tensorboard package."""
+    import sys
+
+    from density_grpo import training
+
+    tb = tmp_path / "tensorboard" / "reward_model"
+    with pytest.raises(RuntimeError, match="the job fails"):
+        with training.tensorboard(str(tb)) as writer:
+            writer.add_scalar("train/loss", 1.0, 1)
+            writer.flush()
+            assert list(tb.glob("events.out.tfevents.*"))
+            raise RuntimeError("the job fails")
+    assert not tb.exists()
+    monkeypatch.setattr(training, "is_main", lambda: False)
+    with training.tensorboard(str(tb)) as writer:
+        assert writer is None
+    assert not tb.exists()
+    monkeypatch.setattr(training, "is_main", lambda: True)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with pytest.raises(UserError) as e:
+        with training.tensorboard(str(tb)):
+            pass
+    assert str(e.value) == (
+        "config key training.report_to: tensorboard needs the tensorboard package "
+        "(pip install -e '.[tensorboard]' -c constraints.txt)"
+    )
+    assert not tb.exists()
 
 
 def test_score_consistent_after_reload(trained_rm, tiny_model):

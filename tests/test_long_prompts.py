@@ -1,7 +1,7 @@
-"""Bounded memory for any prompt length: two 20 MB prompts (one held out, one trained on) through every stage of
-a tiny run; each job's measured peak stays within BOUND of its own prediction, which counts the bounded token
+"""Bounded memory for any prompt length: a 20 MB prompt (held out) and a 5 MB one (trained on) through every stage
+of a tiny run; each job's measured peak stays within BOUND of its own prediction, which counts the bounded token
 lengths (embed.max_length, rm.max_length, grpo/eval.max_prompt_length) and the text read (memory.texts), not the
-prompts' 5 million tokens each."""
+prompts' 5 and 1.3 million tokens."""
 
 from __future__ import annotations
 
@@ -23,21 +23,22 @@ RES = Path("results/tiny")
 
 
 def placed_pairs() -> list[dict]:
-    """The tiny pairs plus two 20 MB ones: the first ranks first in the held-out pool's seeded hash order (so it is
-    a GRPO curve prompt and evaluated), the second ranks after the pool (so GRPO trains on it)."""
+    """The tiny pairs plus a 20 MB one that ranks first in the held-out pool's seeded hash order (so it is a GRPO
+    curve prompt and evaluated) and a 5 MB one that ranks after the pool (so GRPO and the reward model train on it)."""
     rows = tiny_pairs()
-    words = " ".join(f"w{j % 997}" for j in range(MB20 // 4))[:MB20]  # about 5M tokens
     ids = [prompt_id(pair_from_hh(r["chosen"], r["rejected"])[0]) for r in rows]
-    placed: dict[str, dict] = {}
-    for i in range(10_000):
-        pair = {"chosen": hh(f"{words} (long {i})", "A careful answer."), "rejected": hh(f"{words} (long {i})", "No."), "topic": "long"}
-        rank = list(_hash_order(pd.Series([*ids, prompt_id(pair_from_hh(pair["chosen"], pair["rejected"])[0])]), 0)).index(len(ids))
-        where = "held" if rank == 0 else "trained" if rank > POOL else None
-        if where and where not in placed:
-            placed[where] = pair
-        if len(placed) == 2:
-            return [*rows, placed["held"], placed["trained"]]
-    raise AssertionError("no placement found")
+    words = " ".join(f"w{j % 997}" for j in range(MB20 // 4))[:MB20]  # about 5M tokens
+    placed = []
+    for size, in_pool in ((MB20, True), (MB20 // 4, False)):
+        for i in range(10_000):
+            text = f"{words[:size]} (long {i})"
+            pair = {"chosen": hh(text, "A careful answer."), "rejected": hh(text, "No."), "topic": "long"}
+            order = _hash_order(pd.Series([*ids, prompt_id(pair_from_hh(pair["chosen"], pair["rejected"])[0])]), 0)
+            rank = list(order).index(len(ids))
+            if (rank == 0) if in_pool else (rank > POOL):
+                placed.append(pair)
+                break
+    return [*rows, *placed]
 
 
 def test_twenty_mb_prompts_stay_within_each_stage_prediction(tmp_path, tiny_model):

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # config attributes that make logits a non-linear (softcap) or rescaled function of the final hidden state
 _LOGIT_SCALE_KEYS = ("logit_scale", "logits_scaling", "lm_head_multiplier")
-TOKEN_PIECE = 1 << 18  # characters tokenized at a time when a long prompt's whole length is counted
+TOKEN_PIECE = 1 << 16  # characters tokenized at a time when a long prompt's whole length is counted
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -478,7 +478,8 @@ def _predict(job: GRPOJob, work: memory.Workload) -> dict:
     how = memory.Training(checkpointing=g.gradient_checkpointing, logit_positions=C, activations=act)
     tc = memory.training_components(model_cfg, g.process_micro_batch, S, how)
     gen = memory.kv_cache_bytes(model_cfg, B, S, act) + B * V * 4
-    c = {**memory.baseline("trl", device), **memory.texts(work, device), **{k: tc[k] for k in ("weights", "grads", "optimizer")}}
+    c = {**memory.baseline("trl", device), **memory.texts(work, device)}
+    c.update({k: tc[k] for k in ("weights", "grads", "optimizer")})
     c["max(train activations + logits, generation KV cache)"] = max(tc["activations"] + tc["logits"], gen)
     c["base model (curves)"] = memory.weights_bytes(n_params, infer)
     if g.beta > 0:

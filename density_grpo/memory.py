@@ -48,7 +48,7 @@ BASELINE_BYTES = {
     "trl": 435 * MiB,  # torch, transformers, datasets, trl GRPOTrainer/RewardTrainer
 }
 
-TEXT_COPIES = 4  # measured: a job reading 40 MB of ASCII prompts peaks 150-190 MiB higher (tests/test_long_prompts.py)
+TEXT_COPIES = 4  # measured (tests/test_long_prompts.py): 25-40 MB of ASCII prompts raise a job's peak by 100-190 MiB
 
 # SmolLM2-135M(-Instruct): the default model (its config.json)
 SMOLLM2_135M = {

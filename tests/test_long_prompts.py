@@ -62,4 +62,5 @@ def test_twenty_mb_prompts_stay_within_each_stage_prediction(tmp_path, tiny_mode
     assert not over, f"measured > {BOUND} x predicted (MiB): {over}"
     evaluated = json.loads((tmp_path / RES / "eval/base.json").read_text())
     assert evaluated["n_prompts_cut"] == 1 and max(map(len, evaluated["prompts"])) < 10_000
-    assert "1 of 26 training prompts keep their last grpo.max_prompt_length" in (tmp_path / "logs/tiny/grpo_density_0.log").read_text()
+    grpo_log = (tmp_path / "logs/tiny/grpo_density_0.log").read_text()
+    assert "1 of 26 training prompts keep their last grpo.max_prompt_length" in grpo_log

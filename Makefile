@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
+# make test: pytest-xdist workers; each test module runs on one worker (its fixtures are built once)
+TEST_WORKERS ?= 2
 
 BENCHMARKS := embed_throughput knn_weights knn_scale grpo_step self_certainty_memory incremental
 BENCH_ARGS ?=
@@ -23,7 +25,7 @@ run: install
 	$(BIN)/snakemake --cores $(CORES)
 
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 lint: install
 	$(BIN)/snakemake --lint

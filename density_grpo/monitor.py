@@ -146,8 +146,10 @@ class Relay:
 
 
 def _rank_of(proc: psutil.Process, ranks: dict[int, int | None]) -> int | None:
-    """The data-parallel rank a process belongs to (RANK in its environment, as torch.distributed.run sets it)."""
-    if proc.pid not in ranks:
+    """The data-parallel rank a process belongs to (RANK in its environment, as torch.distributed.run sets it).
+    Only a rank is cached: a worker seen between fork and exec still shows its launcher's environment (no RANK),
+    which on a loaded machine is long enough to be sampled."""
+    if ranks.get(proc.pid) is None:
         try:
             rank = proc.environ().get("RANK")
         except psutil.Error:

@@ -9,9 +9,11 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -92,11 +94,27 @@ def deny_open(monkeypatch):
     return deny
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """A folder `build` fills once per test session, shared by pytest-xdist's workers (`make test` runs 2): the first
+    worker to ask builds it under a file lock, the others wait for it. Readers copy it before they change it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     from tiny_model import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+    return built_once(tmp_path_factory, "models", lambda folder: build_tiny_model(folder / "tiny-llama")) / "tiny-llama"
 
 
 def tiny_config(workdir: Path, model: Path, pairs: Path, **extra) -> Path:
@@ -121,14 +139,16 @@ def tiny_config(workdir: Path, model: Path, pairs: Path, **extra) -> Path:
 
 
 @pytest.fixture(scope="session")
-def finished_run(tmp_path_factory, tiny_model) -> tuple[Path, subprocess.CompletedProcess]:
-    """One full run of the tiny config (30 prompts in 4 chunks of 8; 2 arms x 2 seeds), shared by the end-to-end
-    tests: they read it, or work on a copy (`copy_run`). Its steps recorded the params they read (audit/)."""
-    workdir = tmp_path_factory.mktemp("finished")
-    pairs = write_jsonl(tiny_pairs(), workdir / "pairs.jsonl")
-    config = tiny_config(workdir, tiny_model, pairs)
-    res = snakemake(workdir, "--configfile", str(config), env={"DENSITY_GRPO_AUDIT_PARAMS": str(workdir / "audit")})
-    return workdir, res
+def finished_run(tmp_path_factory, tiny_model) -> Path:
+    """The folder of one full run of the tiny config (30 prompts in 4 chunks of 8; 2 arms x 2 seeds), shared by the
+    end-to-end tests: they work on a copy (`copy_run`), never in it. Its steps recorded the params they read (audit/)."""
+
+    def run(workdir: Path) -> None:
+        pairs = write_jsonl(tiny_pairs(), workdir / "pairs.jsonl")
+        config = tiny_config(workdir, tiny_model, pairs)
+        snakemake(workdir, "--configfile", str(config), env={"DENSITY_GRPO_AUDIT_PARAMS": str(workdir / "audit")})
+
+    return built_once(tmp_path_factory, "finished", run)
 
 
 def copy_run(src: Path, dst: Path) -> Path:

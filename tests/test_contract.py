@@ -25,10 +25,11 @@ RES = "results/tiny"
 
 
 @pytest.fixture(scope="module")
-def audited_run(finished_run):
-    """The finished tiny run (read only here): its steps recorded the params they read (DENSITY_GRPO_AUDIT_PARAMS)."""
-    workdir = finished_run[0]
-    return workdir, workdir / "tiny.yaml", workdir / "audit"
+def audited_run(finished_run, tmp_path_factory):
+    """A copy of the finished tiny run (its dry runs refresh params stamps) and the params its steps recorded they
+    read (DENSITY_GRPO_AUDIT_PARAMS)."""
+    workdir = copy_run(finished_run, tmp_path_factory.mktemp("audited") / "run")
+    return workdir, workdir / "tiny.yaml", finished_run / "audit"
 
 
 def audits(folder: Path) -> dict[str, dict]:
@@ -165,7 +166,7 @@ def dry_run(workdir: Path, config: Path, change: dict | None, tmp_path: Path) ->
 @pytest.fixture(scope="module")
 def no_metadata(finished_run, tmp_path_factory):
     """A copy of the finished run without .snakemake/ (a restored run folder, another machine, a cleaned cache)."""
-    copy = copy_run(finished_run[0], tmp_path_factory.mktemp("restored") / "run")
+    copy = copy_run(finished_run, tmp_path_factory.mktemp("restored") / "run")
     shutil.rmtree(copy / ".snakemake")
     return copy, copy / "tiny.yaml"
 
@@ -202,7 +203,7 @@ def strip_stamps(workdir: Path) -> None:
 def test_results_from_before_params_stamps(finished_run, tmp_path):
     """Upgrading keeps old results: with Snakemake's metadata nothing reruns for the new stamp input (and its params
     trigger still works); without it the records hold no digest, so they are trusted with one warning per rule."""
-    workdir = copy_run(finished_run[0], tmp_path / "old")
+    workdir = copy_run(finished_run, tmp_path / "old")
     config = workdir / "tiny.yaml"
     strip_stamps(workdir)
     assert planned_jobs(dry_run(workdir, config, None, tmp_path).stdout) == {}
@@ -233,7 +234,7 @@ def test_report_to_tensorboard_is_a_log(finished_run, tmp_path):
     """training.report_to gives the training jobs their TensorBoard folders as logs (not outputs, not params): the
     finished run (none) has no folder, switching the key on plans nothing, and a job that trains again writes its
     events while it trains in results/{run}/tensorboard/{job}/, the folder its rule gives it."""
-    workdir = copy_run(finished_run[0], tmp_path / "run")
+    workdir = copy_run(finished_run, tmp_path / "run")
     config, on = workdir / "tiny.yaml", tmp_path / "on.yaml"
     assert not (workdir / RES / "tensorboard").exists()
     on.write_text(yaml.safe_dump({"training": {"report_to": "tensorboard"}}))

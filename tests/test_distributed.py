@@ -3,9 +3,14 @@
 Tolerances: both runs are fp32 on the same data; they differ in float reduction order only (DDP averages two
 half-batch gradients where one process sums the whole batch; each rank pads its prompts to its own longest, which
 changes matmul shapes, not values). That moves results by a few float32 ulps per operation: ~1e-7 relative in a
-reward, a few 1e-7 in a weight after a few steps. The tolerances (rtol 1e-4, atol 1e-6) are 100x that noise and far
-below what a real difference makes: one prompt drawn differently, or a group's advantage normalised over half the
-group, changes rewards and gradients at 1e-2 relative or more, and weights by the learning rate (1e-3 here).
+reward, loss or gradient norm, for which the tolerances (rtol 1e-4, atol 1e-6) leave 100x. Weights are compared by
+their updates, not element by element: Adam divides each gradient element by its own running RMS, so an element whose
+gradient is near zero carries its reduction noise into its update at up to the learning rate's scale (one element of
+2,048 in a gate_proj differed by 2.3e-5 after 3 GRPO steps, in one suite run on 2 workers). The whole
+update differs by 5e-6 of its norm (1.5e-6 of 0.29; the reward model: 1.4e-6 of 0.35); UPDATE_RTOL allows 1e-2. A
+real difference (one prompt drawn differently, or a group's advantage normalised over half the group) changes
+rewards and gradients at 1e-2 relative or more, and the update by about its own size: the same 3 steps over the
+prompts in another order differ by 0.86 of the update.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from test_reward_eval import rm_params, synthetic_pairs
 
 TESTS = Path(__file__).resolve().parent
 RTOL, ATOL = 1e-4, 1e-6
+UPDATE_RTOL = 1e-2  # 1 vs 2 processes: |update difference| / |update| over all weights (module docstring)
 GRPO_OUT = {"model": "model", "metrics": "metrics.jsonl", "draws": "draws.parquet", "summary": "summary.json",
             "curves": "curves.jsonl", "curve_embeddings": "curves.npz"}  # fmt: skip
 
@@ -63,11 +69,14 @@ def grpo_step(tmp: Path, tiny_model, rm: Path, processes: int) -> dict[str, Path
     return out
 
 
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+def assert_same_weights(a: Path, b: Path, start: Path) -> None:
+    """The two runs' weights moved from `start`'s alike: the norm of their difference is at most UPDATE_RTOL of the
+    norm of the update (tensors `start` lacks, like a reward head, count in the difference only)."""
+    wa, wb, w0 = (load_file(d / "model.safetensors") for d in (a, b, start))
     assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=RTOL, atol=ATOL, msg=k)
+    diff = sum(float((wa[k] - wb[k]).pow(2).sum()) for k in wa) ** 0.5
+    update = sum(float((wa[k] - w0[k]).pow(2).sum()) for k in wa if k in w0) ** 0.5
+    assert update > 0 and diff <= UPDATE_RTOL * update, f"weights differ by {diff:.3g}, {diff / update:.3g} of the update {update:.3g}"
 
 
 def test_grpo_two_processes_match_one(tiny_model, tiny_rm, tmp_path, caplog):  # noqa: F811
@@ -86,7 +95,7 @@ def test_grpo_two_processes_match_one(tiny_model, tiny_rm, tmp_path, caplog):  #
     d1, d2 = pd.read_parquet(one["draws"]), pd.read_parquet(two["draws"])
     pd.testing.assert_frame_equal(d1, d2)
     assert d2["draws"].sum() == 3 * 3  # every global draw counted once (steps x prompts_per_step)
-    assert_same_weights(one["model"], two["model"])
+    assert_same_weights(one["model"], two["model"], tiny_model)
     c1, c2 = read_jsonl(one["curves"]), read_jsonl(two["curves"])
     assert [c["step"] for c in c2] == [0, 1, 2, 3]  # rank 0's curves, every point once
     np.testing.assert_allclose([c["reward_mean"] for c in c2], [c["reward_mean"] for c in c1], rtol=RTOL, atol=ATOL)
@@ -111,7 +120,7 @@ def test_reward_model_two_processes_match_one(tiny_model, tmp_path):
     np.testing.assert_allclose([s["loss"] for s in s2], [s["loss"] for s in s1], rtol=RTOL, atol=ATOL)
     assert m2["eval_accuracy"] == m1["eval_accuracy"] and m2["steps"] == 4
     np.testing.assert_allclose(m2["eval_margin_mean"], m1["eval_margin_mean"], rtol=RTOL, atol=ATOL)
-    assert_same_weights(outs[0]["model"], outs[1]["model"])
+    assert_same_weights(outs[0]["model"], outs[1]["model"], tiny_model)
     assert sorted(p.name for p in (tmp_path / "2").iterdir()) == ["metrics.json", "pairs.parquet", "rm", "steps.jsonl"]
 
 
@@ -190,7 +199,7 @@ def test_snakemake_runs_a_grpo_job_on_two_processes(finished_run, tiny_model, tm
     record holds both ranks' peaks and rank 0's prediction, the largest rank being the measured figure."""
     from conftest import copy_run, planned_jobs, snakemake, tiny_config
 
-    work = copy_run(finished_run[0], tmp_path / "run")
+    work = copy_run(finished_run, tmp_path / "run")
     config = tiny_config(work, tiny_model, work / "pairs.jsonl", grpo={"processes": 2})
     target = "results/tiny/grpo/uniform/seed0/summary.json"
     assert planned_jobs(snakemake(work, target, "--configfile", str(config), "-n").stdout) == {"grpo": 1}

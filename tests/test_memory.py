@@ -242,3 +242,23 @@ def test_monitor_records_each_ranks_peak(tmp_path):
     with MemoryMonitor(tmp_path / "one.json", rule="one") as mon:
         pass
     assert mon.record()["peak_rss_per_rank_mb"] is None
+
+
+def test_a_rank_seen_before_its_exec_is_found_later():
+    """A worker sampled between fork and exec shows its launcher's environment (no RANK); the next sample, after
+    exec, must still find its rank (caching "no rank" lost rank 1's peak on a loaded machine)."""
+    from density_grpo.monitor import _rank_of
+
+    class Worker:  # psutil.Process's environ(): the launcher's before exec, the worker's after
+        pid = 4242
+
+        def __init__(self):
+            self.envs = [{"PATH": "/bin"}, {"PATH": "/bin", "RANK": "1"}]
+
+        def environ(self):
+            return self.envs.pop(0) if len(self.envs) > 1 else self.envs[0]
+
+    ranks, worker = {}, Worker()
+    assert _rank_of(worker, ranks) is None
+    assert _rank_of(worker, ranks) == 1
+    assert _rank_of(worker, ranks) == 1 and ranks == {4242: 1}

@@ -34,17 +34,17 @@ def chunk_mtimes(workdir: Path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, finished_run):
     """A copy of the finished tiny run (30 prompts in 4 chunks of 8), which these tests change."""
-    workdir = copy_run(finished_run[0], tmp_path_factory.mktemp("run") / "run")
-    config, pairs, res = workdir / "tiny.yaml", workdir / "pairs.jsonl", finished_run[1]
+    workdir = copy_run(finished_run, tmp_path_factory.mktemp("run") / "run")
+    config, pairs = workdir / "tiny.yaml", workdir / "pairs.jsonl"
     snapshot = workdir / "snapshot"  # the first run's small artifacts, before later tests change the data
     snapshot.mkdir()
     for name in ("data/prompts.parquet", "density/weights.parquet"):
         shutil.copy(workdir / RES / name, snapshot / Path(name).name)
-    return workdir, config, pairs, res
+    return workdir, config, pairs
 
 
 def test_full_run_artifacts(tiny_run):
-    workdir, _, _, _ = tiny_run
+    workdir, _, _ = tiny_run
     pairs = pd.read_parquet(workdir / RES / "data/pairs.parquet")
     assert list(pairs.columns) == ["pair_id", "prompt", "chosen", "rejected", "source", "subset", "topic"]
     prompts = pd.read_parquet(workdir / RES / "data/prompts.parquet")
@@ -73,16 +73,17 @@ def test_full_run_artifacts(tiny_run):
 
 
 def test_rebuild_behaviour(tiny_run):
-    workdir, config, pairs, _ = tiny_run
+    workdir, config, pairs = tiny_run
     # 1. nothing changed: nothing to do
     res = snakemake(workdir, "--configfile", str(config))
     assert "Nothing to be done" in res.stdout + res.stderr
 
-    # 2. knn.k changed (partial configfile merged over config.yaml): weights rerun, no embedding job
+    # 2. knn.k changed (partial configfile merged over config.yaml): weights rerun, no embedding job (the target is
+    # the weights: which training and evaluation jobs a change reruns is test_contract's rerun matrix)
     k5 = workdir / "k5.yaml"
     k5.write_text(yaml.safe_dump({"knn": {"k": 5}}))
     before = chunk_mtimes(workdir)
-    res = snakemake(workdir, "--configfile", str(config), str(k5))
+    res = snakemake(workdir, "weights", "--configfile", str(config), str(k5))
     counts = job_counts(res.stdout + res.stderr)
     assert counts.get("knn_weights") == 1 and "embed_chunk" not in counts, counts
     assert chunk_mtimes(workdir) == before
@@ -91,7 +92,7 @@ def test_rebuild_behaviour(tiny_run):
 
     # 3. appended pairs: only the last (changed) chunk and the new chunk are embedded
     write_jsonl(tiny_pairs(n_dense=5, start=100), pairs, mode="a")
-    res = snakemake(workdir, "--configfile", str(config), str(k5))
+    res = snakemake(workdir, "weights", "--configfile", str(config), str(k5))
     after = chunk_mtimes(workdir)
     assert [after[f"chunk_{i}.zarr"] for i in range(3)] == [before[f"chunk_{i}.zarr"] for i in range(3)]
     assert after["chunk_3.zarr"] != before["chunk_3.zarr"] and "chunk_4.zarr" in after
@@ -101,7 +102,7 @@ def test_rebuild_behaviour(tiny_run):
 
 def test_deterministic(tiny_run, tmp_path, tiny_model):
     """Same config and seed on CPU: byte-identical prompts, embeddings and weights."""
-    workdir, _, _, _ = tiny_run
+    workdir, _, _ = tiny_run
     pairs = write_jsonl(tiny_pairs(), tmp_path / "pairs.jsonl")
     snakemake(tmp_path, "weights", "--configfile", str(tiny_config(tmp_path, tiny_model, pairs)))
     other = tmp_path / RES
@@ -143,10 +144,10 @@ def test_bad_config_names_the_key(tmp_path, override, needle):
     assert needle in res.stderr + res.stdout
 
 
-def test_reports_from_frozen_artifacts(tiny_run):
+def test_reports_from_frozen_artifacts(finished_run, tmp_path):
     """Delete the big artifacts (Zarr chunks, checkpoints); the README command rebuilds only the reports."""
-    workdir, config, _, _ = tiny_run
-    snakemake(workdir, "--configfile", str(config))  # bring everything up to date first
+    workdir = copy_run(finished_run, tmp_path / "run")  # up to date (tiny_run's data changed above)
+    config = workdir / "tiny.yaml"
     reports = workdir / RES / "reports"
     for name in ("summary.md", "memory.md", "memory.json", "weights_hist.png", "memory_timeline.png"):
         assert (reports / name).stat().st_size > 0, name

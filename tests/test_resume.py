@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, planned_jobs, tiny_config, tiny_pairs, write_jsonl
+from conftest import REPO, copy_run, planned_jobs, tiny_config, tiny_pairs, write_jsonl
 
 from density_grpo.store import read_chunk
 
@@ -216,12 +216,11 @@ def test_prompt_checks_only_for_the_requested_targets(tmp_path, tiny_model):
     assert res.returncode != 0 and line in res.stdout + res.stderr
 
 
-def test_restored_run_folder(tmp_path, tiny_model):
+def test_restored_run_folder(tmp_path, finished_run):
     """A run's data/ and embed/ folders copied (mtimes kept) into another run resume there: the weights job gets
     its real inputs and publishes the same weights, no chunk is embedded again. A data/ folder copied in part fails
     in one line whose advice works."""
-    workdir = workdir_with(tmp_path, tiny_model)
-    ok(smk(workdir, "weights"))
+    workdir = copy_run(finished_run, tmp_path / "run")
     other = workdir / "results/other"
     for part in ("data", "embed"):
         shutil.copytree(workdir / RES / part, other / part)

@@ -299,7 +299,7 @@ def test_two_process_grpo_on_slurm_matches_local(runs, cluster):
     wa, wb = (load_file(d / "model/model.safetensors") for d in (a, b))
     assert wa.keys() == wb.keys()
     for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=RTOL, atol=ATOL, msg=k)
+        torch.testing.assert_close(wb[k], wa[k], rtol=RTOL, atol=ATOL, msg=lambda m: f"{k}: {m}")
 
 
 @pytest.mark.slurm

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from density_grpo.models import eos_token_ids, pad_token_id
+from density_grpo.models import eos_token_ids, pad_token_id, tail_chars
 from density_grpo.pairs import HUMAN_TAG
 
 SEQUENCES_PER_CALL = 64  # sequences per generate() call: fewer decode loops, which dominate on CPU
@@ -49,19 +49,15 @@ class Completions:
 
 
 def keep_last_tokens(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[str], int]:
-    """Each text cut to about its last `max_tokens` tokens (a long dialogue keeps its final request), and how many
-    were cut. Only a window of characters from the end is tokenized (doubled until it holds enough tokens), so a
-    20 MB prompt costs what its last few thousand characters cost. Decoded back to text: the trainer and the
-    sampler tokenize prompts themselves, which may give a token more or less at the cut."""
+    """Each text cut to its last `max_tokens` tokens (a long dialogue keeps its final request), and how many were
+    cut. Only a text's last models.tail_chars characters are tokenized: they hold more than `max_tokens` tokens for
+    certain, the tokens at the window's cut among those dropped, so a 20 MB prompt costs what those characters cost.
+    Decoded back to text: the trainer and the sampler tokenize prompts themselves, which may give a token more or
+    less at the cut."""
+    window = tail_chars(tokenizer, max_tokens)
     out, n_cut = [], 0
     for text in texts:
-        window = 8 * max_tokens
-        while True:
-            part = text[-window:]
-            ids = tokenizer(part, add_special_tokens=False)["input_ids"]
-            if len(ids) > max_tokens or len(part) == len(text):
-                break
-            window *= 2
+        ids = tokenizer(text[-window:], add_special_tokens=False)["input_ids"]
         if len(ids) > max_tokens:
             text, n_cut = tokenizer.decode(ids[-max_tokens:]), n_cut + 1
         out.append(text)

@@ -14,10 +14,12 @@ from conftest import hh, snakemake, tiny_config, tiny_pairs, write_jsonl
 from density_grpo.pairs import _hash_order, pair_from_hh, prompt_id
 
 # measured / predicted: the tiny model's jobs measure up to 1.51 x their predictions without long prompts (imports
-# the fixed process baseline leaves out dominate a 0.2M-parameter model), so the bound leaves room for the
-# transient token-count pieces (embed.TOKEN_PIECE); tokenizing one such prompt whole costs gigabytes (the reward
-# model: 6.1 GB against 0.6 GB predicted, 10 x, before its texts were cut by characters)
-BOUND = 1.75
+# the fixed process baseline leaves out dominate a 0.2M-parameter model), and the same jobs on the same code measure
+# up to 90 MiB more in a freshly installed checkout (file pages of torch's libraries resident in RSS: `import torch`
+# alone is 220 MiB in one venv, 263 in a new one; this test's jobs then measure up to 1.70 x, and 1.75 x failed once
+# in a 2-worker suite). Tokenizing one such prompt whole costs gigabytes: the reward model measured 6.1 GB against
+# 0.6 GB predicted (10 x) before its texts were cut by characters, the embed chunk 3.8 GB against 0.33 GB (11 x).
+BOUND = 2.0
 MB20 = 20 * 2**20
 POOL = 6
 RES = Path("results/tiny")
@@ -54,6 +56,9 @@ def test_twenty_mb_prompts_stay_within_each_stage_prediction(tmp_path, tiny_mode
     records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / RES).rglob("memory/*.json")}
     assert {"pairs", "unique_prompts", "embed_chunk_0", "knn_weights", "reward_model", "grpo_density_0",
             "evaluate_model_base"} <= records.keys()  # fmt: skip
+    for name, r in sorted(records.items()):  # shown with -s, and with a failure
+        if r.get("predicted_mb"):
+            print(f"{name}: measured {r['measured_mb']:.0f} MiB, predicted {r['predicted_mb']:.0f} MiB ({r['measured_mb'] / r['predicted_mb']:.2f} x)")
     over = {
         name: (r["measured_mb"], r["predicted_mb"])
         for name, r in records.items()

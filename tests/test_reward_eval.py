@@ -14,7 +14,7 @@ from conftest import tokenized_lengths
 
 from density_grpo.errors import UserError
 from density_grpo.evaluate import EvalJob, evaluate_policy
-from density_grpo.sampling import Sampling, cut_at, sample
+from density_grpo.sampling import Sampling, cut_at, keep_last_tokens, sample
 from density_grpo.stats import distinct_n, pairwise_cosine_distance, vendi_score
 from density_grpo import reward
 from density_grpo.reward import (
@@ -322,6 +322,19 @@ def test_long_texts_scored_from_a_bounded_tail(trained_rm, monkeypatch):
     assert max(seen) <= window + len(tok.eos_token)
     monkeypatch.setattr(reward, "tail_chars", lambda *_: 10**12)  # every text tokenized whole: the reference
     np.testing.assert_allclose(bounded, score(model, tok, PROMPTS[:1], [long], max_length=64), atol=1e-6)
+
+
+def test_prompts_keep_their_last_tokens_from_a_bounded_tail(tiny_model):
+    """A prompt far past max_prompt_length tokens keeps the whole text's last tokens while the tokenizer sees only
+    models.tail_chars characters of it; a short prompt is kept as it is."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    long = " ".join(f"w{i} ünï ✓" for i in range(20_000)) + "\n\nHuman: the final request?\n\nAssistant:"
+    with tokenized_lengths(tok) as seen:
+        (cut, short), n_cut = keep_last_tokens(tok, [long, "Human: hi"], 16)
+    assert n_cut == 1 and short == "Human: hi" and max(seen) <= reward.tail_chars(tok, 16) < len(long) / 100
+    assert cut == tok.decode(tok(long, add_special_tokens=False)["input_ids"][-16:]) and cut.endswith("Assistant:")
 
 
 def test_surely_short_keeps_what_trl_may_keep():

@@ -141,7 +141,8 @@ def tiny_config(workdir: Path, model: Path, pairs: Path, **extra) -> Path:
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory, tiny_model) -> Path:
     """The folder of one full run of the tiny config (30 prompts in 4 chunks of 8; 2 arms x 2 seeds), shared by the
-    end-to-end tests: they work on a copy (`copy_run`), never in it. Its steps recorded the params they read (audit/)."""
+    end-to-end tests: they work on a copy (`copy_run`), never in it. Its steps recorded the params they read
+    (audit/)."""
 
     def run(workdir: Path) -> None:
         pairs = write_jsonl(tiny_pairs(), workdir / "pairs.jsonl")

@@ -76,7 +76,7 @@ def assert_same_weights(a: Path, b: Path, start: Path) -> None:
     assert wa.keys() == wb.keys()
     diff = sum(float((wa[k] - wb[k]).pow(2).sum()) for k in wa) ** 0.5
     update = sum(float((wa[k] - w0[k]).pow(2).sum()) for k in wa if k in w0) ** 0.5
-    assert update > 0 and diff <= UPDATE_RTOL * update, f"weights differ by {diff:.3g}, {diff / update:.3g} of the update {update:.3g}"
+    assert update > 0 and diff <= UPDATE_RTOL * update, f"weights differ by {diff:.3g}: {diff / update:.3g} of the update"
 
 
 def test_grpo_two_processes_match_one(tiny_model, tiny_rm, tmp_path, caplog):  # noqa: F811

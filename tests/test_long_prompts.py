@@ -58,7 +58,8 @@ def test_twenty_mb_prompts_stay_within_each_stage_prediction(tmp_path, tiny_mode
             "evaluate_model_base"} <= records.keys()  # fmt: skip
     for name, r in sorted(records.items()):  # shown with -s, and with a failure
         if r.get("predicted_mb"):
-            print(f"{name}: measured {r['measured_mb']:.0f} MiB, predicted {r['predicted_mb']:.0f} MiB ({r['measured_mb'] / r['predicted_mb']:.2f} x)")
+            measured, predicted = r["measured_mb"], r["predicted_mb"]
+            print(f"{name}: measured {measured:.0f} MiB, predicted {predicted:.0f} MiB ({measured / predicted:.2f} x)")
     over = {
         name: (r["measured_mb"], r["predicted_mb"])
         for name, r in records.items()

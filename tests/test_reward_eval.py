@@ -311,10 +311,13 @@ def test_evaluate_then_compare(tiny_model, trained_rm, tmp_path):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+LONG_WORDS = " ".join(f"w{i} ünï ✓" for i in range(20_000))  # ~200k characters, far past 64 tokens
+
+
 def test_long_texts_scored_from_a_bounded_tail(trained_rm, monkeypatch):
     """A response far past rm.max_length tokens: only its tail is tokenized, and the score is the whole text's."""
     model, tok = load_reward_model(str(trained_rm[0] / "rm"), device="cpu")
-    long = " ".join(f"w{i} ünï ✓" for i in range(20_000))
+    long = LONG_WORDS
     window = reward.tail_chars(tok, 64)
     assert len(PROMPTS[0] + long) > 10 * window
     with tokenized_lengths(tok) as seen:
@@ -330,7 +333,7 @@ def test_prompts_keep_their_last_tokens_from_a_bounded_tail(tiny_model):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    long = " ".join(f"w{i} ünï ✓" for i in range(20_000)) + "\n\nHuman: the final request?\n\nAssistant:"
+    long = LONG_WORDS + "\n\nHuman: the final request?\n\nAssistant:"
     with tokenized_lengths(tok) as seen:
         (cut, short), n_cut = keep_last_tokens(tok, [long, "Human: hi"], 16)
     assert n_cut == 1 and short == "Human: hi" and max(seen) <= reward.tail_chars(tok, 16) < len(long) / 100
